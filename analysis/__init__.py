@@ -1,0 +1,1 @@
+"""mnist-sweeps analysis: reads what the tracking stores hold; never trains."""

@@ -1,0 +1,1 @@
+"""mnist-sweeps: orchestration around train_trial (data, CLI edges, and later the sweep)."""
