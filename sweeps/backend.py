@@ -1,0 +1,33 @@
+"""Keras, imported with the backend's C++ start-up messages kept off the console.
+
+TensorFlow's wheel probes for CUDA on import and on first device use and writes several
+lines to stderr on every machine without a GPU; they would bury a command's one-line
+error. Only that window is silenced: Python exceptions still propagate.
+"""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _import_keras_quietly():
+    sys.stderr.flush()
+    saved_stderr = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        import keras
+
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow
+
+            tensorflow.config.list_physical_devices()  # the CUDA probe happens here, quietly
+    finally:
+        os.dup2(saved_stderr, 2)
+        os.close(saved_stderr)
+        os.close(devnull)
+    return keras
+
+
+keras = _import_keras_quietly()

@@ -1,0 +1,71 @@
+"""The edge every command shares: the common flags, and one line plus exit code 2 for a
+user's mistake instead of a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from sweeps.budgets import BUDGETS
+from sweeps.errors import UserError
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    def error(self, message: str):
+        # argparse would print the whole usage block first; the problem alone is clearer.
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} must be 0 or more")
+    return value
+
+
+def add_training_arguments(parser: argparse.ArgumentParser, default_budget: str) -> None:
+    """Flags that mean the same on every command that trains."""
+    parser.add_argument("--budget", choices=BUDGETS, default=default_budget,
+                        help=f"how much each trial may train (default: {default_budget})")
+    parser.add_argument("--max-epochs", type=positive_int, help="override the budget's epoch cap")
+    parser.add_argument("--train-size", type=positive_int,
+                        help="override the budget's number of training images")
+    parser.add_argument("--seed", type=non_negative_int, default=0,
+                        help="seed for weights, shuffling and augmentation (default: 0)")
+    add_store_arguments(parser)
+
+
+def add_store_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", metavar="PATH",
+                        help="MNIST as .npz, Kaggle train.csv, or a folder of IDX files "
+                             "(default: the shipped data/mnist.npz)")
+    parser.add_argument("--tracking-uri", metavar="URI",
+                        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, "
+                             "else sqlite:///mlruns/mlflow.db)")
+
+
+def run(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None):
+    """Run a command's main; a UserError becomes one line on stderr and exit code 2."""
+    try:
+        status = main(argv)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(status or 0)

@@ -1,0 +1,85 @@
+"""Where runs are recorded: the MLflow store (default ``sqlite:///mlruns/mlflow.db`` with
+artifacts in ``mlruns/artifacts``), and the provenance tags every run carries."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from urllib.parse import urlparse
+
+from sweeps.errors import UserError
+
+DEFAULT_STORE = Path("mlruns")
+DEFAULT_TRACKING_URI = f"sqlite:///{DEFAULT_STORE}/mlflow.db"  # relative: the current directory
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+VERSIONED_PACKAGES = ("tensorflow", "keras", "optuna", "mlflow", "numpy")
+
+
+def tracking_uri(requested: str | None) -> str:
+    return requested or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def use_experiment(name: str, requested_uri: str | None) -> str:
+    """Point MLflow at the store and experiment; return the tracking URI in use.
+
+    MLflow 3 deprecates the plain file store, hence SQLite; a SQLite store keeps its
+    artifacts in an ``artifacts`` folder beside the database rather than in MLflow's
+    cwd-relative default.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    uri = tracking_uri(requested_uri)
+    artifact_location = None
+    parsed = urlparse(uri)
+    if parsed.scheme == "sqlite":
+        database = Path(uri.removeprefix("sqlite:///"))
+        try:
+            database.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise UserError(f"cannot create the MLflow store folder {database.parent}: "
+                            f"{error.strerror}") from None
+        if not os.access(database.parent, os.W_OK):
+            raise UserError(f"the MLflow store folder {database.parent} is not writable")
+        artifact_location = (database.parent / "artifacts").resolve().as_uri()
+    elif parsed.scheme not in ("http", "https", "postgresql", "mysql", "file", "databricks"):
+        raise UserError(f"--tracking-uri {uri!r}: unsupported scheme (use sqlite:///PATH or http://HOST:PORT)")
+    mlflow.set_tracking_uri(uri)
+    try:
+        if mlflow.get_experiment_by_name(name) is None:
+            mlflow.create_experiment(name, artifact_location=artifact_location)
+        mlflow.set_experiment(name)
+    except MlflowException as error:
+        raise UserError(f"MLflow store {uri}: {str(error).splitlines()[0]}") from None
+    return uri
+
+
+def provenance_tags() -> dict[str, str]:
+    """Package versions and the code's git commit ('-dirty' when it has uncommitted changes)."""
+    tags = {f"version.{name}": _version(name) for name in VERSIONED_PACKAGES}
+    tags["version.python"] = platform.python_version()
+    tags["keras_backend"] = os.environ.get("KERAS_BACKEND", "tensorflow")
+    tags["git_commit"] = git_commit()
+    return tags
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def git_commit() -> str:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(PROJECT_ROOT), *args], capture_output=True,
+                              text=True, timeout=10, check=True).stdout.strip()
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (not a git checkout)"
+    return commit + ("-dirty" if dirty else "")

@@ -1,0 +1,370 @@
+"""One params dict -> a trained, logged model.
+
+    python train_trial.py --baseline chollet_cnn --evaluate-test
+    python train_trial.py --params my_recipe.json --budget quick
+
+Reads top to bottom: budget and data -> model -> optimizer and schedule -> fit with
+validation early stopping -> metrics and artifacts in MLflow. The test set is touched only
+by ``--evaluate-test``, once, after training.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+import search_space
+from sweeps import cli, data, figures, tracking
+from sweeps.backend import keras
+from sweeps.budgets import BUDGETS, Budget
+from sweeps.errors import ParamsError, UserError
+
+DEFAULT_EXPERIMENT = "mnist-trials"
+
+# LeNet-5's step schedule (seed 004) as multiples of the base rate: with 5e-4 it gives
+# 5e-4 for epochs 0-2, 2e-4 for 3-5, 5e-5 for 6-9 and 1e-5 after.
+STEP_SCHEDULE = ((3, 1.0), (6, 0.4), (10, 0.1), (math.inf, 0.02))
+ONE_CYCLE_WARMUP_FRACTION = 0.3  # of all steps, rising from a 25th of the peak rate (Smith's 1cycle)
+
+
+# --- The model --------------------------------------------------------------------------
+
+def build_model(params: dict, pixel_mean: float = 0.0, pixel_std: float = 255.0) -> keras.Model:
+    """The network ``params`` describes, taking uint8 images of shape (28, 28, 1).
+
+    Scaling and augmentation are layers, so the stored model takes raw pixels and
+    augmentation is active only while training. ``pixel_mean``/``pixel_std`` are the
+    training images' statistics, used when ``input_scaling`` is "standardize".
+    """
+    layers = keras.layers
+    activation = params["activation"]
+    model = keras.Sequential(name="mnist")
+    model.add(keras.Input(shape=(28, 28, 1), dtype="uint8"))
+    if params["input_scaling"] == "standardize":
+        model.add(layers.Rescaling(1.0 / pixel_std, offset=-pixel_mean / pixel_std))
+    else:
+        model.add(layers.Rescaling(1.0 / 255))
+    # fill_mode="nearest" is what seed 000's ImageDataGenerator used.
+    if params["rotation"]:
+        model.add(layers.RandomRotation(params["rotation"] / 360, fill_mode="nearest"))
+    if params["zoom"]:  # independent height and width zoom, as ImageDataGenerator's zoom_range
+        model.add(layers.RandomZoom(params["zoom"], params["zoom"], fill_mode="nearest"))
+    if params["shift"]:
+        model.add(layers.RandomTranslation(params["shift"], params["shift"], fill_mode="nearest"))
+
+    if params["family"] == "cnn":
+        blocks = params["conv_blocks"]
+        for block in range(1, blocks + 1):
+            downsamples = block < blocks or params["downsample_last_block"]
+            convs = params[f"block{block}_convs"]
+            for conv in range(1, convs + 1):
+                strided = downsamples and params["downsample"] == "stride" and conv == convs
+                _add(model, layers.Conv2D(
+                    params[f"block{block}_filters"], params[f"block{block}_kernel"],
+                    strides=2 if strided else 1, padding=params[f"block{block}_padding"],
+                    activation=None if params["batch_norm"] else activation), block)
+                if params["batch_norm"]:
+                    model.add(layers.BatchNormalization())
+                    model.add(layers.Activation(activation))
+            if downsamples and params["downsample"] == "max":
+                _add(model, layers.MaxPooling2D(2), block)
+            elif downsamples and params["downsample"] == "avg":
+                _add(model, layers.AveragePooling2D(2), block)
+            if params["block_dropout"]:
+                model.add(layers.Dropout(params["block_dropout"]))
+
+    model.add(layers.Flatten())
+    for _ in range(params["dense_layers"]):
+        model.add(layers.Dense(params["dense_units"], activation=activation))
+        if params["head_dropout"]:
+            model.add(layers.Dropout(params["head_dropout"]))
+    model.add(layers.Dense(10, activation="softmax"))
+    return model
+
+
+def _add(model: keras.Sequential, layer, block: int) -> None:
+    try:
+        model.add(layer)
+    except ValueError as error:  # e.g. "valid" convolutions shrinking the map below the kernel
+        raise ParamsError(f"block {block}: impossible layer shapes for 28x28 inputs "
+                          f"({str(error).splitlines()[0]})") from None
+
+
+# --- Optimizer and learning-rate schedule -------------------------------------------------
+
+def make_optimizer(params: dict, epochs: int, steps_per_epoch: int):
+    """The optimizer, and the callbacks its schedule needs (epoch-wise schedules)."""
+    rate = params["learning_rate"]
+    total_steps = epochs * steps_per_epoch
+    callbacks = []
+    schedule = params["lr_schedule"]
+    if schedule == "plateau":  # seed 000's annealer
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(
+            monitor="val_accuracy", mode="max", patience=3, factor=0.5, min_lr=1e-5))
+    elif schedule == "step":
+        callbacks.append(keras.callbacks.LearningRateScheduler(
+            lambda epoch: rate * next(f for end, f in STEP_SCHEDULE if epoch < end)))
+    elif schedule == "cosine":
+        rate = keras.optimizers.schedules.CosineDecay(rate, decay_steps=total_steps)
+    elif schedule == "one_cycle":
+        warmup_steps = max(1, round(total_steps * ONE_CYCLE_WARMUP_FRACTION))
+        rate = keras.optimizers.schedules.CosineDecay(
+            rate / 25, decay_steps=max(1, total_steps - warmup_steps),
+            warmup_target=rate, warmup_steps=warmup_steps)
+
+    # Keras applies weight_decay decoupled (as AdamW does) for every optimizer.
+    decay = params["weight_decay"] or None
+    optimizers = {
+        "sgd": lambda: keras.optimizers.SGD(rate, momentum=params.get("momentum", 0.0), weight_decay=decay),
+        "rmsprop": lambda: keras.optimizers.RMSprop(rate, rho=0.9, epsilon=params.get("epsilon"), weight_decay=decay),
+        "adam": lambda: keras.optimizers.Adam(rate, epsilon=params.get("epsilon"), weight_decay=decay),
+        "adamw": lambda: keras.optimizers.AdamW(rate, epsilon=params.get("epsilon"),
+                                                weight_decay=params["weight_decay"]),
+    }
+    return optimizers[params["optimizer"]](), callbacks
+
+
+def current_learning_rate(model: keras.Model) -> float:
+    return float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+
+
+class RecordLearningRate(keras.callbacks.Callback):
+    """Adds the learning rate in force to each epoch's logs (History and loggers read them)."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["learning_rate"] = current_learning_rate(self.model)
+
+
+class StopOnDivergence(keras.callbacks.TerminateOnNaN):
+    """Stops at the first NaN or infinite batch loss and remembers that it did."""
+
+    diverged = False
+
+    def on_batch_end(self, batch, logs=None):
+        super().on_batch_end(batch, logs)
+        self.diverged = self.diverged or bool(self.model.stop_training)
+
+
+# --- Training -----------------------------------------------------------------------------
+
+@dataclass
+class TrainingResult:
+    model: keras.Model
+    history: dict[str, list[float]]  # per epoch: train_/val_ loss and accuracy, learning_rate
+    epochs_run: int
+    best_epoch: int  # 1-based; its weights are the ones restored
+    validation_accuracy: float  # of the restored model
+    validation_probabilities: np.ndarray
+    diverged: bool
+    train_seconds: float
+
+
+KERAS_TO_OUR_NAMES = {"loss": "train_loss", "accuracy": "train_accuracy"}
+
+
+def train(params: dict, split: data.Split, budget: Budget, *, seed: int = 0,
+          callbacks: Sequence[keras.callbacks.Callback] = (), verbose: int = 0) -> TrainingResult:
+    keras.utils.set_random_seed(seed)
+    model = build_model(params, float(split.x_train.mean()), float(split.x_train.std()))
+    epochs = min(params["epochs"], budget.max_epochs)
+    steps_per_epoch = math.ceil(len(split.x_train) / params["batch_size"])
+    optimizer, schedule_callbacks = make_optimizer(params, epochs, steps_per_epoch)
+    model.compile(optimizer=optimizer,
+                  loss=keras.losses.CategoricalCrossentropy(label_smoothing=params["label_smoothing"]),
+                  metrics=["accuracy"])
+    divergence = StopOnDivergence()
+    started = time.perf_counter()
+    history = model.fit(
+        split.x_train[..., None], keras.utils.to_categorical(split.y_train, 10),
+        batch_size=params["batch_size"], epochs=epochs, verbose=verbose,
+        validation_data=(split.x_val[..., None], keras.utils.to_categorical(split.y_val, 10)),
+        class_weight=_class_weights(params),
+        callbacks=[divergence, *schedule_callbacks, RecordLearningRate(),
+                   keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max",
+                                                 patience=budget.patience, restore_best_weights=True),
+                   *callbacks])
+    train_seconds = time.perf_counter() - started
+    curves = {KERAS_TO_OUR_NAMES.get(k, k): [float(v) for v in values]
+              for k, values in history.history.items()}
+    probabilities = model.predict(split.x_val[..., None], batch_size=1000, verbose=0)
+    validation_accuracy = float((probabilities.argmax(axis=1) == split.y_val).mean())
+    finite = [v if math.isfinite(v) else -1.0 for v in curves.get("val_accuracy", [])]
+    return TrainingResult(
+        model=model, history=curves, epochs_run=len(curves.get("train_loss", [])),
+        best_epoch=int(np.argmax(finite)) + 1 if finite else 0,
+        validation_accuracy=validation_accuracy, validation_probabilities=probabilities,
+        diverged=divergence.diverged, train_seconds=train_seconds)
+
+
+def _class_weights(params: dict) -> dict[int, float] | None:
+    weights = params.get("class_weights")
+    return {digit: float(weights.get(str(digit), 1.0)) for digit in range(10)} if weights else None
+
+
+def evaluate_test(model: keras.Model, dataset: data.Dataset) -> dict[str, float]:
+    """The one place the test set is used."""
+    if dataset.x_test is None:
+        raise UserError(f"{dataset.source} has no labelled test set ({dataset.format}); "
+                        "drop --evaluate-test or use data with test labels")
+    loss, accuracy = model.evaluate(dataset.x_test[..., None],
+                                    keras.utils.to_categorical(dataset.y_test, 10),
+                                    batch_size=1000, verbose=0)
+    return {"test_accuracy": float(accuracy), "test_loss": float(loss)}
+
+
+# --- Logging ------------------------------------------------------------------------------
+
+class MlflowEpochLogger(keras.callbacks.Callback):
+    """Logs each epoch's metrics to the active MLflow run with step = epoch.
+
+    (mlflow.keras.MlflowCallback would also log the optimizer config as params, mixing it
+    into the params dict, and a step-less copy of every validation pass.)
+    """
+
+    def on_epoch_end(self, epoch, logs=None):
+        import mlflow
+
+        metrics = {KERAS_TO_OUR_NAMES.get(k, k): float(v) for k, v in (logs or {}).items()}
+        mlflow.log_metrics({k: v for k, v in metrics.items() if math.isfinite(v)}, step=epoch)
+
+
+def run_logged_trial(params: dict, dataset: data.Dataset, budget: Budget, *, seed: int = 0,
+                     split_seed: int = data.DEFAULT_SPLIT_SEED, baseline: str | None = None,
+                     evaluate_on_test: bool = False, run_name: str | None = None,
+                     callbacks: Sequence[keras.callbacks.Callback] = (), tags: dict | None = None,
+                     verbose: int = 0) -> tuple[TrainingResult, dict[str, float], str]:
+    """Train ``params`` inside an MLflow run (nested when one is active) and log params,
+    per-epoch curves, final metrics, figures, the model and provenance tags.
+
+    Returns the result, the final metrics and the run id. The run ends FAILED when the
+    loss diverges or training raises.
+    """
+    import mlflow
+
+    split = data.split(dataset, split_seed, budget.train_size)
+    run_tags = {
+        **tracking.provenance_tags(), **(tags or {}),
+        "baseline": baseline or "none", "budget": budget.name,
+        "budget.max_epochs": str(budget.max_epochs), "budget.patience": str(budget.patience),
+        "data_source": dataset.source, "data_format": dataset.format, "data_sha256": dataset.sha256,
+        "split_seed": str(split.seed), "validation_size": str(len(split.y_val)),
+        "validation_sha256": split.validation_sha256, "train_size": str(len(split.y_train)),
+        "seed": str(seed),
+    }
+    with mlflow.start_run(run_name=run_name or baseline, nested=mlflow.active_run() is not None,
+                          tags=run_tags) as run:
+        mlflow.log_params({k: json.dumps(v) if isinstance(v, dict) else v for k, v in params.items()})
+        mlflow.log_dict(params, "params.json")
+        result = train(params, split, budget, seed=seed, verbose=verbose,
+                       callbacks=[MlflowEpochLogger(), *callbacks])
+        metrics = {
+            "validation_accuracy": result.validation_accuracy,
+            "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
+            "train_seconds": result.train_seconds, "param_count": result.model.count_params(),
+            "images_per_second": len(split.y_train) * result.epochs_run / max(result.train_seconds, 1e-9),
+        }
+        if result.diverged:
+            mlflow.set_tag("failure_reason", f"loss diverged (NaN or inf) in epoch {result.epochs_run}")
+            mlflow.log_metrics(metrics)
+            mlflow.end_run(status="FAILED")
+            return result, metrics, run.info.run_id
+        if evaluate_on_test:
+            metrics.update(evaluate_test(result.model, dataset))
+        mlflow.log_metrics(metrics)
+        _log_artifacts(result, split, title=run_name or baseline or "trial")
+        return result, metrics, run.info.run_id
+
+
+def _log_artifacts(result: TrainingResult, split: data.Split, title: str) -> None:
+    import matplotlib.pyplot as plt
+    import mlflow
+
+    predicted = result.validation_probabilities.argmax(axis=1)
+    matrix = figures.confusion_matrix(split.y_val, predicted)
+    for name, figure in {
+        "learning_curves.png": figures.learning_curves(result.history, title),
+        "confusion_matrix.png": figures.confusion_matrix_plot(
+            matrix, f"{title}: validation confusion matrix"),
+        "most_confident_errors.png": figures.most_confident_errors(
+            split.x_val, split.y_val, result.validation_probabilities),
+    }.items():
+        mlflow.log_figure(figure, name)
+        plt.close(figure)
+    rows = ["true\\predicted," + ",".join(map(str, range(10)))]
+    rows += [f"{digit}," + ",".join(map(str, matrix[digit])) for digit in range(10)]
+    mlflow.log_text("\n".join(rows) + "\n", "confusion_matrix.csv")
+    summary: list[str] = []
+    result.model.summary(print_fn=lambda line, *args, **kwargs: summary.append(line))
+    mlflow.log_text("\n".join(summary), "model_summary.txt")
+    # Requirements written out: MLflow would otherwise infer them by re-loading the model
+    # in a subprocess, which costs more than a small trial.
+    sample = split.x_val[:5, ..., None]
+    signature = mlflow.models.infer_signature(sample, result.validation_probabilities[:5])
+    mlflow.keras.log_model(result.model, name="model", signature=signature, pip_requirements=[
+        f"{name}=={tracking._version(name)}" for name in ("tensorflow", "keras", "numpy")])
+
+
+# --- Command line -------------------------------------------------------------------------
+
+def load_params(args) -> tuple[dict, str | None]:
+    if args.baseline:
+        return search_space.baseline(args.baseline), args.baseline
+    try:
+        with open(args.params) as file:
+            raw = json.load(file)
+    except OSError as error:
+        raise ParamsError(f"{args.params}: {error.strerror}") from None
+    except json.JSONDecodeError as error:
+        raise ParamsError(f"{args.params}: not valid JSON ({error})") from None
+    return search_space.validate(raw, args.params), None
+
+
+def parse_args(argv: Sequence[str] | None):
+    parser = cli.ArgumentParser(prog="train_trial.py", description="Train one params dict and log it to MLflow.")
+    recipe = parser.add_mutually_exclusive_group(required=True)
+    recipe.add_argument("--baseline", choices=search_space.BASELINES, help="a seed recipe")
+    recipe.add_argument("--params", metavar="FILE.json", help="a params dict (see search_space.py)")
+    cli.add_training_arguments(parser, default_budget="full")
+    parser.add_argument("--split-seed", type=cli.non_negative_int, default=data.DEFAULT_SPLIT_SEED,
+                        help="seed of the validation split (default: 0; keep it fixed to compare runs)")
+    parser.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="MLflow experiment name")
+    parser.add_argument("--evaluate-test", action="store_true",
+                        help="after training, evaluate once on the test set and log test_accuracy")
+    parser.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    params, baseline = load_params(args)
+    budget = BUDGETS[args.budget].overridden(train_size=args.train_size, max_epochs=args.max_epochs)
+    dataset = data.load(args.data)
+    uri = tracking.use_experiment(args.experiment, args.tracking_uri)
+    name = baseline or os.path.splitext(os.path.basename(args.params))[0]
+    print(f"{name}: budget {budget.name} (train images: {budget.train_size or 'all'}, "
+          f"epochs: {min(params['epochs'], budget.max_epochs)}, patience {budget.patience}), "
+          f"data {dataset.source}", flush=True)
+    result, metrics, run_id = run_logged_trial(
+        params, dataset, budget, seed=args.seed, split_seed=args.split_seed, baseline=baseline,
+        evaluate_on_test=args.evaluate_test, run_name=name, verbose=0 if args.quiet else 2)
+    if result.diverged:
+        print(f"{name}: FAILED: the loss diverged (NaN or inf) in epoch {result.epochs_run}; "
+              f"MLflow run {run_id}")
+        return 1
+    test = f", test accuracy {metrics['test_accuracy']:.4f}" if "test_accuracy" in metrics else ""
+    print(f"{name}: validation accuracy {metrics['validation_accuracy']:.4f} (best epoch "
+          f"{result.best_epoch} of {result.epochs_run}){test}; {metrics['param_count']:,} params; "
+          f"{result.train_seconds:.0f} s training")
+    print(f"MLflow run {run_id} in experiment {args.experiment!r} at {uri}")
+    return 0
+
+
+if __name__ == "__main__":
+    cli.run(main)
