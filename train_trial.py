@@ -235,8 +235,8 @@ class MlflowEpochLogger(keras.callbacks.Callback):
         mlflow.log_metrics({k: v for k, v in metrics.items() if math.isfinite(v)}, step=epoch)
 
 
-def run_logged_trial(params: dict, dataset: data.Dataset, budget: Budget, *, seed: int = 0,
-                     split_seed: int = data.DEFAULT_SPLIT_SEED, baseline: str | None = None,
+def run_logged_trial(params: dict, dataset: data.Dataset, split: data.Split, budget: Budget, *,
+                     seed: int = 0, baseline: str | None = None,
                      evaluate_on_test: bool = False, run_name: str | None = None,
                      callbacks: Sequence[keras.callbacks.Callback] = (), tags: dict | None = None,
                      verbose: int = 0) -> tuple[TrainingResult, dict[str, float], str]:
@@ -248,7 +248,6 @@ def run_logged_trial(params: dict, dataset: data.Dataset, budget: Budget, *, see
     """
     import mlflow
 
-    split = data.split(dataset, split_seed, budget.train_size)
     run_tags = {
         **tracking.provenance_tags(), **(tags or {}),
         "baseline": baseline or "none", "budget": budget.name,
@@ -346,13 +345,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     params, baseline = load_params(args)
     budget = BUDGETS[args.budget].overridden(train_size=args.train_size, max_epochs=args.max_epochs)
     dataset = data.load(args.data)
+    split = data.split(dataset, args.split_seed, budget.train_size)
     uri = tracking.use_experiment(args.experiment, args.tracking_uri)
     name = baseline or os.path.splitext(os.path.basename(args.params))[0]
     print(f"{name}: budget {budget.name} (train images: {budget.train_size or 'all'}, "
           f"epochs: {min(params['epochs'], budget.max_epochs)}, patience {budget.patience}), "
           f"data {dataset.source}", flush=True)
     result, metrics, run_id = run_logged_trial(
-        params, dataset, budget, seed=args.seed, split_seed=args.split_seed, baseline=baseline,
+        params, dataset, split, budget, seed=args.seed, baseline=baseline,
         evaluate_on_test=args.evaluate_test, run_name=name, verbose=0 if args.quiet else 2)
     if result.diverged:
         print(f"{name}: FAILED: the loss diverged (NaN or inf) in epoch {result.epochs_run}; "

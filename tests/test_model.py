@@ -1,0 +1,127 @@
+"""Each baseline builds the network its seed describes, layer by layer and parameter by parameter."""
+
+import numpy as np
+import pytest
+
+import search_space
+import train_trial
+from sweeps.backend import keras
+from sweeps.errors import ParamsError
+
+PREPROCESSING = (keras.layers.Rescaling, keras.layers.RandomRotation, keras.layers.RandomZoom,
+                 keras.layers.RandomTranslation)
+
+
+def describe(layer):
+    config = layer.get_config()
+    kind = type(layer).__name__
+    if kind == "Conv2D":
+        return f"Conv2D {config['filters']} {config['kernel_size'][0]}x{config['kernel_size'][1]} {config['padding']} {config['activation']}"
+    if kind in ("MaxPooling2D", "AveragePooling2D"):
+        return f"{kind} {config['pool_size'][0]}"
+    if kind == "Dropout":
+        return f"Dropout {config['rate']}"
+    if kind == "Dense":
+        return f"Dense {config['units']} {config['activation']}"
+    return kind
+
+
+def architecture(name):
+    model = train_trial.build_model(search_space.baseline(name))
+    return [describe(layer) for layer in model.layers if not isinstance(layer, PREPROCESSING)], model.count_params()
+
+
+# Parameter counts worked out from the seeds by hand, e.g. kaggle_cnn:
+# 5*5*1*32+32 + 5*5*32*32+32 + 3*3*32*64+64 + 3*3*64*64+64 + 7*7*64*256+256 + 256*10+10 = 887,530.
+SEED_ARCHITECTURES = {
+    "kaggle_cnn": ([
+        "Conv2D 32 5x5 same relu", "Conv2D 32 5x5 same relu", "MaxPooling2D 2", "Dropout 0.25",
+        "Conv2D 64 3x3 same relu", "Conv2D 64 3x3 same relu", "MaxPooling2D 2", "Dropout 0.25",
+        "Flatten", "Dense 256 relu", "Dropout 0.5", "Dense 10 softmax"], 887_530),
+    "mlp_3x256": ([  # 784*256+256 + 2*(256*256+256) + 256*10+10
+        "Flatten", "Dense 256 relu", "Dense 256 relu", "Dense 256 relu", "Dense 10 softmax"], 335_114),
+    "chollet_cnn": ([  # 320 + 18,496 + 36,928 + (3*3*64*64+64) + 650: the book's 93,322
+        "Conv2D 32 3x3 valid relu", "MaxPooling2D 2", "Conv2D 64 3x3 valid relu", "MaxPooling2D 2",
+        "Conv2D 64 3x3 valid relu", "Flatten", "Dense 64 relu", "Dense 10 softmax"], 93_322),
+    "gradio_cnn": ([  # 320 + 18,496 + (5*5*64*64+64) + 650
+        "Conv2D 32 3x3 valid relu", "MaxPooling2D 2", "Conv2D 64 3x3 valid relu", "MaxPooling2D 2",
+        "Flatten", "Dense 64 relu", "Dense 10 softmax"], 121_930),
+    "lenet5": ([  # 156 + 2,416 + 48,120 + 10,164 + 850
+        "Conv2D 6 5x5 same tanh", "AveragePooling2D 2", "Conv2D 16 5x5 valid tanh", "AveragePooling2D 2",
+        "Conv2D 120 5x5 valid tanh", "Flatten", "Dense 84 tanh", "Dense 10 softmax"], 61_706),
+}
+
+
+@pytest.mark.parametrize("name", SEED_ARCHITECTURES)
+def test_baseline_layers_and_parameter_count_match_the_seed(name):
+    assert architecture(name) == SEED_ARCHITECTURES[name]
+
+
+def test_kaggle_augmentation_matches_its_image_data_generator():
+    layers = {type(layer).__name__: layer
+              for layer in train_trial.build_model(search_space.baseline("kaggle_cnn")).layers}
+    assert layers["RandomRotation"].get_config()["factor"] == pytest.approx((-10 / 360, 10 / 360))
+    for kind in ("RandomZoom", "RandomTranslation"):  # +-10 %, height and width drawn independently
+        layer = layers[kind]
+        bounds = (layer.height_lower, layer.height_upper, layer.width_lower, layer.width_upper)
+        assert bounds == pytest.approx((-0.1, 0.1, -0.1, 0.1))
+    assert {layer.get_config()["fill_mode"] for name, layer in layers.items() if name.startswith("Random")} == {"nearest"}
+
+
+def test_augmentation_changes_training_inputs_only():
+    model = train_trial.build_model(search_space.baseline("kaggle_cnn"))
+    images = np.random.default_rng(0).integers(0, 256, (4, 28, 28, 1), dtype=np.uint8)
+    assert np.array_equal(model(images, training=False), model(images, training=False))
+
+
+def test_lenet_inputs_are_standardized_by_the_training_statistics():
+    model = train_trial.build_model(search_space.baseline("lenet5"), pixel_mean=33.0, pixel_std=78.0)
+    rescale = model.layers[0]
+    out = rescale(np.array([[[[33.0]]], [[[111.0]]]], dtype=np.float32))
+    np.testing.assert_allclose(np.ravel(out), [0.0, 1.0], atol=1e-6)
+
+
+def test_other_baselines_scale_pixels_to_the_unit_interval():
+    rescale = train_trial.build_model(search_space.baseline("chollet_cnn")).layers[0]
+    np.testing.assert_allclose(np.ravel(rescale(np.array([[[[255.0]]]], dtype=np.float32))), [1.0])
+
+
+def test_batch_norm_and_strided_downsampling_build_as_described():
+    params = {**search_space.baseline("chollet_cnn"), "batch_norm": True, "downsample": "stride",
+              "activation": "gelu"}
+    described = [describe(layer) for layer in train_trial.build_model(params).layers]
+    assert described[1:5] == ["Conv2D 32 3x3 valid linear", "BatchNormalization", "Activation", "Conv2D 64 3x3 valid linear"]
+    convs = [layer for layer in train_trial.build_model(params).layers if isinstance(layer, keras.layers.Conv2D)]
+    assert [c.get_config()["strides"] for c in convs] == [(2, 2), (2, 2), (1, 1)]  # the last block keeps its size
+
+
+def test_an_impossible_shape_is_a_params_error():
+    params = {**search_space.baseline("chollet_cnn"), "block1_convs": 3, "block2_convs": 3, "block3_convs": 3,
+              "block1_kernel": 5, "block2_kernel": 5, "block3_kernel": 5}
+    with pytest.raises(ParamsError, match="block 2: impossible layer shapes"):
+        train_trial.build_model(params)
+
+
+def test_lenet_step_schedule_is_the_papers():
+    _, callbacks = train_trial.make_optimizer(search_space.baseline("lenet5"), epochs=20, steps_per_epoch=10)
+    schedule = callbacks[0].schedule
+    assert [schedule(e) for e in (0, 2, 3, 5, 6, 9, 10, 19)] == pytest.approx(
+        [5e-4, 5e-4, 2e-4, 2e-4, 5e-5, 5e-5, 1e-5, 1e-5])
+
+
+def test_kaggle_optimizer_and_annealer_are_the_seeds():
+    optimizer, (annealer,) = train_trial.make_optimizer(search_space.baseline("kaggle_cnn"), 30, 10)
+    assert isinstance(optimizer, keras.optimizers.RMSprop)
+    assert (optimizer.rho, optimizer.epsilon) == (0.9, 1e-8)
+    assert float(optimizer.learning_rate) == pytest.approx(1e-3)
+    assert (annealer.monitor, annealer.patience, annealer.factor, annealer.min_lr) == ("val_accuracy", 3, 0.5, 1e-5)
+
+
+def test_one_cycle_warms_up_then_anneals():
+    params = {**search_space.baseline("chollet_cnn"), "lr_schedule": "one_cycle", "learning_rate": 0.01}
+    optimizer, _ = train_trial.make_optimizer(params, epochs=10, steps_per_epoch=100)
+    schedule = optimizer._learning_rate
+    rates = [float(schedule(step)) for step in (0, 150, 300, 650, 1000)]
+    assert rates[0] == pytest.approx(0.01 / 25)
+    assert rates[0] < rates[1] < rates[2] == pytest.approx(0.01)
+    assert rates[2] > rates[3] > rates[4]

@@ -1,0 +1,77 @@
+"""The params dict: baselines are points of suggest(), and validate() accepts exactly those points."""
+
+import json
+
+import optuna
+import pytest
+
+import search_space
+from sweeps.errors import ParamsError
+
+
+@pytest.mark.parametrize("name", search_space.BASELINES)
+def test_each_baseline_replays_through_suggest_unchanged(name):
+    params = search_space.baseline(name)
+    assert search_space.suggest(optuna.trial.FixedTrial(params)) == params
+
+
+@pytest.mark.parametrize("name", search_space.BASELINES)
+def test_each_baseline_survives_a_json_round_trip_through_validate(name):
+    params = search_space.baseline(name)
+    assert search_space.validate(json.loads(json.dumps(params))) == params
+
+
+def test_sampled_params_are_flat_json_and_valid():
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    for _ in range(100):
+        params = search_space.suggest(study.ask())
+        assert all(isinstance(v, (str, int, float, bool)) for v in params.values())
+        assert search_space.validate(json.loads(json.dumps(params))) == params
+
+
+def test_conditional_keys_appear_only_where_they_apply():
+    mlp, lenet = search_space.baseline("mlp_3x256"), search_space.baseline("lenet5")
+    assert "momentum" in mlp and "epsilon" not in mlp and "conv_blocks" not in mlp
+    assert "epsilon" in lenet and "momentum" not in lenet and "block3_filters" in lenet
+    assert "block3_filters" not in search_space.baseline("kaggle_cnn")
+
+
+def with_changes(name, **changes):
+    return {**search_space.baseline(name), **changes}
+
+
+BAD_PARAMS = {
+    "unknown key": (with_changes("mlp_3x256", colour="red"), "unknown or inapplicable parameter(s) colour"),
+    "inapplicable key": (with_changes("chollet_cnn", momentum=0.9), "unknown or inapplicable parameter(s) momentum"),
+    "block beyond conv_blocks": (with_changes("gradio_cnn", block3_filters=8), "block3_filters"),
+    "missing key": ({k: v for k, v in search_space.baseline("lenet5").items() if k != "epochs"}, "missing parameter 'epochs'"),
+    "out of range": (with_changes("mlp_3x256", learning_rate=3.0), "learning_rate=3.0 is not in 0.0001..0.1"),
+    "off the grid": (with_changes("kaggle_cnn", zoom=0.105), "zoom=0.105 is not in 0.0..0.2 in steps of 0.01"),
+    "not a choice": (with_changes("kaggle_cnn", batch_size=100), "batch_size=100 is not one of [32, 64, 86, 128, 256]"),
+    "bool for an int": (with_changes("kaggle_cnn", conv_blocks=True), "conv_blocks=True should be an integer"),
+    "string for a number": (with_changes("kaggle_cnn", learning_rate="1e-3"), "learning_rate='1e-3' should be a number"),
+    "fraction for an int": (with_changes("kaggle_cnn", block1_filters=3.5), "block1_filters=3.5 should be an integer"),
+    "class weight for digit 10": (with_changes("gradio_cnn", class_weights={"10": 2}), "class_weights key '10' is not a digit 0-9"),
+    "not an object": ([1, 2, 3], "expected a JSON object"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_PARAMS)
+def test_validate_names_the_offending_key(case):
+    params, message = BAD_PARAMS[case]
+    with pytest.raises(ParamsError) as error:
+        search_space.validate(params, "recipe.json")
+    assert str(error.value).startswith("recipe.json: ") and message in str(error.value)
+
+
+def test_validate_normalizes_json_numbers_and_keeps_class_weights():
+    params = with_changes("gradio_cnn", weight_decay=0, class_weights={"9": 2})
+    validated = search_space.validate(params)
+    assert validated["weight_decay"] == 0.0 and isinstance(validated["weight_decay"], float)
+    assert validated["class_weights"] == {"9": 2.0}
+
+
+def test_unknown_baseline_lists_the_known_ones():
+    with pytest.raises(ParamsError, match="unknown baseline 'resnet'; choose one of kaggle_cnn, mlp_3x256"):
+        search_space.baseline("resnet")
