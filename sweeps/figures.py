@@ -11,6 +11,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display on servers and CI
 
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
 
@@ -25,6 +26,7 @@ def learning_curves(history: dict[str, list[float]], title: str = "") -> plt.Fig
     loss_axes.set_ylabel("loss")
     accuracy_axes.set_ylabel("accuracy")
     accuracy_axes.set_xlabel("epoch")
+    accuracy_axes.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     for axes in (loss_axes, accuracy_axes):
         axes.legend(loc="best")
         axes.grid(alpha=0.3)
@@ -65,7 +67,7 @@ def most_confident_errors(images: np.ndarray, true_labels: np.ndarray,
     wrong = np.flatnonzero(predicted != true_labels)
     margin = probabilities[wrong, predicted[wrong]] - probabilities[wrong, true_labels[wrong]]
     worst = wrong[np.argsort(margin)[::-1][:count]]
-    figure, grid = plt.subplots(2, 3, figsize=(7, 5.5))
+    figure, grid = plt.subplots(2, 3, figsize=(7, 6.5))
     for axes, index in zip(grid.flat, list(worst) + [None] * count):
         axes.axis("off")
         if index is None:
