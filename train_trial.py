@@ -235,21 +235,11 @@ class MlflowEpochLogger(keras.callbacks.Callback):
         mlflow.log_metrics({k: v for k, v in metrics.items() if math.isfinite(v)}, step=epoch)
 
 
-def run_logged_trial(params: dict, dataset: data.Dataset, split: data.Split, budget: Budget, *,
-                     seed: int = 0, baseline: str | None = None,
-                     evaluate_on_test: bool = False, run_name: str | None = None,
-                     callbacks: Sequence[keras.callbacks.Callback] = (), tags: dict | None = None,
-                     verbose: int = 0) -> tuple[TrainingResult, dict[str, float], str]:
-    """Train ``params`` inside an MLflow run (nested when one is active) and log params,
-    per-epoch curves, final metrics, figures, the model and provenance tags.
-
-    Returns the result, the final metrics and the run id. The run ends FAILED when the
-    loss diverges or training raises.
-    """
-    import mlflow
-
-    run_tags = {
-        **tracking.provenance_tags(), **(tags or {}),
+def run_tags(dataset: data.Dataset, split: data.Split, budget: Budget, *, seed: int,
+             baseline: str | None) -> dict[str, str]:
+    """Everything needed to re-run a trial besides its params: code, data, split, budget."""
+    return {
+        **tracking.provenance_tags(),
         "baseline": baseline or "none", "budget": budget.name,
         "budget.max_epochs": str(budget.max_epochs), "budget.patience": str(budget.patience),
         "data_source": dataset.source, "data_format": dataset.format, "data_sha256": dataset.sha256,
@@ -257,28 +247,69 @@ def run_logged_trial(params: dict, dataset: data.Dataset, split: data.Split, bud
         "validation_sha256": split.validation_sha256, "train_size": str(len(split.y_train)),
         "seed": str(seed),
     }
-    with mlflow.start_run(run_name=run_name or baseline, nested=mlflow.active_run() is not None,
-                          tags=run_tags) as run:
-        mlflow.log_params({k: json.dumps(v) if isinstance(v, dict) else v for k, v in params.items()})
-        mlflow.log_dict(params, "params.json")
-        result = train(params, split, budget, seed=seed, verbose=verbose,
-                       callbacks=[MlflowEpochLogger(), *callbacks])
-        metrics = {
-            "validation_accuracy": result.validation_accuracy,
-            "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
-            "train_seconds": result.train_seconds, "param_count": result.model.count_params(),
-            "images_per_second": len(split.y_train) * result.epochs_run / max(result.train_seconds, 1e-9),
-        }
-        if result.diverged:
-            mlflow.set_tag("failure_reason", f"loss diverged (NaN or inf) in epoch {result.epochs_run}")
-            mlflow.log_metrics(metrics)
-            mlflow.end_run(status="FAILED")
-            return result, metrics, run.info.run_id
-        if evaluate_on_test:
-            metrics.update(evaluate_test(result.model, dataset))
+
+
+def log_trial(params: dict, dataset: data.Dataset, split: data.Split, budget: Budget, *,
+              seed: int = 0, evaluate_on_test: bool = False, title: str = "trial",
+              callbacks: Sequence[keras.callbacks.Callback] = (),
+              verbose: int = 0) -> tuple[TrainingResult, dict[str, float]]:
+    """Train ``params`` and log params, per-epoch curves, final metrics, figures and the model
+    into the active MLflow run. A diverged trial gets a ``failure_reason`` tag and no artifacts;
+    the caller decides how its run ends."""
+    import mlflow
+
+    mlflow.log_params({k: json.dumps(v) if isinstance(v, dict) else v for k, v in params.items()})
+    mlflow.log_dict(params, "params.json")
+    result = train(params, split, budget, seed=seed, verbose=verbose,
+                   callbacks=[MlflowEpochLogger(), *callbacks])
+    metrics = {
+        "validation_accuracy": result.validation_accuracy,
+        "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
+        "train_seconds": result.train_seconds, "param_count": result.model.count_params(),
+        "forward_mmacs_per_image": forward_multiply_adds(result.model) / 1e6,
+        "images_per_second": len(split.y_train) * result.epochs_run / max(result.train_seconds, 1e-9),
+    }
+    if result.diverged:
+        mlflow.set_tag("failure_reason", f"loss diverged (NaN or inf) in epoch {result.epochs_run}")
         mlflow.log_metrics(metrics)
-        _log_artifacts(result, split, title=run_name or baseline or "trial")
-        return result, metrics, run.info.run_id
+        return result, metrics
+    if evaluate_on_test:
+        metrics.update(evaluate_test(result.model, dataset))
+    mlflow.log_metrics(metrics)
+    _log_artifacts(result, split, title)
+    return result, metrics
+
+
+def run_logged_trial(params: dict, dataset: data.Dataset, split: data.Split, budget: Budget, *,
+                     seed: int = 0, baseline: str | None = None, evaluate_on_test: bool = False,
+                     run_name: str | None = None, verbose: int = 0,
+                     ) -> tuple[TrainingResult, dict[str, float], str]:
+    """``log_trial`` in a run of its own, which ends FAILED if the loss diverged.
+    Returns the result, the final metrics and the run id."""
+    import mlflow
+
+    name = run_name or baseline or "trial"
+    tags = run_tags(dataset, split, budget, seed=seed, baseline=baseline)
+    with mlflow.start_run(run_name=name, tags=tags) as run:
+        result, metrics = log_trial(params, dataset, split, budget, seed=seed, title=name,
+                                    evaluate_on_test=evaluate_on_test, verbose=verbose)
+        if result.diverged:
+            mlflow.end_run(status="FAILED")
+    return result, metrics, run.info.run_id
+
+
+def forward_multiply_adds(model: keras.Model) -> int:
+    """Multiply-adds of one image's forward pass through the convolutions and dense layers,
+    which carry nearly all the arithmetic (training costs about three times this, times two
+    for FLOPs)."""
+    total = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            _, height, width, _ = layer.output.shape
+            total += height * width * int(np.prod(layer.kernel.shape))
+        elif isinstance(layer, keras.layers.Dense):
+            total += int(np.prod(layer.kernel.shape))
+    return total
 
 
 def _log_artifacts(result: TrainingResult, split: data.Split, title: str) -> None:

@@ -233,3 +233,11 @@ def test_a_smaller_training_budget_keeps_the_same_validation_and_stays_stratifie
 def test_an_impossible_training_size_is_refused(mnist):
     with pytest.raises(DataError, match="--train-size 54001 is outside 10-54000"):
         data.split(mnist, train_size=54001)
+
+
+def test_the_installed_modules_import_from_any_directory(tmp_path):
+    code = "import search_space, train_trial, sweeps.data; print(len(search_space.BASELINES))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=tmp_path, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "5\n"

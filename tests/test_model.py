@@ -125,3 +125,9 @@ def test_one_cycle_warms_up_then_anneals():
     assert rates[0] == pytest.approx(0.01 / 25)
     assert rates[0] < rates[1] < rates[2] == pytest.approx(0.01)
     assert rates[2] > rates[3] > rates[4]
+
+
+def test_multiply_adds_are_counted_from_the_built_model():
+    # kaggle_cnn: 28*28*(5*5*1*32 + 5*5*32*32) + 14*14*(3*3*32*64 + 3*3*64*64) + 3136*256 + 256*10
+    model = train_trial.build_model(search_space.baseline("kaggle_cnn"))
+    assert train_trial.forward_multiply_adds(model) == 32_340_992

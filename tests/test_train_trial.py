@@ -59,7 +59,7 @@ def test_final_metrics_include_the_one_test_evaluation(logged_trial):
     _, run, _ = logged_trial
     metrics = run.data.metrics
     for name in ("validation_accuracy", "test_accuracy", "test_loss", "best_epoch", "epochs_run",
-                 "train_seconds", "param_count", "images_per_second"):
+                 "train_seconds", "param_count", "images_per_second", "forward_mmacs_per_image"):
         assert name in metrics, name
     assert metrics["param_count"] == 121_930 and metrics["epochs_run"] == 2
     assert 0.1 < metrics["test_accuracy"] <= 1.0
@@ -161,7 +161,7 @@ BAD_FLAGS = {
     "unknown budget": (["--baseline", "lenet5", "--budget", "huge"], "invalid choice: 'huge'"),
     "zero epochs": (["--baseline", "lenet5", "--max-epochs", "0"], "0 must be at least 1"),
     "words for a number": (["--baseline", "lenet5", "--train-size", "abc"], "'abc' is not a whole number"),
-    "negative seed": (["--baseline", "lenet5", "--seed", "-5"], "-5 must be 0 or more"),
+    "negative seed": (["--baseline", "lenet5", "--seed", "-5"], "-5 must be at least 0"),
     "too many images": (["--baseline", "lenet5", "--train-size", "60000"], "--train-size 60000 is outside 10-54000"),
 }
 
