@@ -1,5 +1,4 @@
-"""What one trial may spend: how many training images, at most how many epochs, and how
-long validation accuracy may stall before early stopping."""
+"""What one trial may spend: training images, epochs, patience, arithmetic and time."""
 
 from __future__ import annotations
 
@@ -13,6 +12,11 @@ class Budget:
     train_size: int | None  # None: every training image left after the validation split
     max_epochs: int  # a recipe's own epoch count is used when it is smaller
     patience: int  # epochs without a better validation accuracy before stopping
+    # Training arithmetic a sweep allows one trial: 6 x forward multiply-adds x images x epochs
+    # (a multiply-add is 2 FLOPs; training costs about 3 forward passes). Priced before
+    # training, so an oversized network is pruned without burning the sweep's time.
+    max_training_tflop: float
+    trial_seconds: float  # a sweep stops a trial that runs longer than this
 
     def overridden(self, *, train_size: int | None = None, max_epochs: int | None = None) -> Budget:
         changes = {k: v for k, v in {"train_size": train_size, "max_epochs": max_epochs}.items()
@@ -22,10 +26,14 @@ class Budget:
 
 BUDGETS = {
     # Tests: seconds per trial.
-    "smoke": Budget("smoke", train_size=2000, max_epochs=2, patience=1),
-    # The CPU default for sweeps.
-    "quick": Budget("quick", train_size=12000, max_epochs=8, patience=3),
+    "smoke": Budget("smoke", train_size=2000, max_epochs=2, patience=1,
+                    max_training_tflop=2.0, trial_seconds=120),
+    # The CPU default for sweeps: 50 trials within 45 minutes on 2 cores.
+    "quick": Budget("quick", train_size=12000, max_epochs=8, patience=3,
+                    max_training_tflop=20.0, trial_seconds=240),
     # The seeds' scale: all 54,000 training images, up to 30 epochs. Patience 8 outlasts two
     # of kaggle_cnn's ReduceLROnPlateau periods (3 epochs each), so the annealer gets to act.
-    "full": Budget("full", train_size=None, max_epochs=30, patience=8),
+    # kaggle_cnn's full recipe is about 320 TFLOP.
+    "full": Budget("full", train_size=None, max_epochs=30, patience=8,
+                   max_training_tflop=400.0, trial_seconds=3600),
 }

@@ -12,14 +12,22 @@ from urllib.parse import urlparse
 
 from sweeps.errors import UserError
 
-DEFAULT_STORE = Path("mlruns")
-DEFAULT_TRACKING_URI = f"sqlite:///{DEFAULT_STORE}/mlflow.db"  # relative: the current directory
+DEFAULT_STORE = Path("mlruns")  # in the current directory
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 VERSIONED_PACKAGES = ("tensorflow", "keras", "optuna", "mlflow", "numpy")
+# Read once, at import: mlflow.set_tracking_uri() writes this variable too, and a later
+# command in the same process must not inherit the previous one's store.
+USER_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
+
+
+def store_folder() -> Path:
+    # Absolute: MLflow caches stores by URI, so a relative one would keep pointing at the
+    # folder that was current when it was first used.
+    return DEFAULT_STORE.resolve()
 
 
 def tracking_uri(requested: str | None) -> str:
-    return requested or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    return requested or USER_TRACKING_URI or f"sqlite:///{store_folder()}/mlflow.db"
 
 
 def use_experiment(name: str, requested_uri: str | None) -> str:

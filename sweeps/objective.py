@@ -1,0 +1,166 @@
+"""One worker process of a sweep: asks the study for trials until it holds the requested
+number, and runs each one: sample -> price -> train with pruning -> record in Optuna and MLflow.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import gc
+import logging
+import os
+import socket
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import optuna
+from optuna.trial import TrialState
+
+import search_space
+import train_trial
+from sweeps import data, study as sweep_study, tracking
+from sweeps.backend import keras
+from sweeps.budgets import Budget
+
+
+@dataclass(frozen=True)
+class SweepSettings:
+    """What a worker needs; sent to each worker process."""
+    study_name: str
+    storage_url: str
+    tracking_uri: str
+    experiment: str
+    parent_run_id: str
+    total_trials: int
+    sampler: str
+    pruner: str
+    seed: int
+    budget: Budget
+    data_path: str | None
+    split_seed: int
+    lock_path: str
+    deadline: float | None  # time.time() after which no trial starts
+
+
+class ReportToPruner(keras.callbacks.Callback):
+    """Reports each epoch's validation accuracy to Optuna; stops the trial when the pruner
+    gives up on it. (optuna-integration's Keras callback would be a dependency for this.)"""
+
+    def __init__(self, trial: optuna.Trial):
+        super().__init__()
+        self.trial = trial
+
+    def on_epoch_end(self, epoch, logs=None):
+        accuracy = float(logs["val_accuracy"])
+        self.trial.report(accuracy, step=epoch + 1)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"pruner stopped it after epoch {epoch + 1} "
+                                     f"(validation accuracy {accuracy:.4f})")
+
+
+class TimeShare(keras.callbacks.Callback):
+    """Stops a trial that runs past its share of the sweep's time."""
+
+    def __init__(self, seconds: float):
+        super().__init__()
+        self.seconds = seconds
+
+    def on_train_begin(self, logs=None):
+        self.started = time.monotonic()
+
+    def on_train_batch_end(self, batch, logs=None):
+        elapsed = time.monotonic() - self.started
+        if elapsed > self.seconds:
+            raise optuna.TrialPruned(f"stopped after {elapsed:.0f} s: over its time share of "
+                                     f"{self.seconds:.0f} s")
+
+
+def training_tflop(params: dict, train_images: int, budget: Budget) -> float:
+    model = train_trial.build_model(params)
+    epochs = min(params["epochs"], budget.max_epochs)
+    return 6 * train_trial.forward_multiply_adds(model) * train_images * epochs / 1e12
+
+
+def worker_main(settings: SweepSettings, worker_index: int) -> None:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    dataset = data.load(settings.data_path)
+    split = data.split(dataset, settings.split_seed, settings.budget.train_size)  # once per worker
+    tracking.use_experiment(settings.experiment, settings.tracking_uri)
+    study = optuna.load_study(
+        study_name=settings.study_name, storage=sweep_study.open_storage(settings.storage_url),
+        sampler=sweep_study.make_sampler(settings.sampler, settings.seed + worker_index),
+        pruner=sweep_study.make_pruner(settings.pruner, settings.budget))
+    while (trial := next_trial(study, settings)) is not None:
+        run_trial(study, trial, settings, dataset, split)
+        keras.backend.clear_session()  # each trial's model and graph go before the next
+        gc.collect()
+
+
+def next_trial(study: optuna.Study, settings: SweepSettings) -> optuna.Trial | None:
+    """A new (or enqueued) trial, or None when the study holds the requested number. The
+    count and the ask happen under a lock, so local workers never overshoot the total."""
+    if settings.deadline is not None and time.time() > settings.deadline:
+        return None
+    with _file_lock(settings.lock_path):
+        started = sum(t.state != TrialState.WAITING for t in study.get_trials(deepcopy=False))
+        return study.ask() if started < settings.total_trials else None
+
+
+@contextmanager
+def _file_lock(path: str):
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def run_trial(study: optuna.Study, trial: optuna.Trial, settings: SweepSettings,
+              dataset: data.Dataset, split: data.Split) -> None:
+    params = search_space.suggest(trial)
+    baseline = trial.user_attrs.get("baseline")
+    name = baseline or f"trial {trial.number}"
+    tags = {**train_trial.run_tags(dataset, split, settings.budget, seed=settings.seed, baseline=baseline),
+            "mlflow.parentRunId": settings.parent_run_id,  # nests the run under the study's row
+            "optuna_study": settings.study_name, "optuna_trial_number": str(trial.number)}
+    with mlflow.start_run(run_name=name, tags=tags) as run:
+        trial.set_user_attr("mlflow_run_id", run.info.run_id)
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        trial.set_user_attr("worker_rss_mb", resident_megabytes())  # before training: growth shows leaks
+        try:
+            mlflow.log_params(params)
+            cost = training_tflop(params, len(split.y_train), settings.budget)
+            mlflow.log_metric("training_tflop", cost)
+            if cost > settings.budget.max_training_tflop:
+                raise optuna.TrialPruned(
+                    f"priced at {cost:.1f} TFLOP of training, over the {settings.budget.name} "
+                    f"budget's {settings.budget.max_training_tflop:g}; not trained")
+            result, metrics = train_trial.log_trial(
+                params, dataset, split, settings.budget, seed=settings.seed, title=name,
+                callbacks=[ReportToPruner(trial), TimeShare(settings.budget.trial_seconds)])
+            if result.diverged:
+                raise FloatingPointError(f"loss diverged (NaN or inf) in epoch {result.epochs_run}")
+        except optuna.TrialPruned as pruned:
+            _finish(study, trial, TrialState.PRUNED, str(pruned) or "pruned")
+        except Exception as error:  # the sweep goes on; the reason stays with the trial
+            _finish(study, trial, TrialState.FAIL, f"{type(error).__name__}: {error}".splitlines()[0][:500])
+        else:
+            mlflow.set_tag("optuna_state", TrialState.COMPLETE.name)
+            study.tell(trial, metrics["validation_accuracy"])
+
+
+def resident_megabytes() -> float:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _finish(study: optuna.Study, trial: optuna.Trial, state: TrialState, reason: str) -> None:
+    trial.set_user_attr("reason", reason)
+    mlflow.set_tags({"optuna_state": state.name, "reason": reason})
+    mlflow.end_run(status="KILLED" if state == TrialState.PRUNED else "FAILED")
+    study.tell(trial, state=state)

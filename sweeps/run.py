@@ -1,0 +1,214 @@
+"""python -m sweeps.run --trials 50: an Optuna study over search_space.suggest.
+
+The five baselines go first; --workers processes train trials; every trial is a nested
+MLflow run under the study's parent run. Running the same command again resumes the study
+up to --trials.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import shutil
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+import search_space
+from sweeps import cli, data, study as sweep_study, tracking
+from sweeps.budgets import BUDGETS
+from sweeps.errors import UserError
+from sweeps.objective import SweepSettings, worker_main
+
+EXPERIMENT = "mnist-sweeps"
+DEFAULT_STUDY = "mnist-sweep"
+
+
+def parse_args(argv: Sequence[str] | None):
+    parser = cli.ArgumentParser(prog="python -m sweeps.run", description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=cli.positive_int, default=50,
+                        help="total trials the study should hold, baselines included (default: 50)")
+    parser.add_argument("--study", default=DEFAULT_STUDY, help=f"study name (default: {DEFAULT_STUDY})")
+    cli.add_training_arguments(parser, default_budget=None)
+    parser.add_argument("--sampler", choices=sweep_study.SAMPLERS, default="tpe")
+    parser.add_argument("--pruner", choices=sweep_study.PRUNERS, default="hyperband")
+    parser.add_argument("--workers", type=cli.positive_int, default=1, help="worker processes here")
+    parser.add_argument("--timeout", type=cli.positive_int, metavar="SECONDS",
+                        help="start no trial after this many seconds")
+    parser.add_argument("--storage", metavar="URL",
+                        help="Optuna storage URL, e.g. postgresql://user:pass@host/db "
+                             f"(default: a journal file, mlruns/{sweep_study.JOURNAL_NAME})")
+    parser.add_argument("--no-baselines", action="store_true", help="do not enqueue the five baselines first")
+    return parser.parse_args(argv)
+
+
+def gpu_visible() -> bool:
+    if shutil.which("nvidia-smi") is None:
+        return False
+    try:
+        listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return listing.returncode == 0 and "GPU" in listing.stdout
+
+
+def open_study(args, storage, fingerprint: dict) -> optuna.Study:
+    """Create the study (baselines enqueued first) or resume it if its fingerprint matches."""
+    exists = args.study in optuna.study.get_all_study_names(storage)
+    study = optuna.create_study(study_name=args.study, storage=storage, direction="maximize",
+                                load_if_exists=True)
+    recorded = study.user_attrs.get("fingerprint")
+    if recorded is None and not exists:
+        study.set_user_attr("fingerprint", fingerprint)
+        if not args.no_baselines:
+            for name in list(search_space.BASELINES)[:args.trials]:
+                study.enqueue_trial(search_space.baseline(name), user_attrs={"baseline": name})
+    elif recorded != fingerprint:
+        raise UserError(f"study {args.study!r} was recorded with a different setup "
+                        f"({sweep_study.describe_difference(recorded or {}, fingerprint)}); "
+                        "resume it with its original flags, or name a new one with --study")
+    return study
+
+
+def parent_run(study: optuna.Study, args, uri: str, settings_tags: dict) -> str:
+    """The study's MLflow run, under which every trial's run nests; created once."""
+    import mlflow
+
+    client = mlflow.MlflowClient(uri)
+    run_id = study.user_attrs.get("mlflow_parent_run_id")
+    if run_id is None:
+        experiment = client.get_experiment_by_name(EXPERIMENT)
+        run = client.create_run(experiment.experiment_id, run_name=args.study,
+                                tags={**tracking.provenance_tags(), "optuna_study": args.study})
+        run_id = run.info.run_id
+        study.set_user_attr("mlflow_parent_run_id", run_id)
+    else:
+        client.update_run(run_id, status="RUNNING")
+    for key, value in settings_tags.items():
+        client.set_tag(run_id, key, value)
+    return run_id
+
+
+def counts(study: optuna.Study) -> Counter:
+    return Counter(t.state for t in study.get_trials(deepcopy=False))
+
+
+def progress(study: optuna.Study, workers: list, total: int) -> None:
+    """A live bar in this process while the workers train: done, pruned, failed, best, ETA."""
+    from tqdm import tqdm
+
+    def done(states: Counter) -> int:
+        return states[TrialState.COMPLETE] + states[TrialState.PRUNED] + states[TrialState.FAIL]
+
+    initial = done(counts(study))
+    with tqdm(total=total, initial=min(initial, total), unit="trial", desc=study.study_name,
+              file=sys.stderr, mininterval=1, dynamic_ncols=True) as bar:
+        while True:
+            alive = any(worker.is_alive() for worker in workers)
+            states = counts(study)
+            best = max((t.value for t in study.get_trials(deepcopy=False, states=[TrialState.COMPLETE])),
+                       default=None)
+            bar.set_postfix_str(f"pruned {states[TrialState.PRUNED]}, failed {states[TrialState.FAIL]}, "
+                                f"best {best:.4f}" if best is not None else
+                                f"pruned {states[TrialState.PRUNED]}, failed {states[TrialState.FAIL]}",
+                                refresh=False)
+            bar.update(min(done(states), total) - bar.n)
+            if not alive:
+                break
+            time.sleep(2)
+
+
+def summary(study: optuna.Study, args, budget, uri: str, parent_run_id: str, seconds: float) -> str:
+    states = counts(study)
+    lines = [f"Study {args.study!r}: {sum(states.values())} trials "
+             f"({states[TrialState.COMPLETE]} complete, {states[TrialState.PRUNED]} pruned, "
+             f"{states[TrialState.FAIL]} failed) after {seconds / 60:.1f} min in this run"]
+    complete = study.get_trials(deepcopy=False, states=[TrialState.COMPLETE])
+    baselines = {t.user_attrs["baseline"]: t for t in study.get_trials(deepcopy=False)
+                 if "baseline" in t.user_attrs}
+    if baselines:
+        lines.append("Baselines at this budget: " + ", ".join(
+            f"{name} {t.value:.4f}" if t.state == TrialState.COMPLETE else f"{name} {t.state.name.lower()}"
+            for name, t in baselines.items()))
+    if complete:
+        best = study.best_trial
+        label = f" ({best.user_attrs['baseline']})" if "baseline" in best.user_attrs else ""
+        lines.append(f"Best: trial {best.number}{label}, validation accuracy {best.value:.4f}")
+        lines.append(f"  params: {json.dumps(best.params)}")
+        best_file = tracking.store_folder() / "studies" / args.study / "best_params.json"
+        best_file.parent.mkdir(parents=True, exist_ok=True)
+        best_file.write_text(json.dumps(best.params, indent=2) + "\n")
+        lines.append(f"Reproduce the best trial: python train_trial.py --params {best_file} "
+                     f"--budget {budget.name} --train-size {budget.train_size or 54000} "
+                     f"--max-epochs {budget.max_epochs} --seed {args.seed}"
+                     + (f" --data {args.data}" if args.data else ""))
+    else:
+        lines.append("No trial has completed yet.")
+    lines.append(f"MLflow: experiment {EXPERIMENT!r}, parent run {parent_run_id} at {uri}; "
+                 f"browse with: mlflow ui --backend-store-uri {uri} --host 127.0.0.1")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar and summary say it
+    budget_name = args.budget or ("full" if gpu_visible() else "quick")
+    budget = BUDGETS[budget_name].overridden(train_size=args.train_size, max_epochs=args.max_epochs)
+    sweep_study.check_sampler_available(args.sampler)
+    dataset = data.load(args.data)
+    data.split(dataset, data.DEFAULT_SPLIT_SEED, budget.train_size)  # refuses a bad --train-size now
+    storage_url = sweep_study.storage_url(args.storage)
+    storage = sweep_study.open_storage(storage_url)
+    uri = tracking.use_experiment(EXPERIMENT, args.tracking_uri)
+    fingerprint = sweep_study.fingerprint(dataset.sha256, budget, data.DEFAULT_SPLIT_SEED)
+    study = open_study(args, storage, fingerprint)
+    run_id = parent_run(study, args, uri, {
+        "optuna_storage": sweep_study.redact(storage_url), "sweep.trials": str(args.trials),
+        "sweep.sampler": args.sampler, "sweep.pruner": args.pruner, "sweep.workers": str(args.workers),
+        "sweep.budget": budget.name, "sweep.fingerprint": json.dumps(fingerprint)})
+
+    print(f"Study {args.study!r}: budget {budget.name} ({budget.train_size or 'all'} training images, "
+          f"up to {budget.max_epochs} epochs, at most {budget.max_training_tflop:g} TFLOP and "
+          f"{budget.trial_seconds:g} s a trial); sampler {args.sampler}, pruner {args.pruner}, "
+          f"{args.workers} worker(s); storage {sweep_study.redact(storage_url)}", flush=True)
+    settings = SweepSettings(
+        study_name=args.study, storage_url=storage_url, tracking_uri=uri, experiment=EXPERIMENT,
+        parent_run_id=run_id, total_trials=args.trials, sampler=args.sampler, pruner=args.pruner,
+        seed=args.seed, budget=budget, data_path=args.data, split_seed=data.DEFAULT_SPLIT_SEED,
+        lock_path=str(tracking.store_folder() / "studies" / args.study / "ask.lock"),
+        deadline=time.time() + args.timeout if args.timeout else None)
+    started = time.time()
+    # Spawned, not forked: each worker gets a fresh TensorFlow runtime of its own.
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=worker_main, args=(settings, index), daemon=False)
+               for index in range(args.workers)]
+    for worker in workers:
+        worker.start()
+    progress(study, workers, args.trials)
+    for worker in workers:
+        worker.join()
+
+    import mlflow
+
+    client = mlflow.MlflowClient(uri)
+    complete = study.get_trials(deepcopy=False, states=[TrialState.COMPLETE])
+    if complete:
+        client.log_metric(run_id, "best_validation_accuracy", study.best_value)
+        client.set_tag(run_id, "best_trial", str(study.best_trial.number))
+    crashed = [w.exitcode for w in workers if w.exitcode]
+    client.set_terminated(run_id, "FAILED" if crashed else "FINISHED")
+    print(summary(study, args, budget, uri, run_id, time.time() - started))
+    if crashed:
+        print(f"error: {len(crashed)} worker(s) exited abnormally (exit codes {crashed})", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    cli.run(main)

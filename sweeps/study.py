@@ -1,0 +1,103 @@
+"""The Optuna side of a sweep: storage, sampler, pruner, and the study's fingerprint."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import warnings
+from pathlib import Path
+
+import optuna
+
+import search_space
+from sweeps import tracking
+from sweeps.budgets import Budget
+from sweeps.errors import UserError
+
+JOURNAL_NAME = "optuna.journal"
+SAMPLERS = ("tpe", "random", "cmaes", "gp")
+PRUNERS = ("hyperband", "median", "none")
+
+
+def storage_url(requested: str | None) -> str:
+    # Beside the MLflow store. A journal file, not SQLite: several local worker
+    # processes append to it safely, where SQLite locks under parallel writers.
+    return requested or f"journal:{tracking.store_folder() / JOURNAL_NAME}"
+
+
+def open_storage(url: str) -> optuna.storages.BaseStorage:
+    if url.startswith("journal:"):
+        path = Path(url.removeprefix("journal:"))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise UserError(f"cannot create the study folder {path.parent}: {error.strerror}") from None
+        backend = optuna.storages.journal.JournalFileBackend(str(path))
+        return optuna.storages.JournalStorage(backend)
+    try:
+        return optuna.storages.RDBStorage(url)
+    except Exception as error:  # SQLAlchemy raises many kinds for a bad URL or an unreachable host
+        raise UserError(f"--storage {redact(url)}: {str(error).splitlines()[0]}") from None
+
+
+def redact(url: str) -> str:
+    """The URL with any password replaced, for logs, tags and messages."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
+def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
+    if name == "tpe":
+        # Settings written out: Optuna 5 changed several of TPE's defaults. multivariate, group
+        # and constant_liar are still marked experimental in Optuna 4; their warning is silenced.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.TPESampler(
+                n_startup_trials=10, n_ei_candidates=24,
+                multivariate=True, group=True,  # one joint model per conditional group (cnn vs mlp keys)
+                constant_liar=True,  # parallel workers avoid sampling next to each other's running trials
+                seed=seed)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "cmaes":
+        # CMA-ES handles the numeric keys; categorical and conditional ones fall back to random.
+        return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=5)
+    return optuna.samplers.GPSampler(seed=seed, n_startup_trials=10)
+
+
+def check_sampler_available(name: str) -> None:
+    needs = {"cmaes": "cmaes", "gp": "torch"}
+    module = needs.get(name)
+    if module and importlib.util.find_spec(module) is None:
+        raise UserError(f"--sampler {name} needs the {module} package: pip install {module}")
+
+
+def make_pruner(name: str, budget: Budget) -> optuna.pruners.BasePruner:
+    if name == "hyperband":  # on per-epoch validation accuracy; steps are epochs from 1
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=budget.max_epochs,
+                                              reduction_factor=3)
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
+    return optuna.pruners.NopPruner()
+
+
+def fingerprint(data_sha256: str, budget: Budget, split_seed: int) -> dict:
+    """What must not change between invocations that add trials to one study."""
+    return {"search_space_version": search_space.SEARCH_SPACE_VERSION, "data_sha256": data_sha256,
+            "split_seed": split_seed, "budget": dataclasses.asdict(budget)}
+
+
+def describe_difference(recorded: dict, requested: dict) -> str:
+    differences = []
+    for key in requested:
+        if key == "budget":
+            differences += [f"budget {k} {recorded[key].get(k)} -> {v}"
+                            for k, v in requested[key].items() if recorded[key].get(k) != v]
+        elif recorded.get(key) != requested[key]:
+            differences.append(f"{key} {str(recorded.get(key))[:12]} -> {str(requested[key])[:12]}")
+    return ", ".join(differences)

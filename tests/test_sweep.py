@@ -1,0 +1,190 @@
+"""The sweep on the smoke budget: Optuna and MLflow agree trial by trial, baselines go first,
+a second invocation resumes, two workers share one study, pruning happens, setups don't mix."""
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import mlflow
+import numpy as np
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+import search_space
+from sweeps import objective, run as sweep_run, study as sweep_study
+from sweeps.backend import keras
+
+SMOKE = ["--budget", "smoke", "--train-size", "300", "--max-epochs", "3"]
+MLFLOW_STATUS = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "KILLED", TrialState.FAIL: "FAILED"}
+
+
+def load(folder, name="mnist-sweep"):
+    storage = sweep_study.open_storage(f"journal:{folder}/mlruns/optuna.journal")
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def mlflow_runs(folder):
+    client = mlflow.MlflowClient(f"sqlite:///{folder}/mlruns/mlflow.db")
+    experiment = client.get_experiment_by_name(sweep_run.EXPERIMENT)
+    return client, client.search_runs([experiment.experiment_id], max_results=1000)
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """One smoke study of 8 trials (the five baselines first), then resumed to 9."""
+    folder = tmp_path_factory.mktemp("sweep")
+    outputs = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(folder)
+        for trials in (8, 9):
+            with pytest.raises(SystemExit) as exit_info:
+                from sweeps import cli
+                cli.run(sweep_run.main, ["--trials", str(trials), *SMOKE])
+            assert exit_info.value.code == 0
+    return folder
+
+
+def test_baselines_are_the_first_five_trials(sweep):
+    trials = load(sweep).trials
+    assert [t.user_attrs.get("baseline") for t in trials[:5]] == list(search_space.BASELINES)
+    for trial in trials[:5]:
+        assert trial.params == search_space.baseline(trial.user_attrs["baseline"])
+    assert not any("baseline" in t.user_attrs for t in trials[5:])
+
+
+def test_resuming_reaches_the_requested_total_without_duplicates(sweep):
+    trials = load(sweep).trials
+    assert len(trials) == 9
+    assert [t.number for t in trials] == list(range(9))
+    assert all(t.state in MLFLOW_STATUS for t in trials)
+
+
+def test_mlflow_child_runs_match_optuna_trials_one_to_one(sweep):
+    study = load(sweep)
+    client, runs = mlflow_runs(sweep)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1
+    parent = parents[0]
+    assert parent.info.status == "FINISHED" and parent.data.tags["optuna_study"] == "mnist-sweep"
+    assert study.user_attrs["mlflow_parent_run_id"] == parent.info.run_id
+    children = {r.info.run_id: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert len(children) == len(study.trials) == len(runs) - 1
+    for trial in study.trials:
+        child = children[trial.user_attrs["mlflow_run_id"]]
+        assert child.data.tags["optuna_trial_number"] == str(trial.number)
+        assert child.info.status == MLFLOW_STATUS[trial.state]
+        assert child.data.tags["optuna_state"] == trial.state.name
+        if trial.state == TrialState.COMPLETE:
+            assert child.data.metrics["validation_accuracy"] == pytest.approx(trial.value)
+        else:
+            assert child.data.tags["reason"] == trial.user_attrs["reason"]
+
+
+def test_hyperband_pruned_at_least_one_trial_on_validation_accuracy(sweep):
+    pruned = [t for t in load(sweep).trials if t.state == TrialState.PRUNED]
+    assert any(t.user_attrs["reason"].startswith("pruner stopped it after epoch") for t in pruned)
+    for trial in pruned:
+        assert trial.intermediate_values or "not trained" in trial.user_attrs["reason"]
+
+
+def test_the_summary_files_the_best_params_for_reproduction(sweep):
+    study = load(sweep)
+    stored = json.loads((sweep / "mlruns/studies/mnist-sweep/best_params.json").read_text())
+    assert stored == study.best_trial.params
+    assert search_space.validate(stored) == stored
+
+
+def test_resuming_with_another_budget_is_refused(sweep, run_command, monkeypatch):
+    monkeypatch.chdir(sweep)
+    before = len(load(sweep).trials)
+    code, _, err = run_command(sweep_run.main, ["--trials", "12", *SMOKE[:2], "--train-size", "400", *SMOKE[4:]])
+    assert code == 2 and err.count("\n") == 1
+    assert "study 'mnist-sweep' was recorded with a different setup (budget train_size 300 -> 400)" in err
+    assert "--study" in err
+    assert len(load(sweep).trials) == before
+
+
+def test_two_workers_share_one_study_without_lock_errors(tmp_path, run_command, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_command(sweep_run.main, ["--trials", "4", "--workers", "2", "--no-baselines",
+                                                  "--study", "pair", *SMOKE])
+    assert code == 0, err
+    assert "locked" not in err.lower()
+    trials = load(tmp_path, "pair").trials
+    assert len(trials) == 4 and sorted(t.number for t in trials) == [0, 1, 2, 3]
+    assert len({t.user_attrs["worker"] for t in trials}) == 2  # both workers trained
+    client, runs = mlflow_runs(tmp_path)
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert sorted(r.data.tags["optuna_trial_number"] for r in children) == ["0", "1", "2", "3"]
+    assert not any(r.info.status == "RUNNING" for r in runs)
+
+
+def test_an_oversized_network_is_pruned_before_training(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    giant = {**search_space.baseline("kaggle_cnn"), "block1_filters": 128, "block2_filters": 128,
+             "block1_convs": 3, "block2_convs": 3}
+    storage = sweep_study.open_storage(f"journal:{tmp_path}/optuna.journal")
+    study = optuna.create_study(study_name="giant", storage=storage, direction="maximize")
+    study.enqueue_trial(giant)
+    from sweeps import tracking
+    from sweeps.budgets import BUDGETS
+    uri = tracking.use_experiment("giant", f"sqlite:///{tmp_path}/mlflow.db")
+    parent = mlflow.MlflowClient(uri).create_run(mlflow.get_experiment_by_name("giant").experiment_id).info.run_id
+    settings = objective.SweepSettings(
+        study_name="giant", storage_url=f"journal:{tmp_path}/optuna.journal", tracking_uri=uri,
+        experiment="giant", parent_run_id=parent, total_trials=1, sampler="random", pruner="none",
+        seed=0, budget=BUDGETS["smoke"], data_path=None, split_seed=0,
+        lock_path=str(tmp_path / "ask.lock"), deadline=None)
+    objective.worker_main(settings, 0)
+    (trial,) = optuna.load_study(study_name="giant", storage=storage).trials
+    assert trial.state == TrialState.PRUNED and not trial.intermediate_values
+    assert "TFLOP of training, over the smoke budget's 2; not trained" in trial.user_attrs["reason"]
+
+
+def test_a_trial_over_its_time_share_is_stopped():
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    with pytest.raises(optuna.TrialPruned, match="over its time share of 0 s"):
+        model.fit(np.zeros((64, 4)), np.zeros(64), batch_size=8, epochs=1, verbose=0,
+                  callbacks=[objective.TimeShare(0.0)])
+
+
+def test_the_mlflow_server_shows_the_sweep_as_a_parent_with_children(sweep):
+    """What the README's `mlflow ui` shows, read through the tracking server's REST API."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
+                               f"sqlite:///{sweep}/mlruns/mlflow.db", "--host", "127.0.0.1",
+                               "--port", str(port), "--workers", "1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}/api/2.0/mlflow"
+
+    def post(path, body):
+        request = urllib.request.Request(f"{base}/{path}", json.dumps(body).encode(),
+                                         {"Content-Type": "application/json"})
+        return json.load(urllib.request.urlopen(request, timeout=10))
+
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except OSError:
+                time.sleep(1)
+        experiment = json.load(urllib.request.urlopen(
+            f"{base}/experiments/get-by-name?experiment_name={sweep_run.EXPERIMENT}", timeout=10))
+        runs = post("runs/search", {"experiment_ids": [experiment["experiment"]["experiment_id"]],
+                                    "max_results": 1000})["runs"]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    tags = [{t["key"]: t["value"] for t in run["data"].get("tags", [])} for run in runs]
+    parents = [run for run, tag in zip(runs, tags) if "mlflow.parentRunId" not in tag]
+    assert len(parents) == 1
+    parent_id = parents[0]["info"]["run_id"]
+    assert sum(tag.get("mlflow.parentRunId") == parent_id for tag in tags) == len(load(sweep).trials)
