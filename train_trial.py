@@ -172,7 +172,7 @@ KERAS_TO_OUR_NAMES = {"loss": "train_loss", "accuracy": "train_accuracy"}
 def train(params: dict, split: data.Split, budget: Budget, *, seed: int = 0,
           callbacks: Sequence[keras.callbacks.Callback] = (), verbose: int = 0) -> TrainingResult:
     keras.utils.set_random_seed(seed)
-    model = build_model(params, float(split.x_train.mean()), float(split.x_train.std()))
+    model = build_model(params, split.pixel_mean, split.pixel_std)
     epochs = min(params["epochs"], budget.max_epochs)
     steps_per_epoch = math.ceil(len(split.x_train) / params["batch_size"])
     optimizer, schedule_callbacks = make_optimizer(params, epochs, steps_per_epoch)

@@ -60,6 +60,8 @@ class Split:
     y_val: np.ndarray
     seed: int
     validation_sha256: str  # digest of the validation indices: proves two runs used one split
+    pixel_mean: float  # of the training images, for standardized inputs
+    pixel_std: float
 
 
 def load(path: str | Path | None = None) -> Dataset:
@@ -235,8 +237,9 @@ def split(dataset: Dataset, seed: int = DEFAULT_SPLIT_SEED, train_size: int | No
             raise DataError(f"{dataset.source}: --train-size {train_size} is outside 10-{len(rest)} "
                             "(the training images left after the validation split)")
         rest = rest[stratified_sample(labels[rest], train_size, rng)]
-    return Split(dataset.x_train[rest], labels[rest], dataset.x_train[validation], labels[validation],
-                 seed, _sha256(validation.astype(np.int64)))
+    x_train = dataset.x_train[rest]
+    return Split(x_train, labels[rest], dataset.x_train[validation], labels[validation],
+                 seed, _sha256(validation.astype(np.int64)), float(x_train.mean()), float(x_train.std()))
 
 
 def stratified_sample(labels: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:

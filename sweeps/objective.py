@@ -133,7 +133,6 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, settings: SweepSettings,
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         trial.set_user_attr("worker_rss_mb", resident_megabytes())  # before training: growth shows leaks
         try:
-            mlflow.log_params(params)
             cost = training_tflop(params, len(split.y_train), settings.budget)
             mlflow.log_metric("training_tflop", cost)
             if cost > settings.budget.max_training_tflop:
@@ -146,9 +145,10 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, settings: SweepSettings,
             if result.diverged:
                 raise FloatingPointError(f"loss diverged (NaN or inf) in epoch {result.epochs_run}")
         except optuna.TrialPruned as pruned:
-            _finish(study, trial, TrialState.PRUNED, str(pruned) or "pruned")
+            _finish(study, trial, params, TrialState.PRUNED, str(pruned) or "pruned")
         except Exception as error:  # the sweep goes on; the reason stays with the trial
-            _finish(study, trial, TrialState.FAIL, f"{type(error).__name__}: {error}".splitlines()[0][:500])
+            _finish(study, trial, params, TrialState.FAIL,
+                    f"{type(error).__name__}: {error}".splitlines()[0][:500])
         else:
             mlflow.set_tag("optuna_state", TrialState.COMPLETE.name)
             study.tell(trial, metrics["validation_accuracy"])
@@ -159,7 +159,10 @@ def resident_megabytes() -> float:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def _finish(study: optuna.Study, trial: optuna.Trial, state: TrialState, reason: str) -> None:
+def _finish(study: optuna.Study, trial: optuna.Trial, params: dict, state: TrialState,
+            reason: str) -> None:
+    # Also for trials stopped before log_trial logged their params (re-logging equal values is allowed).
+    mlflow.log_params(params)
     trial.set_user_attr("reason", reason)
     mlflow.set_tags({"optuna_state": state.name, "reason": reason})
     mlflow.end_run(status="KILLED" if state == TrialState.PRUNED else "FAILED")
