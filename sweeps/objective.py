@@ -4,11 +4,14 @@ number, and runs each one: sample -> price -> train with pruning -> record in Op
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import gc
 import logging
+import multiprocessing
 import os
 import socket
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -42,6 +45,12 @@ class SweepSettings:
     split_seed: int
     lock_path: str
     deadline: float | None  # time.time() after which no trial starts
+    recycle_after_mb: float = 150.0  # growth past the post-warm-up size that retires a worker
+
+
+# Exit status of a worker that retires to shed memory: the parent starts a fresh one.
+# TensorFlow keeps ~20 MB per trained model here even after clear_session() and gc.
+RECYCLE_EXIT_CODE = 75
 
 
 class ReportToPruner(keras.callbacks.Callback):
@@ -93,10 +102,16 @@ def worker_main(settings: SweepSettings, worker_index: int) -> None:
         study_name=settings.study_name, storage=sweep_study.open_storage(settings.storage_url),
         sampler=sweep_study.make_sampler(settings.sampler, settings.seed + worker_index),
         pruner=sweep_study.make_pruner(settings.pruner, settings.budget))
-    while (trial := next_trial(study, settings)) is not None:
+    warmed_up_mb = None
+    parent = multiprocessing.parent_process()
+    while (parent is None or parent.is_alive()) and (trial := next_trial(study, settings)) is not None:
         run_trial(study, trial, settings, dataset, split)
-        keras.backend.clear_session()  # each trial's model and graph go before the next
-        gc.collect()
+        release_memory()
+        resident = resident_megabytes()
+        if warmed_up_mb is None:  # TensorFlow's one-time start-up is done after the first trial
+            warmed_up_mb = resident
+        elif resident - warmed_up_mb > settings.recycle_after_mb:
+            sys.exit(RECYCLE_EXIT_CODE)
 
 
 def next_trial(study: optuna.Study, settings: SweepSettings) -> optuna.Trial | None:
@@ -152,6 +167,17 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, settings: SweepSettings,
         else:
             mlflow.set_tag("optuna_state", TrialState.COMPLETE.name)
             study.tell(trial, metrics["validation_accuracy"])
+
+
+def release_memory() -> None:
+    """Drop the finished trial's model and graph, and hand freed heap pages back to the OS
+    (glibc otherwise keeps them, and a worker's resident size only grows)."""
+    keras.backend.clear_session()
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
 
 
 def resident_megabytes() -> float:

@@ -24,7 +24,7 @@ import search_space
 from sweeps import cli, data, study as sweep_study, tracking
 from sweeps.budgets import BUDGETS
 from sweeps.errors import UserError
-from sweeps.objective import SweepSettings, worker_main
+from sweeps.objective import RECYCLE_EXIT_CODE, SweepSettings, worker_main
 
 EXPERIMENT = "mnist-sweeps"
 DEFAULT_STUDY = "mnist-sweep"
@@ -99,57 +99,83 @@ def counts(study: optuna.Study) -> Counter:
     return Counter(t.state for t in study.get_trials(deepcopy=False))
 
 
-def progress(study: optuna.Study, workers: list, total: int) -> None:
-    """A live bar in this process while the workers train: done, pruned, failed, best, ETA."""
+def supervise(study: optuna.Study, settings: SweepSettings, worker_count: int) -> list[int]:
+    """Run the workers, replacing any that retire to shed memory, under a live progress bar
+    (done, pruned, failed, best so far, ETA). Returns the exit codes of workers that crashed."""
     from tqdm import tqdm
+
+    # Spawned, not forked: each worker gets a fresh TensorFlow runtime of its own.
+    context = multiprocessing.get_context("spawn")
+    started = 0
+
+    def start_worker() -> multiprocessing.Process:
+        nonlocal started
+        # A new number for every process, so a replacement does not replay its sampler's seed.
+        worker = context.Process(target=worker_main, args=(settings, started))
+        started += 1
+        worker.start()
+        return worker
 
     def done(states: Counter) -> int:
         return states[TrialState.COMPLETE] + states[TrialState.PRUNED] + states[TrialState.FAIL]
 
-    initial = done(counts(study))
-    with tqdm(total=total, initial=min(initial, total), unit="trial", desc=study.study_name,
+    workers = [start_worker() for _ in range(worker_count)]
+    crashed = []
+    total = settings.total_trials
+    with tqdm(total=total, initial=min(done(counts(study)), total), unit="trial", desc=study.study_name,
               file=sys.stderr, mininterval=1, dynamic_ncols=True) as bar:
-        while True:
-            alive = any(worker.is_alive() for worker in workers)
+        while workers:
+            time.sleep(2)
+            for worker in [w for w in workers if not w.is_alive()]:
+                workers.remove(worker)
+                if worker.exitcode == RECYCLE_EXIT_CODE:
+                    if sum(t.state != TrialState.WAITING for t in study.get_trials(deepcopy=False)) < total:
+                        workers.append(start_worker())
+                elif worker.exitcode != 0:
+                    crashed.append(worker.exitcode)
             states = counts(study)
-            best = max((t.value for t in study.get_trials(deepcopy=False, states=[TrialState.COMPLETE])),
-                       default=None)
-            bar.set_postfix_str(f"pruned {states[TrialState.PRUNED]}, failed {states[TrialState.FAIL]}, "
-                                f"best {best:.4f}" if best is not None else
-                                f"pruned {states[TrialState.PRUNED]}, failed {states[TrialState.FAIL]}",
+            complete = study.get_trials(deepcopy=False, states=[TrialState.COMPLETE])
+            best = f", best {max(t.value for t in complete):.4f}" if complete else ""
+            bar.set_postfix_str(f"pruned {states[TrialState.PRUNED]}, failed {states[TrialState.FAIL]}{best}",
                                 refresh=False)
             bar.update(min(done(states), total) - bar.n)
-            if not alive:
-                break
-            time.sleep(2)
+    return crashed
 
 
-def summary(study: optuna.Study, args, budget, uri: str, parent_run_id: str, seconds: float) -> str:
+def write_best_params(study: optuna.Study) -> Path | None:
+    """The best trial's params as a file train_trial.py --params can read."""
+    if not study.get_trials(deepcopy=False, states=[TrialState.COMPLETE]):
+        return None
+    path = tracking.store_folder() / "studies" / study.study_name / "best_params.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(study.best_trial.params, indent=2) + "\n")
+    return path
+
+
+def summary(study: optuna.Study, args, budget_name: str, best_file: Path | None, uri: str,
+            parent_run_id: str, seconds: float) -> str:
     states = counts(study)
     lines = [f"Study {args.study!r}: {sum(states.values())} trials "
              f"({states[TrialState.COMPLETE]} complete, {states[TrialState.PRUNED]} pruned, "
              f"{states[TrialState.FAIL]} failed) after {seconds / 60:.1f} min in this run"]
-    complete = study.get_trials(deepcopy=False, states=[TrialState.COMPLETE])
     baselines = {t.user_attrs["baseline"]: t for t in study.get_trials(deepcopy=False)
                  if "baseline" in t.user_attrs}
     if baselines:
         lines.append("Baselines at this budget: " + ", ".join(
             f"{name} {t.value:.4f}" if t.state == TrialState.COMPLETE else f"{name} {t.state.name.lower()}"
             for name, t in baselines.items()))
-    if complete:
+    if best_file is None:
+        lines.append("No trial has completed yet.")
+    else:
         best = study.best_trial
         label = f" ({best.user_attrs['baseline']})" if "baseline" in best.user_attrs else ""
         lines.append(f"Best: trial {best.number}{label}, validation accuracy {best.value:.4f}")
         lines.append(f"  params: {json.dumps(best.params)}")
-        best_file = tracking.store_folder() / "studies" / args.study / "best_params.json"
-        best_file.parent.mkdir(parents=True, exist_ok=True)
-        best_file.write_text(json.dumps(best.params, indent=2) + "\n")
+        overrides = "".join(f" --{flag} {value}" for flag, value in (
+            ("train-size", args.train_size), ("max-epochs", args.max_epochs), ("data", args.data))
+            if value is not None)
         lines.append(f"Reproduce the best trial: python train_trial.py --params {best_file} "
-                     f"--budget {budget.name} --train-size {budget.train_size or 54000} "
-                     f"--max-epochs {budget.max_epochs} --seed {args.seed}"
-                     + (f" --data {args.data}" if args.data else ""))
-    else:
-        lines.append("No trial has completed yet.")
+                     f"--budget {budget_name}{overrides} --seed {args.seed}")
     lines.append(f"MLflow: experiment {EXPERIMENT!r}, parent run {parent_run_id} at {uri}; "
                  f"browse with: mlflow ui --backend-store-uri {uri} --host 127.0.0.1")
     return "\n".join(lines)
@@ -184,15 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         lock_path=str(tracking.store_folder() / "studies" / args.study / "ask.lock"),
         deadline=time.time() + args.timeout if args.timeout else None)
     started = time.time()
-    # Spawned, not forked: each worker gets a fresh TensorFlow runtime of its own.
-    context = multiprocessing.get_context("spawn")
-    workers = [context.Process(target=worker_main, args=(settings, index), daemon=False)
-               for index in range(args.workers)]
-    for worker in workers:
-        worker.start()
-    progress(study, workers, args.trials)
-    for worker in workers:
-        worker.join()
+    crashed = supervise(study, settings, args.workers)
 
     import mlflow
 
@@ -201,9 +219,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if complete:
         client.log_metric(run_id, "best_validation_accuracy", study.best_value)
         client.set_tag(run_id, "best_trial", str(study.best_trial.number))
-    crashed = [w.exitcode for w in workers if w.exitcode]
     client.set_terminated(run_id, "FAILED" if crashed else "FINISHED")
-    print(summary(study, args, budget, uri, run_id, time.time() - started))
+    print(summary(study, args, budget.name, write_best_params(study), uri, run_id, time.time() - started))
     if crashed:
         print(f"error: {len(crashed)} worker(s) exited abnormally (exit codes {crashed})", file=sys.stderr)
         return 1

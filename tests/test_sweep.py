@@ -36,15 +36,20 @@ def mlflow_runs(folder):
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
     """One smoke study of 8 trials (the five baselines first), then resumed to 9."""
+    import contextlib
+    import io
+
+    from sweeps import cli
+
     folder = tmp_path_factory.mktemp("sweep")
-    outputs = []
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(folder)
         for trials in (8, 9):
-            with pytest.raises(SystemExit) as exit_info:
-                from sweeps import cli
+            output = io.StringIO()
+            with pytest.raises(SystemExit) as exit_info, contextlib.redirect_stdout(output):
                 cli.run(sweep_run.main, ["--trials", str(trials), *SMOKE])
             assert exit_info.value.code == 0
+    (folder / "summary.txt").write_text(output.getvalue())
     return folder
 
 
@@ -98,6 +103,15 @@ def test_the_summary_files_the_best_params_for_reproduction(sweep):
     assert search_space.validate(stored) == stored
 
 
+def test_the_summary_names_the_best_trial_and_the_command_that_retrains_it(sweep):
+    study, text = load(sweep), (sweep / "summary.txt").read_text()
+    assert f"Study 'mnist-sweep': 9 trials ({sum(t.state == TrialState.COMPLETE for t in study.trials)} complete" in text
+    assert f"Best: trial {study.best_trial.number}" in text and f"{study.best_value:.4f}" in text
+    assert "Baselines at this budget: kaggle_cnn " in text
+    assert (f"Reproduce the best trial: python train_trial.py --params {sweep}/mlruns/studies/mnist-sweep/"
+            "best_params.json --budget smoke --train-size 300 --max-epochs 3 --seed 0") in text
+
+
 def test_resuming_with_another_budget_is_refused(sweep, run_command, monkeypatch):
     monkeypatch.chdir(sweep)
     before = len(load(sweep).trials)
@@ -123,26 +137,45 @@ def test_two_workers_share_one_study_without_lock_errors(tmp_path, run_command, 
     assert not any(r.info.status == "RUNNING" for r in runs)
 
 
-def test_an_oversized_network_is_pruned_before_training(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    giant = {**search_space.baseline("kaggle_cnn"), "block1_filters": 128, "block2_filters": 128,
-             "block1_convs": 3, "block2_convs": 3}
-    storage = sweep_study.open_storage(f"journal:{tmp_path}/optuna.journal")
-    study = optuna.create_study(study_name="giant", storage=storage, direction="maximize")
-    study.enqueue_trial(giant)
+def worker_settings(folder, study_name, **changes):
+    """A study in ``folder`` with a parent run, and the settings a worker needs for it."""
     from sweeps import tracking
     from sweeps.budgets import BUDGETS
-    uri = tracking.use_experiment("giant", f"sqlite:///{tmp_path}/mlflow.db")
-    parent = mlflow.MlflowClient(uri).create_run(mlflow.get_experiment_by_name("giant").experiment_id).info.run_id
-    settings = objective.SweepSettings(
-        study_name="giant", storage_url=f"journal:{tmp_path}/optuna.journal", tracking_uri=uri,
-        experiment="giant", parent_run_id=parent, total_trials=1, sampler="random", pruner="none",
-        seed=0, budget=BUDGETS["smoke"], data_path=None, split_seed=0,
-        lock_path=str(tmp_path / "ask.lock"), deadline=None)
+
+    storage_url = f"journal:{folder}/optuna.journal"
+    optuna.create_study(study_name=study_name, storage=sweep_study.open_storage(storage_url),
+                        direction="maximize")
+    uri = tracking.use_experiment(study_name, f"sqlite:///{folder}/mlflow.db")
+    experiment_id = mlflow.get_experiment_by_name(study_name).experiment_id
+    parent = mlflow.MlflowClient(uri).create_run(experiment_id).info.run_id
+    settings = dict(
+        study_name=study_name, storage_url=storage_url, tracking_uri=uri, experiment=study_name,
+        parent_run_id=parent, total_trials=1, sampler="random", pruner="none", seed=0,
+        budget=BUDGETS["smoke"].overridden(train_size=300), data_path=None, split_seed=0,
+        lock_path=str(folder / "ask.lock"), deadline=None)
+    return objective.SweepSettings(**(settings | changes))
+
+
+def test_an_oversized_network_is_pruned_before_training(tmp_path):
+    giant = {**search_space.baseline("kaggle_cnn"), "block1_filters": 128, "block2_filters": 128,
+             "block1_convs": 3, "block2_convs": 3}
+    settings = worker_settings(tmp_path, "giant", budget=sweep_run.BUDGETS["smoke"])
+    study = optuna.load_study(study_name="giant", storage=sweep_study.open_storage(settings.storage_url))
+    study.enqueue_trial(giant)
     objective.worker_main(settings, 0)
-    (trial,) = optuna.load_study(study_name="giant", storage=storage).trials
+    (trial,) = study.trials
     assert trial.state == TrialState.PRUNED and not trial.intermediate_values
     assert "TFLOP of training, over the smoke budget's 2; not trained" in trial.user_attrs["reason"]
+
+
+def test_a_worker_that_outgrows_its_memory_is_replaced_and_the_study_completes(tmp_path):
+    settings = worker_settings(tmp_path, "recycle", total_trials=3, recycle_after_mb=-1.0)
+    study = optuna.load_study(study_name="recycle", storage=sweep_study.open_storage(settings.storage_url))
+    assert sweep_run.supervise(study, settings, worker_count=1) == []
+    trials = study.trials
+    assert len(trials) == 3 and all(t.state != TrialState.RUNNING for t in trials)
+    workers = [t.user_attrs["worker"] for t in trials]
+    assert workers[0] == workers[1] != workers[2]  # retired after its second trial
 
 
 def test_a_trial_over_its_time_share_is_stopped():
