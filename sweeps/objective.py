@@ -55,16 +55,21 @@ RECYCLE_EXIT_CODE = 75
 
 class ReportToPruner(keras.callbacks.Callback):
     """Reports each epoch's validation accuracy to Optuna; stops the trial when the pruner
-    gives up on it. (optuna-integration's Keras callback would be a dependency for this.)"""
+    gives up on it. (optuna-integration's Keras callback would be a dependency for this.)
 
-    def __init__(self, trial: optuna.Trial):
+    The last epoch is reported but not judged: the training is done by then, and Hyperband
+    would otherwise discard finished trials whenever a rung falls on the budget's last epoch.
+    """
+
+    def __init__(self, trial: optuna.Trial, epochs: int):
         super().__init__()
         self.trial = trial
+        self.epochs = epochs
 
     def on_epoch_end(self, epoch, logs=None):
         accuracy = float(logs["val_accuracy"])
         self.trial.report(accuracy, step=epoch + 1)
-        if self.trial.should_prune():
+        if epoch + 1 < self.epochs and self.trial.should_prune():
             raise optuna.TrialPruned(f"pruner stopped it after epoch {epoch + 1} "
                                      f"(validation accuracy {accuracy:.4f})")
 
@@ -156,7 +161,8 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, settings: SweepSettings,
                     f"budget's {settings.budget.max_training_tflop:g}; not trained")
             result, metrics = train_trial.log_trial(
                 params, dataset, split, settings.budget, seed=settings.seed, title=name,
-                callbacks=[ReportToPruner(trial), TimeShare(settings.budget.trial_seconds)])
+                callbacks=[ReportToPruner(trial, min(params["epochs"], settings.budget.max_epochs)),
+                           TimeShare(settings.budget.trial_seconds)])
             if result.diverged:
                 raise FloatingPointError(f"loss diverged (NaN or inf) in epoch {result.epochs_run}")
         except optuna.TrialPruned as pruned:

@@ -178,6 +178,29 @@ def test_a_worker_that_outgrows_its_memory_is_replaced_and_the_study_completes(t
     assert workers[0] == workers[1] != workers[2]  # retired after its second trial
 
 
+class PruneEverything(optuna.pruners.BasePruner):
+    def prune(self, study, trial):
+        return True
+
+
+def test_a_trial_is_never_pruned_after_its_last_epoch():
+    study = optuna.create_study(direction="maximize", pruner=PruneEverything())
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    model.compile("sgd", "mse", metrics=["mae"])
+    fit = dict(x=np.zeros((16, 4)), y=np.zeros(16), batch_size=8, verbose=0,
+               validation_data=(np.zeros((8, 4)), np.zeros(8)))
+
+    class FakeAccuracy(keras.callbacks.Callback):  # ReportToPruner reads val_accuracy
+        def on_epoch_end(self, epoch, logs=None):
+            logs["val_accuracy"] = 0.5
+
+    with pytest.raises(optuna.TrialPruned, match="after epoch 1"):
+        model.fit(**fit, epochs=2, callbacks=[FakeAccuracy(), objective.ReportToPruner(study.ask(), epochs=2)])
+    trial = study.ask()
+    model.fit(**fit, epochs=1, callbacks=[FakeAccuracy(), objective.ReportToPruner(trial, epochs=1)])
+    assert trial.should_prune()  # the pruner would have: the last epoch was not judged
+
+
 def test_a_trial_over_its_time_share_is_stopped():
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
     model.compile("sgd", "mse")
