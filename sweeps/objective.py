@@ -125,8 +125,12 @@ def next_trial(study: optuna.Study, settings: SweepSettings) -> optuna.Trial | N
     if settings.deadline is not None and time.time() > settings.deadline:
         return None
     with _file_lock(settings.lock_path):
-        started = sum(t.state != TrialState.WAITING for t in study.get_trials(deepcopy=False))
-        return study.ask() if started < settings.total_trials else None
+        return study.ask() if started_trials(study) < settings.total_trials else None
+
+
+def started_trials(study: optuna.Study) -> int:
+    """Trials that count toward --trials: all but those still waiting in the queue."""
+    return sum(t.state != TrialState.WAITING for t in study.get_trials(deepcopy=False))
 
 
 @contextmanager

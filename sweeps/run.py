@@ -24,7 +24,7 @@ import search_space
 from sweeps import cli, data, study as sweep_study, tracking
 from sweeps.budgets import BUDGETS
 from sweeps.errors import UserError
-from sweeps.objective import RECYCLE_EXIT_CODE, SweepSettings, worker_main
+from sweeps.objective import RECYCLE_EXIT_CODE, SweepSettings, started_trials, worker_main
 
 EXPERIMENT = "mnist-sweeps"
 DEFAULT_STUDY = "mnist-sweep"
@@ -129,13 +129,14 @@ def supervise(study: optuna.Study, settings: SweepSettings, worker_count: int) -
             for worker in [w for w in workers if not w.is_alive()]:
                 workers.remove(worker)
                 if worker.exitcode == RECYCLE_EXIT_CODE:
-                    if sum(t.state != TrialState.WAITING for t in study.get_trials(deepcopy=False)) < total:
+                    if started_trials(study) < total:
                         workers.append(start_worker())
                 elif worker.exitcode != 0:
                     crashed.append(worker.exitcode)
-            states = counts(study)
-            complete = study.get_trials(deepcopy=False, states=[TrialState.COMPLETE])
-            best = f", best {max(t.value for t in complete):.4f}" if complete else ""
+            trials = study.get_trials(deepcopy=False)
+            states = Counter(t.state for t in trials)
+            values = [t.value for t in trials if t.state == TrialState.COMPLETE]
+            best = f", best {max(values):.4f}" if values else ""
             bar.set_postfix_str(f"pruned {states[TrialState.PRUNED]}, failed {states[TrialState.FAIL]}{best}",
                                 refresh=False)
             bar.update(min(done(states), total) - bar.n)
