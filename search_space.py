@@ -2,7 +2,8 @@
 ``validate(params)``, which accepts exactly the dicts ``suggest`` can return.
 
 A params dict is flat and JSON-serializable. Keys that only apply to one choice appear only
-with it (``momentum`` only for SGD, ``block2_*`` only with two or more conv blocks).
+with it (``momentum`` only for SGD, ``block2_*`` only with two or more conv blocks,
+``blockN_padding`` only where a "valid" block N would still leave a feature map).
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ import optuna
 from sweeps.errors import ParamsError
 
 # Bumped whenever suggest() changes what it can return; sweeps record it in their fingerprint.
-SEARCH_SPACE_VERSION = 1
+SEARCH_SPACE_VERSION = 2  # 2: no padding choice where 'valid' leaves no feature map
 
 MAX_CONV_BLOCKS = 3
+IMAGE_SIDE = 28
 
 
 def suggest(trial: optuna.trial.BaseTrial) -> dict:
@@ -27,13 +29,26 @@ def suggest(trial: optuna.trial.BaseTrial) -> dict:
 
     if params["family"] == "cnn":
         blocks = params["conv_blocks"] = trial.suggest_int("conv_blocks", 1, MAX_CONV_BLOCKS)
-        for block in range(1, blocks + 1):
-            params[f"block{block}_convs"] = trial.suggest_int(f"block{block}_convs", 1, 3)
-            params[f"block{block}_filters"] = trial.suggest_int(f"block{block}_filters", 4, 128, log=True)
-            params[f"block{block}_kernel"] = trial.suggest_categorical(f"block{block}_kernel", [3, 5])
-            params[f"block{block}_padding"] = trial.suggest_categorical(f"block{block}_padding", ["same", "valid"])
-        params["downsample"] = trial.suggest_categorical("downsample", ["max", "avg", "stride"])
+        downsample = params["downsample"] = trial.suggest_categorical("downsample", ["max", "avg", "stride"])
         params["downsample_last_block"] = trial.suggest_categorical("downsample_last_block", [True, False])
+        side = IMAGE_SIDE
+        for block in range(1, blocks + 1):
+            convs = params[f"block{block}_convs"] = trial.suggest_int(f"block{block}_convs", 1, 3)
+            params[f"block{block}_filters"] = trial.suggest_int(f"block{block}_filters", 4, 128, log=True)
+            kernel = params[f"block{block}_kernel"] = trial.suggest_categorical(f"block{block}_kernel", [3, 5])
+            downsamples = [downsample if b < blocks or params["downsample_last_block"] else None
+                           for b in range(block, blocks + 1)]
+            # "valid" is offered only where it leaves a feature map through the blocks after it
+            # (valid 5x5 convolutions would shrink 28x28 to nothing); elsewhere the block pads
+            # "same", which only the downsampling shrinks.
+            padding = "same"
+            after_valid = feature_map_side(side, convs, kernel, "valid", downsamples[0])
+            for later in downsamples[1:]:
+                after_valid = feature_map_side(after_valid, 1, 1, "same", later)
+            if after_valid >= 1:
+                padding = params[f"block{block}_padding"] = trial.suggest_categorical(
+                    f"block{block}_padding", ["same", "valid"])
+            side = feature_map_side(side, convs, kernel, padding, downsamples[0])
         params["batch_norm"] = trial.suggest_categorical("batch_norm", [False, True])
         params["block_dropout"] = trial.suggest_float("block_dropout", 0.0, 0.5, step=0.05)
 
@@ -59,6 +74,20 @@ def suggest(trial: optuna.trial.BaseTrial) -> dict:
     params["epochs"] = trial.suggest_categorical("epochs", [5, 10, 20, 30])
     params["label_smoothing"] = trial.suggest_float("label_smoothing", 0.0, 0.2, step=0.05)
     return params
+
+
+def feature_map_side(side: int, convs: int, kernel: int, padding: str, downsample: str | None) -> int:
+    """Side of a conv block's output map as Keras computes it (0: the block does not fit).
+    ``downsample`` is "max", "avg", "stride" (the block's last conv) or None."""
+    for conv in range(1, convs + 1):
+        stride = 2 if downsample == "stride" and conv == convs else 1
+        if padding == "same":
+            side = math.ceil(side / stride)
+        elif side < kernel:
+            return 0
+        else:
+            side = (side - kernel) // stride + 1
+    return side // 2 if downsample in ("max", "avg") else side
 
 
 # The five seed recipes, each checkable line by line against its source in shared/seeds/.
@@ -168,6 +197,10 @@ def validate(params: dict, source: str = "params") -> dict:
     searched = {k: v for k, v in params.items() if k not in OPTIONAL_KEYS}
     replayed = suggest(_StrictReplay(searched, source))
     unknown = sorted(set(searched) - set(replayed))
+    padding = [k for k in unknown if k.endswith("_padding") and k.replace("_padding", "_convs") in replayed]
+    if padding:
+        raise ParamsError(f"{source}: {padding[0]} does not apply: a 'valid' block there would "
+                          "leave no feature map, so that block always pads 'same'")
     if unknown:
         raise ParamsError(f"{source}: unknown or inapplicable parameter(s) {', '.join(unknown)}")
     if "class_weights" in params:

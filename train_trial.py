@@ -67,7 +67,7 @@ def build_model(params: dict, pixel_mean: float = 0.0, pixel_std: float = 255.0)
                 strided = downsamples and params["downsample"] == "stride" and conv == convs
                 _add(model, layers.Conv2D(
                     params[f"block{block}_filters"], params[f"block{block}_kernel"],
-                    strides=2 if strided else 1, padding=params[f"block{block}_padding"],
+                    strides=2 if strided else 1, padding=params.get(f"block{block}_padding", "same"),
                     activation=None if params["batch_norm"] else activation), block)
                 if params["batch_norm"]:
                     model.add(layers.BatchNormalization())

@@ -31,3 +31,20 @@ def _import_keras_quietly():
 
 
 keras = _import_keras_quietly()
+
+
+def limit_threads(threads: int) -> None:
+    """Use at most ``threads`` CPU threads for training; call before the first computation.
+    (Several workers on few cores train more images together with a thread each than
+    sharing threads: RESULTS.md.)"""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow
+
+        tensorflow.config.threading.set_intra_op_parallelism_threads(threads)
+        tensorflow.config.threading.set_inter_op_parallelism_threads(threads)
+    elif backend == "torch":
+        import torch
+
+        torch.set_num_threads(threads)
+    # JAX fixes its thread pool when it starts; XLA_FLAGS in the environment is the way there.

@@ -1,6 +1,7 @@
 """Each baseline builds the network its seed describes, layer by layer and parameter by parameter."""
 
 import numpy as np
+import optuna
 import pytest
 
 import search_space
@@ -100,6 +101,36 @@ def test_an_impossible_shape_is_a_params_error():
               "block1_kernel": 5, "block2_kernel": 5, "block3_kernel": 5}
     with pytest.raises(ParamsError, match="block 2: impossible layer shapes"):
         train_trial.build_model(params)
+
+
+def test_every_sampled_network_builds():
+    """suggest() offers "valid" padding only where it fits, so no sampled point is impossible."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
+    networks = [params for params in (search_space.suggest(study.ask()) for _ in range(400))
+                if params["family"] == "cnn"]
+    valid_deep = [p for p in networks if p["conv_blocks"] == 3 and p.get("block3_padding") == "valid"]
+    assert len(networks) > 150 and valid_deep  # the valid option is still there where it fits
+    for params in networks[:80]:
+        train_trial.build_model(params)  # raises ParamsError on an impossible shape
+
+
+@pytest.mark.parametrize("convs,kernel,padding,downsample", [
+    (3, 5, "valid", "max"), (2, 3, "valid", "stride"), (2, 5, "same", "stride"), (1, 3, "valid", None),
+    (3, 3, "same", "avg")])
+def test_feature_map_side_is_what_keras_builds(convs, kernel, padding, downsample):
+    for side in (28, 14, 9, 7, 5, 3):
+        layers = [keras.layers.Conv2D(1, kernel, padding=padding,
+                                      strides=2 if downsample == "stride" and i == convs - 1 else 1)
+                  for i in range(convs)]
+        if downsample in ("max", "avg"):
+            layers.append(keras.layers.MaxPooling2D(2))
+        expected = search_space.feature_map_side(side, convs, kernel, padding, downsample)
+        try:
+            built = keras.Sequential([keras.Input((side, side, 1)), *layers]).output_shape[1]
+        except ValueError:
+            built = 0
+        assert built == expected, side
 
 
 def test_lenet_step_schedule_is_the_papers():

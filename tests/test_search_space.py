@@ -54,6 +54,9 @@ BAD_PARAMS = {
     "fraction for an int": (with_changes("kaggle_cnn", block1_filters=3.5), "block1_filters=3.5 should be an integer"),
     "class weight for digit 10": (with_changes("gradio_cnn", class_weights={"10": 2}), "class_weights key '10' is not a digit 0-9"),
     "not an object": ([1, 2, 3], "expected a JSON object"),
+    "padding where valid cannot fit": (
+        with_changes("chollet_cnn", block1_convs=3, block1_kernel=5, block2_convs=3, block2_kernel=5),
+        "block2_padding does not apply"),
 }
 
 

@@ -1,6 +1,7 @@
 """The sweep on the smoke budget: Optuna and MLflow agree trial by trial, baselines go first,
 a second invocation resumes, two workers share one study, pruning happens, setups don't mix."""
 
+import dataclasses
 import json
 import socket
 import subprocess
@@ -47,7 +48,7 @@ def sweep(tmp_path_factory):
         for trials in (8, 9):
             output = io.StringIO()
             with pytest.raises(SystemExit) as exit_info, contextlib.redirect_stdout(output):
-                cli.run(sweep_run.main, ["--trials", str(trials), *SMOKE])
+                cli.run(sweep_run.main, ["--trials", str(trials), "--workers", "1", *SMOKE])
             assert exit_info.value.code == 0
     (folder / "summary.txt").write_text(output.getvalue())
     return folder
@@ -166,6 +167,16 @@ def test_an_oversized_network_is_pruned_before_training(tmp_path):
     (trial,) = study.trials
     assert trial.state == TrialState.PRUNED and not trial.intermediate_values
     assert "TFLOP of training, over the smoke budget's 2; not trained" in trial.user_attrs["reason"]
+
+
+def test_a_baseline_over_the_cap_is_still_trained_as_a_comparison_point(tmp_path):
+    budget = sweep_run.BUDGETS["smoke"].overridden(train_size=300, max_epochs=1)
+    settings = worker_settings(tmp_path, "capped", budget=dataclasses.replace(budget, max_training_tflop=1e-6))
+    study = optuna.load_study(study_name="capped", storage=sweep_study.open_storage(settings.storage_url))
+    study.enqueue_trial(search_space.baseline("gradio_cnn"), user_attrs={"baseline": "gradio_cnn"})
+    objective.worker_main(settings, 0)
+    (trial,) = study.trials
+    assert trial.state == TrialState.COMPLETE and trial.intermediate_values
 
 
 def test_a_worker_that_outgrows_its_memory_is_replaced_and_the_study_completes(tmp_path):
