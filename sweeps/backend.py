@@ -48,3 +48,17 @@ def limit_threads(threads: int) -> None:
 
         torch.set_num_threads(threads)
     # JAX fixes its thread pool when it starts; XLA_FLAGS in the environment is the way there.
+
+
+def make_deterministic() -> None:
+    """Same seed, same numbers: deterministic kernels (with keras.utils.set_random_seed,
+    which train_trial.train calls). Process-wide and permanent; it can slow training."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow
+
+        tensorflow.config.experimental.enable_op_determinism()
+    elif backend == "torch":
+        import torch
+
+        torch.use_deterministic_algorithms(True)

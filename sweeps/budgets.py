@@ -28,13 +28,14 @@ BUDGETS = {
     # Tests: seconds per trial.
     "smoke": Budget("smoke", train_size=2000, max_epochs=2, patience=1,
                     max_training_tflop=2.0, trial_seconds=120),
-    # The CPU default for sweeps: 50 trials within 45 minutes on 2 cores (RESULTS.md). All the
-    # images, since 12,000 images for 8 epochs left a strong recipe at 98.75 % validation
-    # accuracy; 5 epochs, since a BN chollet_cnn variant needed 5 to pass 99.2 % (3.2 M
-    # multiply-adds, ~35 s an epoch here). The cap admits ~12 M multiply-adds a forward pass
-    # for 5 epochs, about what one single-threaded worker trains within the time share.
+    # The CPU default for sweeps: 50 trials within 45 minutes on 2 cores (RESULTS.md), with
+    # two single-threaded workers. All the images, since 12,000 images for 8 epochs left a
+    # strong recipe at 98.75 % validation accuracy; 5 epochs, since a BN chollet_cnn variant
+    # needed 5 to pass 99.2 % (5.2 TFLOP for 5 epochs). A single-threaded worker trains
+    # about 40 GFLOP/s on mid-sized networks here, so the cap admits what can train its 5
+    # epochs within the time share (~7 M multiply-adds a forward pass).
     "quick": Budget("quick", train_size=None, max_epochs=5, patience=2,
-                    max_training_tflop=20.0, trial_seconds=300),
+                    max_training_tflop=12.0, trial_seconds=270),
     # The seeds' scale: all 54,000 training images, up to 30 epochs. Patience 8 outlasts two
     # of kaggle_cnn's ReduceLROnPlateau periods (3 epochs each), so the annealer gets to act.
     # kaggle_cnn's full recipe is about 320 TFLOP.

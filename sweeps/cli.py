@@ -36,12 +36,12 @@ positive_int = int_at_least(1)
 non_negative_int = int_at_least(0)
 
 
-def add_training_arguments(parser: argparse.ArgumentParser, default_budget: str | None) -> None:
+def add_training_arguments(parser: argparse.ArgumentParser, default_budget: str | None,
+                           chosen_budget: str = "full where a GPU is visible, else quick") -> None:
     """Flags that mean the same on every command that trains (no default budget: the
-    command chooses by hardware)."""
+    command chooses, as ``chosen_budget`` says)."""
     parser.add_argument("--budget", choices=BUDGETS, default=default_budget,
-                        help=f"how much each trial may train (default: "
-                             f"{default_budget or 'full where a GPU is visible, else quick'})")
+                        help=f"how much each trial may train (default: {default_budget or chosen_budget})")
     parser.add_argument("--max-epochs", type=positive_int, help="override the budget's epoch cap")
     parser.add_argument("--train-size", type=positive_int,
                         help="override the budget's number of training images")

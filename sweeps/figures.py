@@ -43,8 +43,14 @@ def confusion_matrix(true_labels: np.ndarray, predicted_labels: np.ndarray) -> n
 
 def confusion_matrix_plot(matrix: np.ndarray, title: str = "Confusion matrix") -> plt.Figure:
     figure, axes = plt.subplots(figsize=(6.5, 5.5))
+    draw_confusion_matrix(axes, matrix, title)
+    figure.tight_layout()
+    return figure
+
+
+def draw_confusion_matrix(axes: plt.Axes, matrix: np.ndarray, title: str) -> None:
     image = axes.imshow(matrix, interpolation="nearest", cmap="Blues")
-    figure.colorbar(image, ax=axes)
+    axes.figure.colorbar(image, ax=axes)
     axes.set_xticks(range(10))
     axes.set_yticks(range(10))
     threshold = matrix.max() / 2
@@ -56,8 +62,6 @@ def confusion_matrix_plot(matrix: np.ndarray, title: str = "Confusion matrix") -
     axes.set_xlabel("Predicted label")
     axes.set_ylabel("True label")
     axes.set_title(title)
-    figure.tight_layout()
-    return figure
 
 
 def most_confident_errors(images: np.ndarray, true_labels: np.ndarray,

@@ -70,32 +70,38 @@ class ReportToPruner(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         accuracy = float(logs["val_accuracy"])
         self.trial.report(accuracy, step=epoch + 1)
-        if epoch + 1 < self.epochs and self.trial.should_prune():
+        # Not judged when training ends here anyway (last epoch, early stopping, time share).
+        if epoch + 1 < self.epochs and not self.model.stop_training and self.trial.should_prune():
             raise optuna.TrialPruned(f"pruner stopped it after epoch {epoch + 1} "
                                      f"(validation accuracy {accuracy:.4f})")
 
 
 class TimeShare(keras.callbacks.Callback):
-    """Stops a trial that runs past its share of the sweep's time."""
+    """Ends training once a trial has run past its share of the sweep's time. The trial
+    still finishes: its budget ran out, as with an epoch cap, and early stopping restores
+    its best validation weights (the partial epoch is validated too)."""
 
     def __init__(self, seconds: float):
         super().__init__()
         self.seconds = seconds
+        self.stopped_after: float | None = None
 
     def on_train_begin(self, logs=None):
         self.started = time.monotonic()
 
     def on_train_batch_end(self, batch, logs=None):
         elapsed = time.monotonic() - self.started
-        if elapsed > self.seconds:
-            raise optuna.TrialPruned(f"stopped after {elapsed:.0f} s: over its time share of "
-                                     f"{self.seconds:.0f} s")
+        if elapsed > self.seconds and self.stopped_after is None:
+            self.stopped_after = elapsed
+            self.model.stop_training = True
 
 
-def training_tflop(params: dict, train_images: int, budget: Budget) -> float:
+def price(params: dict, train_images: int, budget: Budget) -> dict[str, float]:
+    """The network's size and its training arithmetic at this budget, before any training."""
     model = train_trial.build_model(params)
     epochs = min(params["epochs"], budget.max_epochs)
-    return 6 * train_trial.forward_multiply_adds(model) * train_images * epochs / 1e12
+    return {"param_count": model.count_params(),
+            "training_tflop": 6 * train_trial.forward_multiply_adds(model) * train_images * epochs / 1e12}
 
 
 def worker_main(settings: SweepSettings, worker_index: int) -> None:
@@ -160,20 +166,26 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, settings: SweepSettings,
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         trial.set_user_attr("worker_rss_mb", resident_megabytes())  # before training: growth shows leaks
         try:
-            cost = training_tflop(params, len(split.y_train), settings.budget)
-            mlflow.log_metric("training_tflop", cost)
+            priced = price(params, len(split.y_train), settings.budget)
+            mlflow.log_metrics(priced)
+            cost = priced["training_tflop"]
             # Baselines are the sweep's comparison points, so they train even when priced over
             # the cap; the time share still bounds them.
             if cost > settings.budget.max_training_tflop and not baseline:
                 raise optuna.TrialPruned(
                     f"priced at {cost:.1f} TFLOP of training, over the {settings.budget.name} "
                     f"budget's {settings.budget.max_training_tflop:g}; not trained")
+            time_share = TimeShare(settings.budget.trial_seconds)
             result, metrics = train_trial.log_trial(
                 params, dataset, split, settings.budget, seed=settings.seed, title=name,
-                callbacks=[ReportToPruner(trial, min(params["epochs"], settings.budget.max_epochs)),
-                           TimeShare(settings.budget.trial_seconds)])
+                callbacks=[ReportToPruner(trial, min(params["epochs"], settings.budget.max_epochs)), time_share])
             if result.diverged:
                 raise FloatingPointError(f"loss diverged (NaN or inf) in epoch {result.epochs_run}")
+            if time_share.stopped_after is not None:
+                reason = (f"stopped in epoch {result.epochs_run} at its time share of "
+                          f"{time_share.seconds:.0f} s; best epoch {result.best_epoch} kept")
+                trial.set_user_attr("reason", reason)
+                mlflow.set_tag("reason", reason)
         except optuna.TrialPruned as pruned:
             _finish(study, trial, params, TrialState.PRUNED, str(pruned) or "pruned")
         except Exception as error:  # the sweep goes on; the reason stays with the trial

@@ -28,7 +28,7 @@ from sweeps.errors import UserError
 from sweeps.objective import RECYCLE_EXIT_CODE, SweepSettings, started_trials, worker_main
 
 EXPERIMENT = "mnist-sweeps"
-DEFAULT_STUDY = "mnist-sweep"
+DEFAULT_STUDY = sweep_study.DEFAULT_STUDY
 
 
 def parse_args(argv: Sequence[str] | None):
@@ -142,6 +142,7 @@ def supervise(study: optuna.Study, settings: SweepSettings, worker_count: int) -
             best = f", best {max(values):.4f}" if values else ""
             bar.set_postfix_str(f"pruned {states[TrialState.PRUNED]}, failed {states[TrialState.FAIL]}{best}",
                                 refresh=False)
+            bar.refresh()  # elapsed time and ETA tick on while long trials run
             bar.update(min(done(states), total) - bar.n)
     return crashed
 
@@ -180,6 +181,9 @@ def summary(study: optuna.Study, args, budget_name: str, best_file: Path | None,
             if value is not None)
         lines.append(f"Reproduce the best trial: python train_trial.py --params {best_file} "
                      f"--budget {budget_name}{overrides} --seed {args.seed}")
+        storage = f" --storage {sweep_study.redact(args.storage)}" if args.storage else ""
+        lines.append(f"Check it over seeds and register it: python -m sweeps.reproduce --study {args.study}{storage}")
+        lines.append(f"Compare it with the baselines: python -m analysis.compare --study {args.study}{storage}")
     lines.append(f"MLflow: experiment {EXPERIMENT!r}, parent run {parent_run_id} at {uri}; "
                  f"browse with: mlflow ui --backend-store-uri {uri} --host 127.0.0.1")
     return "\n".join(lines)

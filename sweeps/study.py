@@ -15,6 +15,7 @@ from sweeps.budgets import Budget
 from sweeps.errors import UserError
 
 JOURNAL_NAME = "optuna.journal"
+DEFAULT_STUDY = "mnist-sweep"
 SAMPLERS = ("tpe", "random", "cmaes", "gp")
 PRUNERS = ("hyperband", "median", "none")
 
@@ -38,6 +39,30 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         return optuna.storages.RDBStorage(url)
     except Exception as error:  # SQLAlchemy raises many kinds for a bad URL or an unreachable host
         raise UserError(f"--storage {redact(url)}: {str(error).splitlines()[0]}") from None
+
+
+def load_existing(name: str, url: str) -> optuna.Study:
+    """A study that must already exist, for the commands that read a sweep or retrain from it."""
+    if url.startswith("journal:") and not Path(url.removeprefix("journal:")).is_file():
+        raise UserError(f"no study named {name!r}: there is no study storage at {url.removeprefix('journal:')} "
+                        "(run python -m sweeps.run first, or pass --storage)")
+    storage = open_storage(url)
+    try:
+        names = optuna.study.get_all_study_names(storage)
+    except Exception as error:  # a corrupt journal, or a database without Optuna's tables
+        raise UserError(f"cannot read studies from {redact(url)}: {str(error).splitlines()[0]}") from None
+    if name not in names:
+        known = f"studies there: {', '.join(sorted(names))}" if names else "it holds no study"
+        raise UserError(f"no study named {name!r} in {redact(url)}; {known}")
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def recorded_budget(study: optuna.Study) -> Budget:
+    """The budget a sweep's trials were trained at, from its fingerprint."""
+    recorded = study.user_attrs.get("fingerprint", {}).get("budget")
+    if recorded is None:
+        raise UserError(f"study {study.study_name!r} has no recorded budget (not made by sweeps.run); pass --budget")
+    return Budget(**recorded)
 
 
 def redact(url: str) -> str:

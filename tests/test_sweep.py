@@ -16,10 +16,10 @@ import pytest
 from optuna.trial import TrialState
 
 import search_space
+from conftest import SMOKE
 from sweeps import objective, run as sweep_run, study as sweep_study
 from sweeps.backend import keras
 
-SMOKE = ["--budget", "smoke", "--train-size", "300", "--max-epochs", "3"]
 MLFLOW_STATUS = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "KILLED", TrialState.FAIL: "FAILED"}
 
 
@@ -32,26 +32,6 @@ def mlflow_runs(folder):
     client = mlflow.MlflowClient(f"sqlite:///{folder}/mlruns/mlflow.db")
     experiment = client.get_experiment_by_name(sweep_run.EXPERIMENT)
     return client, client.search_runs([experiment.experiment_id], max_results=1000)
-
-
-@pytest.fixture(scope="module")
-def sweep(tmp_path_factory):
-    """One smoke study of 8 trials (the five baselines first), then resumed to 9."""
-    import contextlib
-    import io
-
-    from sweeps import cli
-
-    folder = tmp_path_factory.mktemp("sweep")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(folder)
-        for trials in (8, 9):
-            output = io.StringIO()
-            with pytest.raises(SystemExit) as exit_info, contextlib.redirect_stdout(output):
-                cli.run(sweep_run.main, ["--trials", str(trials), "--workers", "1", *SMOKE])
-            assert exit_info.value.code == 0
-    (folder / "summary.txt").write_text(output.getvalue())
-    return folder
 
 
 def test_baselines_are_the_first_five_trials(sweep):
@@ -212,12 +192,21 @@ def test_a_trial_is_never_pruned_after_its_last_epoch():
     assert trial.should_prune()  # the pruner would have: the last epoch was not judged
 
 
-def test_a_trial_over_its_time_share_is_stopped():
+def test_a_trial_over_its_time_share_is_stopped_and_not_judged_by_the_pruner():
+    study = optuna.create_study(direction="maximize", pruner=PruneEverything())
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
     model.compile("sgd", "mse")
-    with pytest.raises(optuna.TrialPruned, match="over its time share of 0 s"):
-        model.fit(np.zeros((64, 4)), np.zeros(64), batch_size=8, epochs=1, verbose=0,
-                  callbacks=[objective.TimeShare(0.0)])
+    time_share = objective.TimeShare(0.0)
+
+    class FakeAccuracy(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            logs["val_accuracy"] = 0.5
+
+    history = model.fit(np.zeros((64, 4)), np.zeros(64), batch_size=8, epochs=3, verbose=0,
+                        validation_data=(np.zeros((8, 4)), np.zeros(8)),
+                        callbacks=[time_share, FakeAccuracy(), objective.ReportToPruner(study.ask(), epochs=3)])
+    assert len(history.history["loss"]) == 1  # stopped after its first batch, the epoch validated
+    assert time_share.stopped_after is not None
 
 
 def test_the_mlflow_server_shows_the_sweep_as_a_parent_with_children(sweep):

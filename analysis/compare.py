@@ -1,0 +1,360 @@
+"""The sweep against the baselines: a Markdown report with tables and plots, from what the
+study and MLflow already hold. It trains nothing and changes no trial, so it works on a
+study that is still running.
+
+    python -m analysis.compare --study mnist-sweep --out reports/mnist-sweep
+
+The files go to --out and, as artifacts under report/, to the study's parent MLflow run.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import statistics
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import optuna
+from mlflow.exceptions import MlflowException
+from optuna.trial import FrozenTrial, TrialState
+
+import search_space
+from sweeps import cli, figures, study as sweep_study, tracking
+from sweeps.errors import UserError
+
+# Where measured test accuracies of the baselines live: sweeps.baselines, train_trial.py.
+TEST_EXPERIMENTS = ("mnist-baselines", "mnist-trials")
+TOP = 5
+CURVES = 3  # top trials drawn over the baselines' learning curves
+# Shared by MLP and CNN points, so every finished trial has them (parallel coordinates).
+COMMON_PARAMS = ["family", "optimizer", "learning_rate", "lr_schedule", "batch_size",
+                 "label_smoothing", "rotation", "dense_units"]
+
+
+def parse_args(argv: Sequence[str] | None):
+    parser = cli.ArgumentParser(prog="python -m analysis.compare", description=__doc__.splitlines()[0])
+    parser.add_argument("--study", default=sweep_study.DEFAULT_STUDY,
+                        help=f"study name (default: {sweep_study.DEFAULT_STUDY})")
+    parser.add_argument("--out", metavar="DIR", help="report folder (default: reports/STUDY)")
+    parser.add_argument("--storage", metavar="URL", help="Optuna storage URL (default: the journal in mlruns/)")
+    parser.add_argument("--tracking-uri", metavar="URI",
+                        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db)")
+    return parser.parse_args(argv)
+
+
+@dataclass
+class Row:
+    """One trial as the report shows it, with the MLflow run its numbers come from."""
+    trial: FrozenTrial
+    run: mlflow.entities.Run | None
+
+    @property
+    def label(self) -> str:
+        return self.trial.user_attrs.get("baseline") or f"trial {self.trial.number}"
+
+    def metric(self, key: str):
+        return self.run.data.metrics.get(key) if self.run else None
+
+    @property
+    def epochs(self) -> int:
+        logged = self.metric("epochs_run")
+        return int(logged) if logged is not None else len(self.trial.intermediate_values)
+
+    @property
+    def training_seconds(self) -> float | None:
+        logged = self.metric("train_seconds")
+        if logged is not None:
+            return logged
+        if self.run and self.run.info.end_time:  # stopped runs: their wall-clock
+            return (self.run.info.end_time - self.run.info.start_time) / 1000
+        return None
+
+    @property
+    def validation(self) -> str:
+        if self.trial.value is None:
+            return self.trial.state.name.lower()
+        reason = self.trial.user_attrs.get("reason", "")
+        if "time share" in reason:
+            return f"{self.trial.value:.4f} (time share, epoch {self.epochs})"
+        if self.trial.state == TrialState.COMPLETE:
+            return f"{self.trial.value:.4f}"
+        return f"{self.trial.value:.4f} ({'pruner' if 'pruner' in reason else 'stopped'}, epoch {self.epochs})"
+
+
+def open_tracking(requested: str | None) -> mlflow.MlflowClient:
+    uri = tracking.tracking_uri(requested)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise UserError(f"no MLflow store at {uri.removeprefix('sqlite:///')} (pass --tracking-uri)")
+    mlflow.set_tracking_uri(uri)
+    return mlflow.MlflowClient(uri)
+
+
+def fetch_run(client: mlflow.MlflowClient, run_id: str | None):
+    if not run_id:
+        return None
+    try:
+        return client.get_run(run_id)
+    except MlflowException:
+        return None
+
+
+def measured_test_accuracy(client: mlflow.MlflowClient, name: str) -> str:
+    """Mean test accuracy of the baseline's evaluated runs, preferring the full budget."""
+    experiments = [e.experiment_id for e in (client.get_experiment_by_name(n) for n in TEST_EXPERIMENTS) if e]
+    if not experiments:
+        return "not evaluated"
+    runs = client.search_runs(experiments, f"tags.baseline = '{name}' and metrics.test_accuracy >= 0",
+                              max_results=200)
+    if not runs:
+        return "not evaluated"
+    by_budget: dict[str, list[float]] = {}
+    for run in runs:
+        by_budget.setdefault(run.data.tags.get("budget", "?"), []).append(run.data.metrics["test_accuracy"])
+    budget = "full" if "full" in by_budget else max(by_budget, key=lambda b: len(by_budget[b]))
+    values = by_budget[budget]
+    spread = f" ± {statistics.stdev(values):.4f}" if len(values) > 1 else ""
+    return f"{statistics.mean(values):.4f}{spread} ({budget}, {len(values)} seed{'s' * (len(values) > 1)})"
+
+
+def describe(params: dict) -> str:
+    """A one-line recipe: enough to tell trials apart in a table."""
+    if params["family"] == "mlp":
+        body = f"MLP {params['dense_layers']}x{params['dense_units']}"
+    else:
+        blocks = "-".join(f"{params[f'block{b}_convs']}x{params[f'block{b}_filters']}"
+                          for b in range(1, params["conv_blocks"] + 1))
+        body = f"CNN {blocks} {params['downsample']}{' BN' if params['batch_norm'] else ''}"
+    augmented = any(params[k] for k in ("rotation", "zoom", "shift"))
+    return (f"{body}, {params['activation']}, {params['optimizer']} {params['learning_rate']:.2g} "
+            f"{params['lr_schedule']}, batch {params['batch_size']}{', augmented' if augmented else ''}")
+
+
+def cell(value, digits: int = 0) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def baseline_table(rows: dict[str, Row], client) -> list[str]:
+    lines = ["| baseline | documented (its seed) | validation, this sweep | test, measured | params | "
+             "training time (s) | epochs | MLflow run |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name in search_space.BASELINES:
+        row = rows.get(name)
+        documented = search_space.DOCUMENTED_ACCURACY[name]
+        test = measured_test_accuracy(client, name)
+        if row is None:
+            lines.append(f"| {name} | {documented} | not in this study | {test} | - | - | - | - |")
+            continue
+        lines.append(f"| {name} | {documented} | {row.validation} | {test} | {cell(row.metric('param_count'))} | "
+                     f"{cell(row.training_seconds)} | {row.epochs} | {row.run.info.run_id if row.run else '-'} |")
+    return lines
+
+
+def top_table(top: list[Row], best_baseline: Row | None) -> list[str]:
+    reference = f" vs {best_baseline.label} (points)" if best_baseline else ""
+    lines = [f"| rank | trial | validation | difference{reference} | recipe | params | training time (s) | "
+             "epochs | MLflow run |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for rank, row in enumerate(top, 1):
+        difference = (f"{(row.trial.value - best_baseline.trial.value) * 100:+.2f}"
+                      if best_baseline else "-")
+        lines.append(f"| {rank} | {row.label} | {row.trial.value:.4f} | {difference} | {describe(row.trial.params)} | "
+                     f"{cell(row.metric('param_count'))} | {cell(row.training_seconds)} | {row.epochs} | "
+                     f"{row.run.info.run_id if row.run else '-'} |")
+    return lines
+
+
+# --- Plots --------------------------------------------------------------------------------
+
+def plot_history(study: optuna.Study, baselines: dict[str, Row]):
+    from optuna.visualization.matplotlib import plot_optimization_history
+
+    axes = plot_optimization_history(study)
+    values = [row.trial.value for row in baselines.values() if row.trial.value is not None]
+    for (name, row), style in zip(baselines.items(), ["--", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1))]):
+        if row.trial.value is not None:
+            axes.axhline(row.trial.value, linestyle=style, color="gray", linewidth=1,
+                         label=f"{name} ({row.trial.value:.4f})")
+    best = study.best_value
+    axes.set_ylim(max(0.8, min(values + [best]) - 0.005), min(1.0, best + 0.003))
+    axes.legend(loc="lower right", fontsize=7)
+    axes.set_title(f"{study.study_name}: validation accuracy by trial; baselines at this budget")
+    return axes.figure
+
+
+def plot_importances(study: optuna.Study):
+    from optuna.visualization.matplotlib import plot_param_importances
+
+    axes = plot_param_importances(study)
+    axes.set_title("Hyperparameter importances (fANOVA, finished trials' shared parameters)")
+    return axes.figure
+
+
+def plot_parallel(study: optuna.Study, params: list[str]):
+    from optuna.visualization.matplotlib import plot_parallel_coordinate
+
+    axes = plot_parallel_coordinate(study, params=params)
+    axes.figure.set_size_inches(12, 5)
+    return axes.figure
+
+
+def plot_learning_curves(client, top: list[Row], baselines: dict[str, Row]):
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(8, 5))
+    for rows, style in ((list(baselines.values()), "--"), (top, "-o")):
+        for row in rows:
+            if row.run is None:
+                continue
+            history = sorted(client.get_metric_history(row.run.info.run_id, "val_accuracy"), key=lambda m: m.step)
+            if history:
+                axes.plot([m.step + 1 for m in history], [m.value for m in history], style,
+                          label=f"{row.label} ({row.trial.value:.4f})" if row.trial.value else row.label)
+    axes.set_xlabel("epoch")
+    axes.set_ylabel("validation accuracy")
+    axes.set_ylim(bottom=max(0.9, axes.get_ylim()[0]))
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=7, loc="lower right")
+    axes.set_title("Learning curves: top trials (solid) over the baselines (dashed)")
+    figure.tight_layout()
+    return figure
+
+
+def stored_confusion_matrix(run_id: str) -> np.ndarray | None:
+    try:
+        text = mlflow.artifacts.load_text(f"runs:/{run_id}/confusion_matrix.csv")
+    except Exception:  # no such artifact: the run was stopped before its figures
+        return None
+    return np.loadtxt(io.StringIO(text), delimiter=",", skiprows=1, dtype=int)[:, 1:]
+
+
+def kaggle_confusion(client, row: Row | None) -> tuple[np.ndarray, str] | None:
+    """kaggle_cnn's validation confusion matrix: this sweep's run if it got that far, else
+    the latest stored kaggle_cnn run that has one."""
+    if row and row.run and (matrix := stored_confusion_matrix(row.run.info.run_id)) is not None:
+        return matrix, "kaggle_cnn, this sweep"
+    experiments = [e.experiment_id for e in (client.get_experiment_by_name(n) for n in TEST_EXPERIMENTS) if e]
+    for run in client.search_runs(experiments, "tags.baseline = 'kaggle_cnn' and attributes.status = 'FINISHED'",
+                                  order_by=["attributes.start_time DESC"], max_results=20) if experiments else []:
+        if (matrix := stored_confusion_matrix(run.info.run_id)) is not None:
+            return matrix, f"kaggle_cnn, budget {run.data.tags.get('budget', '?')} (run {run.info.run_id[:8]})"
+    return None
+
+
+def plot_confusions(best: Row, kaggle: tuple[np.ndarray, str] | None):
+    import matplotlib.pyplot as plt
+
+    matrix = stored_confusion_matrix(best.run.info.run_id) if best.run else None
+    panels = [(matrix, f"best: {best.label} ({best.trial.value:.4f})")] if matrix is not None else []
+    if kaggle:
+        panels.append(kaggle)
+    if not panels:
+        return None
+    figure, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 5.5), squeeze=False)
+    for ax, (matrix, title) in zip(axes[0], panels):
+        figures.draw_confusion_matrix(ax, matrix, f"{title}: validation")
+    figure.tight_layout()
+    return figure
+
+
+# --- The report ---------------------------------------------------------------------------
+
+def build_report(study: optuna.Study, client: mlflow.MlflowClient, storage: str, out: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    trials = study.get_trials(deepcopy=False)
+    rows = [Row(t, fetch_run(client, t.user_attrs.get("mlflow_run_id"))) for t in trials]
+    baselines = {row.trial.user_attrs["baseline"]: row for row in rows if "baseline" in row.trial.user_attrs}
+    finished = sorted((row for row in rows if row.trial.state == TrialState.COMPLETE),
+                      key=lambda row: row.trial.value, reverse=True)
+    scored = [row for row in baselines.values() if row.trial.value is not None]
+    best_baseline = max(scored, key=lambda row: row.trial.value) if scored else None
+    states = {state: sum(t.state == state for t in trials) for state in TrialState}
+    budget = study.user_attrs.get("fingerprint", {}).get("budget", {})
+
+    out.mkdir(parents=True, exist_ok=True)
+    notes = []
+    plots = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
+        plots["optimization_history.png"] = plot_history(study, baselines)
+        importances = {}
+        try:
+            importances = optuna.importance.get_param_importances(study)
+            plots["param_importances.png"] = plot_importances(study)
+        except (ValueError, RuntimeError) as error:
+            notes.append(f"Hyperparameter importances: not computed ({error}).")
+        shared = [p for p in importances if all(p in row.trial.params for row in finished)][:8]
+        plots["parallel_coordinates.png"] = plot_parallel(study, shared or COMMON_PARAMS)
+        plots["learning_curves.png"] = plot_learning_curves(client, finished[:CURVES], baselines)
+        kaggle = kaggle_confusion(client, baselines.get("kaggle_cnn"))
+        if kaggle is None:
+            notes.append("kaggle_cnn: no stored validation confusion matrix in this MLflow store.")
+        confusion = plot_confusions(finished[0], kaggle)
+        if confusion is not None:
+            plots["confusion_matrices.png"] = confusion
+    for name, figure in plots.items():
+        figure.savefig(out / name, dpi=110, bbox_inches="tight")
+        plt.close(figure)
+
+    parent = study.user_attrs.get("mlflow_parent_run_id", "unknown")
+    best = finished[0]
+    lines = [
+        f"# Study `{study.study_name}`: the sweep against the baselines", "",
+        f"- Storage: `{sweep_study.redact(storage)}`; MLflow parent run `{parent}` at `{mlflow.get_tracking_uri()}`",
+        f"- Budget `{budget.get('name', '?')}`: {budget.get('train_size') or 'all'} training images, up to "
+        f"{budget.get('max_epochs', '?')} epochs, {budget.get('max_training_tflop', '?')} TFLOP and "
+        f"{budget.get('trial_seconds', '?')} s a trial",
+        f"- Trials: {len(trials)} ({states[TrialState.COMPLETE]} complete, {states[TrialState.PRUNED]} pruned, "
+        f"{states[TrialState.FAIL]} failed, {states[TrialState.RUNNING]} running)",
+        f"- Best: {best.label}, validation accuracy {best.trial.value:.4f}"
+        + (f", {(best.trial.value - best_baseline.trial.value) * 100:+.2f} points vs the best baseline "
+           f"({best_baseline.label}, {best_baseline.trial.value:.4f})" if best_baseline else ""),
+        "", "## Baselines", "",
+        "Validation accuracy is this sweep's warm-start trial at the sweep's budget (a stopped trial "
+        "shows its last epoch's figure and why it stopped). Test accuracy is from `python -m "
+        "sweeps.baselines` (or `train_trial.py --evaluate-test`) runs, the full budget where there are any.",
+        "", *baseline_table(baselines, client),
+        "", f"## Top {TOP} trials", "", *top_table(finished[:TOP], best_baseline), "",
+        "## Plots", "",
+    ]
+    captions = {
+        "optimization_history.png": "Optimization history; the baselines at this budget as horizontal lines",
+        "param_importances.png": "Hyperparameter importances",
+        "parallel_coordinates.png": "Parallel coordinates of the finished trials",
+        "learning_curves.png": "Learning curves of the top trials over the baselines'",
+        "confusion_matrices.png": "Validation confusion matrices: the best trial and kaggle_cnn",
+    }
+    for name in plots:
+        lines += [f"### {captions[name]}", "", f"![{captions[name]}]({name})", ""]
+    if notes:
+        lines += ["## Notes", "", *[f"- {note}" for note in notes], ""]
+    lines += ["Best trial's params:", "", "```json", json.dumps(best.trial.params, indent=2), "```", ""]
+    report = out / "report.md"
+    report.write_text("\n".join(lines))
+    if parent != "unknown" and fetch_run(client, parent) is not None:
+        client.log_artifacts(parent, str(out), artifact_path="report")
+    else:
+        print(f"note: the study's parent run {parent} is not in this MLflow store; the report is only in {out}")
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    storage = sweep_study.storage_url(args.storage)
+    study = sweep_study.load_existing(args.study, storage)
+    if not study.get_trials(deepcopy=False, states=[TrialState.COMPLETE]):
+        raise UserError(f"study {args.study!r} has no finished trial yet: nothing to compare")
+    client = open_tracking(args.tracking_uri)
+    out = Path(args.out) if args.out else Path("reports") / args.study
+    report = build_report(study, client, storage, out)
+    print(f"Report: {report} (and the plots beside it); also under report/ in the study's parent MLflow run")
+    return 0
+
+
+if __name__ == "__main__":
+    cli.run(main)

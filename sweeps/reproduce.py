@@ -1,0 +1,178 @@
+"""Retrain one trial of a sweep with several seeds: is its validation accuracy real or a
+lucky seed? Then each seed's model is evaluated once on the test set, and the seed with the
+best validation accuracy is registered in the MLflow Model Registry as the champion.
+
+    python -m sweeps.reproduce --study mnist-sweep --seeds 3 --budget full
+    python -m sweeps.reproduce --study mnist-sweep --trial 17
+
+Selection uses validation accuracy only; the test set is read after every choice is made.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import mlflow
+import optuna
+from optuna.trial import TrialState
+
+import search_space
+import train_trial
+from sweeps import backend, cli, data, study as sweep_study, tracking
+from sweeps.budgets import BUDGETS
+from sweeps.errors import DataError, ParamsError, UserError
+
+EXPERIMENT = "mnist-reproduce"
+REGISTERED_MODEL = "mnist-digits"
+ALIAS = "champion"
+# The sweep's figure counts as reproduced when the seeds' mean falls short of it by at most
+# this many binomial standard errors of a validation accuracy on the validation set's size.
+TOLERANCE_STANDARD_ERRORS = 2.0
+
+
+def parse_args(argv: Sequence[str] | None):
+    parser = cli.ArgumentParser(prog="python -m sweeps.reproduce", description=__doc__.splitlines()[0])
+    parser.add_argument("--study", default=sweep_study.DEFAULT_STUDY,
+                        help=f"study name (default: {sweep_study.DEFAULT_STUDY})")
+    parser.add_argument("--trial", type=cli.non_negative_int, help="trial number (default: the best trial)")
+    parser.add_argument("--seeds", type=cli.positive_int, default=3,
+                        help="seeds to train, counting up from --seed (default: 3)")
+    parser.add_argument("--storage", metavar="URL", help="Optuna storage URL (default: the journal in mlruns/)")
+    parser.add_argument("--model-name", default=REGISTERED_MODEL,
+                        help=f"registered model that gets the @{ALIAS} alias (default: {REGISTERED_MODEL})")
+    cli.add_training_arguments(parser, default_budget=None, chosen_budget="the budget the study was swept at")
+    return parser.parse_args(argv)
+
+
+def chosen_trial(study: optuna.Study, number: int | None) -> optuna.trial.FrozenTrial:
+    trials = study.get_trials(deepcopy=False)
+    if number is None:
+        if not any(t.state == TrialState.COMPLETE for t in trials):
+            raise UserError(f"study {study.study_name!r} has no finished trial to reproduce yet")
+        return study.best_trial
+    if number >= len(trials):
+        raise UserError(f"study {study.study_name!r} has no trial {number} (trials 0-{len(trials) - 1})")
+    trial = trials[number]
+    if not trial.params or trial.state in (TrialState.WAITING, TrialState.RUNNING):
+        raise UserError(f"trial {number} of study {study.study_name!r} is {trial.state.name.lower()}; "
+                        "choose a finished trial")
+    return trial
+
+
+@dataclass
+class SeedRun:
+    seed: int
+    run_id: str
+    result: train_trial.TrainingResult
+    test_accuracy: float | None = None
+
+
+def verdict(sweep_value: float | None, accuracies: Sequence[float], validation_size: int) -> str:
+    """Whether the seeds back the sweep's figure, within a stated tolerance."""
+    mean = statistics.mean(accuracies)
+    if sweep_value is None:
+        return f"the trial has no final value in the study to compare with (seeds' mean {mean:.4f})"
+    tolerance = TOLERANCE_STANDARD_ERRORS * math.sqrt(sweep_value * (1 - sweep_value) / validation_size)
+    gap = sweep_value - mean
+    where = (f"the seeds' mean {mean:.4f} is {abs(gap) * 100:.2f} points "
+             f"{'below' if gap > 0 else 'above'} the sweep's {sweep_value:.4f} "
+             f"(tolerance {tolerance * 100:.2f} points: {TOLERANCE_STANDARD_ERRORS:g} standard errors "
+             f"of an accuracy on {validation_size:,} validation images)")
+    if gap <= tolerance:
+        return f"REAL: {where}"
+    return f"LUCKY SEED: {where}"
+
+
+def register_champion(seed_run: SeedRun, model_name: str, tags: dict[str, str]) -> str:
+    """Register the run's logged model and point the alias at it; returns the version."""
+    client = mlflow.MlflowClient()
+    experiment_id = client.get_run(seed_run.run_id).info.experiment_id
+    models = mlflow.search_logged_models(experiment_ids=[experiment_id], output_format="list",
+                                         filter_string=f"source_run_id = '{seed_run.run_id}'")
+    if not models:
+        raise UserError(f"run {seed_run.run_id} logged no model to register")
+    version = mlflow.register_model(f"models:/{models[0].model_id}", model_name, tags=tags)
+    client.set_registered_model_alias(model_name, ALIAS, version.version)
+    return version.version
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    study = sweep_study.load_existing(args.study, sweep_study.storage_url(args.storage))
+    trial = chosen_trial(study, args.trial)
+    try:
+        params = search_space.validate(trial.params, f"study {args.study!r} trial {trial.number}")
+    except ParamsError as error:
+        raise UserError(f"{error} (was the study swept with another version of search_space.py?)") from None
+    swept_at = study.user_attrs.get("fingerprint", {}).get("budget", {}).get("name", "unknown")
+    budget = (BUDGETS[args.budget] if args.budget else sweep_study.recorded_budget(study)).overridden(
+        train_size=args.train_size, max_epochs=args.max_epochs)
+    dataset = data.load(args.data)
+    fingerprint = study.user_attrs.get("fingerprint", {})
+    if fingerprint.get("data_sha256", dataset.sha256) != dataset.sha256:
+        raise DataError(f"{dataset.source} is not the data study {args.study!r} was swept on "
+                        "(its checksum differs); pass that data with --data")
+    if dataset.x_test is None:
+        raise DataError(f"{dataset.source} has no labelled test set ({dataset.format})")
+    split = data.split(dataset, fingerprint.get("split_seed", data.DEFAULT_SPLIT_SEED), budget.train_size)
+    uri = tracking.use_experiment(EXPERIMENT, args.tracking_uri)
+    backend.make_deterministic()
+
+    label = trial.user_attrs.get("baseline") or f"trial {trial.number}"
+    source = {"source_study": args.study, "source_trial": str(trial.number),
+              "source_run_id": trial.user_attrs.get("mlflow_run_id", "unknown"),
+              "source_value": "none" if trial.value is None else repr(trial.value)}
+    seeds = range(args.seed, args.seed + args.seeds)
+    print(f"Reproducing {label} of study {args.study!r} (validation accuracy "
+          f"{'none' if trial.value is None else f'{trial.value:.4f}'} at budget {swept_at}) "
+          f"with seeds {seeds.start}-{seeds.stop - 1} at budget {budget.name}, deterministic kernels; "
+          f"MLflow experiment {EXPERIMENT!r} at {uri}", flush=True)
+    runs: list[SeedRun] = []
+    for seed in seeds:
+        tags = {**train_trial.run_tags(dataset, split, budget, seed=seed, baseline=trial.user_attrs.get("baseline")),
+                **source}
+        with mlflow.start_run(run_name=f"{args.study} {label} seed {seed}", tags=tags) as run:
+            result, metrics = train_trial.log_trial(params, dataset, split, budget, seed=seed,
+                                                    title=f"{label} seed {seed}")
+            if result.diverged:
+                mlflow.end_run(status="FAILED")
+        print(f"  seed {seed}: validation {result.validation_accuracy:.4f}"
+              f"{' (DIVERGED)' if result.diverged else ''}, {result.epochs_run} epochs "
+              f"(best {result.best_epoch}), {result.train_seconds:.0f} s; run {run.info.run_id}", flush=True)
+        if not result.diverged:
+            runs.append(SeedRun(seed, run.info.run_id, result))
+    if not runs:
+        print("Every seed diverged: nothing to evaluate or register.")
+        return 1
+
+    accuracies = [r.result.validation_accuracy for r in runs]
+    spread = f" ± {statistics.stdev(accuracies):.4f}" if len(runs) > 1 else ""
+    print(f"Validation accuracy over {len(runs)} seed(s): {statistics.mean(accuracies):.4f}{spread}")
+    print(f"Verdict: {verdict(trial.value, accuracies, len(split.y_val))}")
+    if budget.name != swept_at:
+        print(f"  (the seeds trained at budget {budget.name}, the sweep's figure at {swept_at}: "
+              "a larger budget should land above it)")
+
+    client = mlflow.MlflowClient()
+    for seed_run in runs:  # once per model, after every decision that uses validation
+        seed_run.test_accuracy = train_trial.evaluate_test(seed_run.result.model, dataset)["test_accuracy"]
+        client.log_metric(seed_run.run_id, "test_accuracy", seed_run.test_accuracy)
+    tests = [r.test_accuracy for r in runs]
+    spread = f" ± {statistics.stdev(tests):.4f}" if len(runs) > 1 else ""
+    print(f"Test accuracy over {len(runs)} seed(s), evaluated once each: {statistics.mean(tests):.4f}{spread}")
+
+    best = max(runs, key=lambda r: r.result.validation_accuracy)
+    version = register_champion(best, args.model_name, {
+        **source, "seed": str(best.seed), "budget": budget.name,
+        "validation_accuracy": f"{best.result.validation_accuracy:.4f}",
+        "test_accuracy": f"{best.test_accuracy:.4f}"})
+    print(f"Registered seed {best.seed} (best validation accuracy) as {args.model_name} version {version}, "
+          f"alias @{ALIAS}: mlflow.keras.load_model(\"models:/{args.model_name}@{ALIAS}\")")
+    return 0
+
+
+if __name__ == "__main__":
+    cli.run(main)
