@@ -30,7 +30,7 @@ from sweeps.errors import UserError
 # Where measured test accuracies of the baselines live: sweeps.baselines, train_trial.py.
 TEST_EXPERIMENTS = ("mnist-baselines", "mnist-trials")
 TOP = 5
-CURVES = 3  # top trials drawn over the baselines' learning curves
+CURVES = 3  # top sampled trials drawn over the baselines' learning curves
 # Shared by MLP and CNN points, so every finished trial has them (parallel coordinates).
 COMMON_PARAMS = ["family", "optimizer", "learning_rate", "lr_schedule", "batch_size",
                  "label_smoothing", "rotation", "dense_units"]
@@ -219,7 +219,7 @@ def plot_learning_curves(client, top: list[Row], baselines: dict[str, Row]):
     axes.set_ylim(bottom=max(0.9, axes.get_ylim()[0]))
     axes.grid(alpha=0.3)
     axes.legend(fontsize=7, loc="lower right")
-    axes.set_title("Learning curves: top trials (solid) over the baselines (dashed)")
+    axes.set_title("Learning curves: top sampled trials (solid) over the baselines (dashed)")
     figure.tight_layout()
     return figure
 
@@ -279,7 +279,8 @@ def build_report(study: optuna.Study, client: mlflow.MlflowClient, storage: str,
     out.mkdir(parents=True, exist_ok=True)
     notes = []
     plots = {}
-    with warnings.catch_warnings():
+    # Optuna's plots switch matplotlib to its ggplot style for good; the context restores ours.
+    with warnings.catch_warnings(), plt.style.context("default"):
         warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
         plots["optimization_history.png"] = plot_history(study, baselines)
         importances = {}
@@ -290,7 +291,8 @@ def build_report(study: optuna.Study, client: mlflow.MlflowClient, storage: str,
             notes.append(f"Hyperparameter importances: not computed ({error}).")
         shared = [p for p in importances if all(p in row.trial.params for row in finished)][:8]
         plots["parallel_coordinates.png"] = plot_parallel(study, shared or COMMON_PARAMS)
-        plots["learning_curves.png"] = plot_learning_curves(client, finished[:CURVES], baselines)
+        sampled = [row for row in finished if "baseline" not in row.trial.user_attrs]  # baselines: dashed
+        plots["learning_curves.png"] = plot_learning_curves(client, sampled[:CURVES], baselines)
         kaggle = kaggle_confusion(client, baselines.get("kaggle_cnn"))
         if kaggle is None:
             notes.append("kaggle_cnn: no stored validation confusion matrix in this MLflow store.")

@@ -39,11 +39,13 @@ def parse_args(argv: Sequence[str] | None):
                         help=f"study name (default: {sweep_study.DEFAULT_STUDY})")
     parser.add_argument("--trial", type=cli.non_negative_int, help="trial number (default: the best trial)")
     parser.add_argument("--seeds", type=cli.positive_int, default=3,
-                        help="seeds to train, counting up from --seed (default: 3)")
+                        help="seeds to train, counting up from --seed (default: 3 seeds from 1; "
+                             "a sweep trains its trials with seed 0, so these are fresh draws)")
     parser.add_argument("--storage", metavar="URL", help="Optuna storage URL (default: the journal in mlruns/)")
     parser.add_argument("--model-name", default=REGISTERED_MODEL,
                         help=f"registered model that gets the @{ALIAS} alias (default: {REGISTERED_MODEL})")
     cli.add_training_arguments(parser, default_budget=None, chosen_budget="the budget the study was swept at")
+    parser.set_defaults(seed=1)
     return parser.parse_args(argv)
 
 

@@ -18,7 +18,7 @@ def arguments(sweep, tracking_uri, *extra):
 
 @pytest.fixture(scope="module")
 def reproduced(sweep, tmp_path_factory):
-    """Two invocations, each with seeds 0 and 1, into a store of their own."""
+    """Two invocations, each with seeds 1 and 2 (the default start), into a store of their own."""
     from sweeps import cli
     import contextlib
     import io
@@ -42,7 +42,7 @@ def seed_runs(uri):
 
 def test_the_same_seed_twice_gives_identical_validation_accuracy(reproduced):
     runs = seed_runs(reproduced[0])
-    assert [r.data.tags["seed"] for r in runs] == ["0", "1", "0", "1"]
+    assert [r.data.tags["seed"] for r in runs] == ["1", "2", "1", "2"]
     accuracy = [r.data.metrics["validation_accuracy"] for r in runs]
     assert accuracy[0] == accuracy[2] and accuracy[1] == accuracy[3]
 
