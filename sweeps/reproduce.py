@@ -10,20 +10,27 @@ Selection uses validation accuracy only; the test set is read after every choice
 
 from __future__ import annotations
 
-import math
-import statistics
-from collections.abc import Sequence
-from dataclasses import dataclass
+import os
 
-import mlflow
-import optuna
-from optuna.trial import TrialState
+# With op determinism on, TensorFlow logs a C++ "error" for every dataset it rewrites
+# (NodeDef mentions attribute use_unbounded_threadpool), twice per seed; it is harmless and
+# would bury the verdict. Real failures still raise Python exceptions.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import search_space
-import train_trial
-from sweeps import backend, cli, data, study as sweep_study, tracking
-from sweeps.budgets import BUDGETS
-from sweeps.errors import DataError, ParamsError, UserError
+import math  # noqa: E402
+import statistics  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+
+import mlflow  # noqa: E402
+import optuna  # noqa: E402
+from optuna.trial import TrialState  # noqa: E402
+
+import search_space  # noqa: E402
+import train_trial  # noqa: E402
+from sweeps import backend, cli, data, study as sweep_study, tracking  # noqa: E402
+from sweeps.budgets import BUDGETS  # noqa: E402
+from sweeps.errors import DataError, ParamsError, UserError  # noqa: E402
 
 EXPERIMENT = "mnist-reproduce"
 REGISTERED_MODEL = "mnist-digits"
