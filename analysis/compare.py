@@ -103,9 +103,14 @@ def fetch_run(client: mlflow.MlflowClient, run_id: str | None):
         return None
 
 
+def baseline_experiment_ids(client: mlflow.MlflowClient) -> list[str]:
+    """The experiments of this store that hold stand-alone baseline runs."""
+    return [e.experiment_id for e in map(client.get_experiment_by_name, TEST_EXPERIMENTS) if e]
+
+
 def measured_test_accuracy(client: mlflow.MlflowClient, name: str) -> str:
     """Mean test accuracy of the baseline's evaluated runs, preferring the full budget."""
-    experiments = [e.experiment_id for e in (client.get_experiment_by_name(n) for n in TEST_EXPERIMENTS) if e]
+    experiments = baseline_experiment_ids(client)
     if not experiments:
         return "not evaluated"
     runs = client.search_runs(experiments, f"tags.baseline = '{name}' and metrics.test_accuracy >= 0",
@@ -235,7 +240,7 @@ def kaggle_confusion(client, row: Row | None) -> tuple[np.ndarray, str] | None:
     the latest stored kaggle_cnn run that has one."""
     if row and row.run and (matrix := stored_confusion_matrix(row.run.info.run_id)) is not None:
         return matrix, "kaggle_cnn, this sweep"
-    experiments = [e.experiment_id for e in (client.get_experiment_by_name(n) for n in TEST_EXPERIMENTS) if e]
+    experiments = baseline_experiment_ids(client)
     for run in client.search_runs(experiments, "tags.baseline = 'kaggle_cnn' and attributes.status = 'FINISHED'",
                                   order_by=["attributes.start_time DESC"], max_results=20) if experiments else []:
         if (matrix := stored_confusion_matrix(run.info.run_id)) is not None:

@@ -29,6 +29,7 @@ from optuna.trial import TrialState  # noqa: E402
 import search_space  # noqa: E402
 import train_trial  # noqa: E402
 from sweeps import backend, cli, data, study as sweep_study, tracking  # noqa: E402
+from sweeps.baselines import mean_and_sd  # noqa: E402
 from sweeps.budgets import BUDGETS  # noqa: E402
 from sweeps.errors import DataError, ParamsError, UserError  # noqa: E402
 
@@ -158,8 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
     accuracies = [r.result.validation_accuracy for r in runs]
-    spread = f" ± {statistics.stdev(accuracies):.4f}" if len(runs) > 1 else ""
-    print(f"Validation accuracy over {len(runs)} seed(s): {statistics.mean(accuracies):.4f}{spread}")
+    print(f"Validation accuracy over {len(runs)} seed(s): {mean_and_sd(accuracies)}")
     print(f"Verdict: {verdict(trial.value, accuracies, len(split.y_val))}")
     if budget.name != swept_at:
         print(f"  (the seeds trained at budget {budget.name}, the sweep's figure at {swept_at}: "
@@ -170,8 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed_run.test_accuracy = train_trial.evaluate_test(seed_run.result.model, dataset)["test_accuracy"]
         client.log_metric(seed_run.run_id, "test_accuracy", seed_run.test_accuracy)
     tests = [r.test_accuracy for r in runs]
-    spread = f" ± {statistics.stdev(tests):.4f}" if len(runs) > 1 else ""
-    print(f"Test accuracy over {len(runs)} seed(s), evaluated once each: {statistics.mean(tests):.4f}{spread}")
+    print(f"Test accuracy over {len(runs)} seed(s), evaluated once each: {mean_and_sd(tests)}")
 
     best = max(runs, key=lambda r: r.result.validation_accuracy)
     version = register_champion(best, args.model_name, {
