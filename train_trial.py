@@ -100,7 +100,7 @@ def _add(model: keras.Sequential, layer, block: int) -> None:
 
 def make_optimizer(params: dict, epochs: int, steps_per_epoch: int):
     """The optimizer, and the callbacks its schedule needs (epoch-wise schedules)."""
-    rate = params["learning_rate"]
+    rate = search_space.learning_rate(params)
     total_steps = epochs * steps_per_epoch
     callbacks = []
     schedule = params["lr_schedule"]

@@ -32,7 +32,7 @@ TEST_EXPERIMENTS = ("mnist-baselines", "mnist-trials")
 TOP = 5
 CURVES = 3  # top sampled trials drawn over the baselines' learning curves
 # Shared by MLP and CNN points, so every finished trial has them (parallel coordinates).
-COMMON_PARAMS = ["family", "optimizer", "learning_rate", "lr_schedule", "batch_size",
+COMMON_PARAMS = ["family", "optimizer", "lr_schedule", "batch_size",
                  "label_smoothing", "rotation", "dense_units"]
 
 

@@ -49,6 +49,9 @@ class SweepSettings:
     threads: int | None = None  # CPU threads per worker; None: the backend's default
 
 
+# User attribute of a trial pruned on its price alone, before any training.
+PRICED_OUT = "priced_out"
+
 # Exit status of a worker that retires to shed memory: the parent starts a fresh one.
 # TensorFlow keeps ~20 MB per trained model here even after clear_session() and gc.
 RECYCLE_EXIT_CODE = 75
@@ -134,12 +137,19 @@ def next_trial(study: optuna.Study, settings: SweepSettings) -> optuna.Trial | N
     if settings.deadline is not None and time.time() > settings.deadline:
         return None
     with _file_lock(settings.lock_path):
-        return study.ask() if started_trials(study) < settings.total_trials else None
+        return study.ask() if counted_trials(study, settings.total_trials) < settings.total_trials else None
 
 
-def started_trials(study: optuna.Study) -> int:
-    """Trials that count toward --trials: all but those still waiting in the queue."""
-    return sum(t.state != TrialState.WAITING for t in study.get_trials(deepcopy=False))
+def counted_trials(study: optuna.Study, total: int) -> int:
+    """Trials that count toward --trials: all but those still waiting in the queue and those
+    priced over the cap, which cost a second and train nothing. Priced-out samples stop being
+    free after ``total`` of them, so a sweep whose space is mostly over its cap still ends."""
+    started = [t for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING]
+    return len(started) - min(len(priced_out(started)), total)
+
+
+def priced_out(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
+    return [t for t in trials if t.user_attrs.get(PRICED_OUT)]
 
 
 @contextmanager
@@ -172,6 +182,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, settings: SweepSettings,
             # Baselines are the sweep's comparison points, so they train even when priced over
             # the cap; the time share still bounds them.
             if cost > settings.budget.max_training_tflop and not baseline:
+                trial.set_user_attr(PRICED_OUT, True)  # told PRUNED, so TPE learns to avoid the region
                 raise optuna.TrialPruned(
                     f"priced at {cost:.1f} TFLOP of training, over the {settings.budget.name} "
                     f"budget's {settings.budget.max_training_tflop:g}; not trained")

@@ -25,7 +25,7 @@ import search_space
 from sweeps import cli, data, study as sweep_study, tracking
 from sweeps.budgets import BUDGETS
 from sweeps.errors import UserError
-from sweeps.objective import RECYCLE_EXIT_CODE, SweepSettings, started_trials, worker_main
+from sweeps.objective import RECYCLE_EXIT_CODE, SweepSettings, counted_trials, priced_out, worker_main
 
 EXPERIMENT = "mnist-sweeps"
 DEFAULT_STUDY = sweep_study.DEFAULT_STUDY
@@ -98,8 +98,12 @@ def parent_run(study: optuna.Study, args, uri: str, settings_tags: dict) -> str:
     return run_id
 
 
-def counts(study: optuna.Study) -> Counter:
-    return Counter(t.state for t in study.get_trials(deepcopy=False))
+def counts(trials: list[optuna.trial.FrozenTrial]) -> Counter:
+    """Trials by state; samples priced over the cap (PRUNED in Optuna) are counted apart."""
+    over_cap = {t.number for t in priced_out(trials)}
+    states = Counter(t.state for t in trials if t.number not in over_cap)
+    states["over cap"] = len(over_cap)
+    return states
 
 
 def supervise(study: optuna.Study, settings: SweepSettings, worker_count: int) -> list[int]:
@@ -125,23 +129,25 @@ def supervise(study: optuna.Study, settings: SweepSettings, worker_count: int) -
     workers = [start_worker() for _ in range(worker_count)]
     crashed = []
     total = settings.total_trials
-    with tqdm(total=total, initial=min(done(counts(study)), total), unit="trial", desc=study.study_name,
+    initial = done(counts(study.get_trials(deepcopy=False)))
+    with tqdm(total=total, initial=min(initial, total), unit="trial", desc=study.study_name,
               file=sys.stderr, mininterval=1, dynamic_ncols=True) as bar:
         while workers:
             time.sleep(2)
             for worker in [w for w in workers if not w.is_alive()]:
                 workers.remove(worker)
                 if worker.exitcode == RECYCLE_EXIT_CODE:
-                    if started_trials(study) < total:
+                    if counted_trials(study, total) < total:
                         workers.append(start_worker())
                 elif worker.exitcode != 0:
                     crashed.append(worker.exitcode)
             trials = study.get_trials(deepcopy=False)
-            states = Counter(t.state for t in trials)
+            states = counts(trials)
             values = [t.value for t in trials if t.state == TrialState.COMPLETE]
             best = f", best {max(values):.4f}" if values else ""
-            bar.set_postfix_str(f"pruned {states[TrialState.PRUNED]}, failed {states[TrialState.FAIL]}{best}",
-                                refresh=False)
+            over_cap = f", over cap {states['over cap']}" if states["over cap"] else ""
+            bar.set_postfix_str(f"pruned {states[TrialState.PRUNED]}, failed {states[TrialState.FAIL]}"
+                                f"{over_cap}{best}", refresh=False)
             bar.refresh()  # elapsed time and ETA tick on while long trials run
             bar.update(min(done(states), total) - bar.n)
     return crashed
@@ -159,10 +165,15 @@ def write_best_params(study: optuna.Study) -> Path | None:
 
 def summary(study: optuna.Study, args, budget_name: str, best_file: Path | None, uri: str,
             parent_run_id: str, seconds: float) -> str:
-    states = counts(study)
+    trials = study.get_trials(deepcopy=False)
+    states = counts(trials)
+    over_cap = states.pop("over cap")
     lines = [f"Study {args.study!r}: {sum(states.values())} trials "
              f"({states[TrialState.COMPLETE]} complete, {states[TrialState.PRUNED]} pruned, "
              f"{states[TrialState.FAIL]} failed) after {seconds / 60:.1f} min in this run"]
+    if over_cap:
+        lines.append(f"  and {over_cap} sampled networks priced over the {budget_name} budget's cap, "
+                     "not trained (recorded as pruned; they do not count toward --trials)")
     baselines = {t.user_attrs["baseline"]: t for t in study.get_trials(deepcopy=False)
                  if "baseline" in t.user_attrs}
     if baselines:

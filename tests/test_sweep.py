@@ -138,15 +138,29 @@ def worker_settings(folder, study_name, **changes):
 
 
 def test_an_oversized_network_is_pruned_before_training(tmp_path):
-    giant = {**search_space.baseline("kaggle_cnn"), "block1_filters": 128, "block2_filters": 128,
+    giant = {**search_space.baseline("kaggle_cnn"), "block1_filters": 64, "block2_filters": 128,
              "block1_convs": 3, "block2_convs": 3}
     settings = worker_settings(tmp_path, "giant", budget=sweep_run.BUDGETS["smoke"])
     study = optuna.load_study(study_name="giant", storage=sweep_study.open_storage(settings.storage_url))
     study.enqueue_trial(giant)
-    objective.worker_main(settings, 0)
-    (trial,) = study.trials
+    objective.worker_main(settings, 0)  # asked for one trial
+    trial, *others = study.trials
     assert trial.state == TrialState.PRUNED and not trial.intermediate_values
     assert "TFLOP of training, over the smoke budget's 2; not trained" in trial.user_attrs["reason"]
+    # A priced-out sample does not use up the requested total: the worker sampled on.
+    trained = [t for t in others if not t.user_attrs.get(objective.PRICED_OUT)]
+    assert len(trained) == 1 and trained[0].state == TrialState.COMPLETE == others[-1].state
+    assert objective.counted_trials(study, settings.total_trials) == 1
+
+
+def test_priced_out_samples_stop_being_free_after_as_many_as_requested(tmp_path):
+    settings = worker_settings(tmp_path, "capped", total_trials=2,
+                               budget=dataclasses.replace(sweep_run.BUDGETS["smoke"], max_training_tflop=1e-9))
+    study = optuna.load_study(study_name="capped", storage=sweep_study.open_storage(settings.storage_url))
+    objective.worker_main(settings, 0)
+    trials = study.trials
+    assert len(trials) == 4 and all(t.user_attrs[objective.PRICED_OUT] for t in trials)
+    assert all(t.state == TrialState.PRUNED for t in trials)
 
 
 def test_a_baseline_over_the_cap_is_still_trained_as_a_comparison_point(tmp_path):

@@ -117,7 +117,7 @@ def test_without_evaluate_test_the_test_set_is_not_used(tmp_path, run_command, t
 
 
 def test_early_stopping_keeps_the_best_epochs_weights(mnist):
-    params = {**search_space.baseline("mlp_3x256"), "learning_rate": 0.1, "epochs": 5}
+    params = {**search_space.baseline("mlp_3x256"), "sgd_learning_rate": 0.1, "epochs": 5}
     split = data.split(mnist, train_size=600)
     result = train_trial.train(params, split, BUDGETS["smoke"].overridden(max_epochs=5))
     best = max(result.history["val_accuracy"])
@@ -126,7 +126,7 @@ def test_early_stopping_keeps_the_best_epochs_weights(mnist):
 
 
 def test_a_diverging_trial_stops_at_once_and_is_recorded_as_failed(mnist, tracking_uri):
-    params = {**search_space.baseline("mlp_3x256"), "learning_rate": 1e6, "epochs": 30}
+    params = {**search_space.baseline("mlp_3x256"), "sgd_learning_rate": 1e6, "epochs": 30}
     from sweeps import tracking
     tracking.use_experiment("divergence", tracking_uri)
     split = data.split(mnist, train_size=600)
