@@ -5,17 +5,17 @@ number, and runs each one: sample -> price -> train with pruning -> record in Op
 from __future__ import annotations
 
 import ctypes
-import fcntl
 import gc
 import logging
 import multiprocessing
 import os
+import signal
 import socket
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import mlflow
 import optuna
@@ -107,7 +107,31 @@ def price(params: dict, train_images: int, budget: Budget) -> dict[str, float]:
             "training_tflop": 6 * train_trial.forward_multiply_adds(model) * train_images * epochs / 1e12}
 
 
+class Interrupted(BaseException):
+    """The sweep was asked to stop (Ctrl-C): a BaseException, so that no ``except Exception``
+    on the way out of Keras' training loop swallows it."""
+
+
+def _stop_requested(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once is enough; marking the trial must finish
+    raise Interrupted
+
+
 def worker_main(settings: SweepSettings, worker_index: int) -> None:
+    # Ctrl-C reaches every process of the terminal's group; the parent decides what it means
+    # and asks workers to stop with SIGTERM, so one Ctrl-C is not taken twice.
+    previous = {number: signal.signal(number, handler) for number, handler in
+                ((signal.SIGINT, signal.SIG_IGN), (signal.SIGTERM, _stop_requested))}
+    try:
+        _work(settings, worker_index)
+    except Interrupted:
+        pass  # the running trial recorded itself as failed, with the reason
+    finally:  # as they were, for a worker run in-process (tests)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def _work(settings: SweepSettings, worker_index: int) -> None:
     if settings.threads:
         backend.limit_threads(settings.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -115,14 +139,15 @@ def worker_main(settings: SweepSettings, worker_index: int) -> None:
     dataset = data.load(settings.data_path)
     split = data.split(dataset, settings.split_seed, settings.budget.train_size)  # once per worker
     tracking.use_experiment(settings.experiment, settings.tracking_uri)
+    storage = sweep_study.open_storage(settings.storage_url)
     study = optuna.load_study(
-        study_name=settings.study_name, storage=sweep_study.open_storage(settings.storage_url),
+        study_name=settings.study_name, storage=storage,
         sampler=sweep_study.make_sampler(settings.sampler, settings.seed + worker_index),
         pruner=sweep_study.make_pruner(settings.pruner, settings.budget))
     warmed_up_mb = None
     parent = multiprocessing.parent_process()
-    while (parent is None or parent.is_alive()) and (trial := next_trial(study, settings)) is not None:
-        run_trial(study, trial, settings, dataset, split)
+    while (parent is None or parent.is_alive()) and (trial := next_trial(study, storage, settings)) is not None:
+        run_trial(study, storage, trial, settings, dataset, split)
         release_memory()
         resident = resident_megabytes()
         if warmed_up_mb is None:  # TensorFlow's one-time start-up is done after the first trial
@@ -131,12 +156,13 @@ def worker_main(settings: SweepSettings, worker_index: int) -> None:
             sys.exit(RECYCLE_EXIT_CODE)
 
 
-def next_trial(study: optuna.Study, settings: SweepSettings) -> optuna.Trial | None:
+def next_trial(study: optuna.Study, storage: optuna.storages.BaseStorage,
+               settings: SweepSettings) -> optuna.Trial | None:
     """A new (or enqueued) trial, or None when the study holds the requested number. The
-    count and the ask happen under a lock, so local workers never overshoot the total."""
+    count and the ask happen under a lock, so workers never overshoot the total."""
     if settings.deadline is not None and time.time() > settings.deadline:
         return None
-    with _file_lock(settings.lock_path):
+    with sweep_study.ask_lock(storage, settings.study_name, settings.lock_path):
         return study.ask() if counted_trials(study, settings.total_trials) < settings.total_trials else None
 
 
@@ -152,28 +178,17 @@ def priced_out(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.Froz
     return [t for t in trials if t.user_attrs.get(PRICED_OUT)]
 
 
-@contextmanager
-def _file_lock(path: str):
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def run_trial(study: optuna.Study, trial: optuna.Trial, settings: SweepSettings,
-              dataset: data.Dataset, split: data.Split) -> None:
+def run_trial(study: optuna.Study, storage: optuna.storages.BaseStorage, trial: optuna.Trial,
+              settings: SweepSettings, dataset: data.Dataset, split: data.Split) -> None:
     params = search_space.suggest(trial)
     baseline = trial.user_attrs.get("baseline")
     name = baseline or f"trial {trial.number}"
     tags = {**train_trial.run_tags(dataset, split, settings.budget, seed=settings.seed, baseline=baseline),
             "mlflow.parentRunId": settings.parent_run_id,  # nests the run under the study's row
             "optuna_study": settings.study_name, "optuna_trial_number": str(trial.number)}
-    with mlflow.start_run(run_name=name, tags=tags) as run:
+    trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # first: recovery reads it
+    with mlflow.start_run(run_name=name, tags=tags) as run, heartbeat(storage, trial):
         trial.set_user_attr("mlflow_run_id", run.info.run_id)
-        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         trial.set_user_attr("worker_rss_mb", resident_megabytes())  # before training: growth shows leaks
         try:
             priced = price(params, len(split.y_train), settings.budget)
@@ -197,6 +212,9 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, settings: SweepSettings,
                           f"{time_share.seconds:.0f} s; best epoch {result.best_epoch} kept")
                 trial.set_user_attr("reason", reason)
                 mlflow.set_tag("reason", reason)
+        except Interrupted:
+            _finish(study, trial, params, TrialState.FAIL, "interrupted by the user (Ctrl-C)", run_status="KILLED")
+            raise
         except optuna.TrialPruned as pruned:
             _finish(study, trial, params, TrialState.PRUNED, str(pruned) or "pruned")
         except Exception as error:  # the sweep goes on; the reason stays with the trial
@@ -205,6 +223,30 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, settings: SweepSettings,
         else:
             mlflow.set_tag("optuna_state", TrialState.COMPLETE.name)
             study.tell(trial, metrics["validation_accuracy"])
+
+
+@contextmanager
+def heartbeat(storage: optuna.storages.BaseStorage, trial: optuna.Trial):
+    """While the trial runs, tell a storage that tracks heartbeats (RDB) that its worker is
+    alive, so a worker that dies on another machine has its trial failed once it falls silent."""
+    if not isinstance(storage, optuna.storages.RDBStorage):  # local storages: see recovery.py
+        yield
+        return
+    stopped = threading.Event()
+
+    def beat():
+        while True:
+            storage.record_heartbeat(trial._trial_id)
+            if stopped.wait(sweep_study.HEARTBEAT_SECONDS):
+                return
+
+    thread = threading.Thread(target=beat, daemon=True, name="optuna-heartbeat")
+    thread.start()
+    try:
+        yield
+    finally:
+        stopped.set()
+        thread.join()
 
 
 def release_memory() -> None:
@@ -224,10 +266,10 @@ def resident_megabytes() -> float:
 
 
 def _finish(study: optuna.Study, trial: optuna.Trial, params: dict, state: TrialState,
-            reason: str) -> None:
+            reason: str, run_status: str | None = None) -> None:
     # Also for trials stopped before log_trial logged their params (re-logging equal values is allowed).
     mlflow.log_params(params)
     trial.set_user_attr("reason", reason)
     mlflow.set_tags({"optuna_state": state.name, "reason": reason})
-    mlflow.end_run(status="KILLED" if state == TrialState.PRUNED else "FAILED")
+    mlflow.end_run(status=run_status or ("KILLED" if state == TrialState.PRUNED else "FAILED"))
     study.tell(trial, state=state)

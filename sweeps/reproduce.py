@@ -28,14 +28,13 @@ from optuna.trial import TrialState  # noqa: E402
 
 import search_space  # noqa: E402
 import train_trial  # noqa: E402
-from sweeps import backend, cli, data, study as sweep_study, tracking  # noqa: E402
+from sweeps import backend, cli, data, digit_model, study as sweep_study, tracking  # noqa: E402
 from sweeps.baselines import mean_and_sd  # noqa: E402
 from sweeps.budgets import BUDGETS  # noqa: E402
 from sweeps.errors import DataError, ParamsError, UserError  # noqa: E402
 
 EXPERIMENT = "mnist-reproduce"
-REGISTERED_MODEL = "mnist-digits"
-ALIAS = "champion"
+REGISTERED_MODEL, ALIAS = digit_model.REGISTERED_MODEL, digit_model.ALIAS
 # The sweep's figure counts as reproduced when the seeds' mean falls short of it by at most
 # this many binomial standard errors of a validation accuracy on the validation set's size.
 TOLERANCE_STANDARD_ERRORS = 2.0

@@ -11,18 +11,20 @@ import json
 import multiprocessing
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
 
 import search_space
-from sweeps import cli, data, study as sweep_study, tracking
+from sweeps import cli, data, recovery, study as sweep_study, tracking
 from sweeps.budgets import BUDGETS
 from sweeps.errors import UserError
 from sweeps.objective import RECYCLE_EXIT_CODE, SweepSettings, counted_trials, priced_out, worker_main
@@ -61,22 +63,39 @@ def gpu_visible() -> bool:
     return listing.returncode == 0 and "GPU" in listing.stdout
 
 
-def open_study(args, storage, fingerprint: dict) -> optuna.Study:
-    """Create the study (baselines enqueued first) or resume it if its fingerprint matches."""
-    exists = args.study in optuna.study.get_all_study_names(storage)
-    study = optuna.create_study(study_name=args.study, storage=storage, direction="maximize",
-                                load_if_exists=True)
-    recorded = study.user_attrs.get("fingerprint")
-    if recorded is None and not exists:
-        study.set_user_attr("fingerprint", fingerprint)
-        if not args.no_baselines:
-            for name in list(search_space.BASELINES)[:args.trials]:
-                study.enqueue_trial(search_space.baseline(name), user_attrs={"baseline": name})
-    elif recorded != fingerprint:
-        raise UserError(f"study {args.study!r} was recorded with a different setup "
-                        f"({sweep_study.describe_difference(recorded or {}, fingerprint)}); "
-                        "resume it with its original flags, or name a new one with --study")
+def open_study(args, storage, fingerprint: dict, set_up: Callable[[optuna.Study], None]) -> optuna.Study:
+    """Create the study, or join it if its fingerprint matches. Its creator enqueues the
+    baselines first, then ``set_up`` runs (the MLflow parent run), and the fingerprint goes
+    last: other invocations, here or on other machines, wait for it before they ask."""
+    try:
+        if args.study in optuna.study.get_all_study_names(storage):  # checked first: a refused
+            raise optuna.exceptions.DuplicatedStudyError  # resume writes nothing to the storage
+        study = optuna.create_study(study_name=args.study, storage=storage, direction="maximize")
+    except optuna.exceptions.DuplicatedStudyError:  # it exists, or another machine just made it
+        study = optuna.load_study(study_name=args.study, storage=storage)
+        recorded = wait_for_fingerprint(study)
+        if recorded != fingerprint:
+            raise UserError(f"study {args.study!r} was recorded with a different setup "
+                            f"({sweep_study.describe_difference(recorded, fingerprint)}); "
+                            "resume it with its original flags, or name a new one with --study") from None
+        return study
+    if not args.no_baselines:
+        for name in list(search_space.BASELINES)[:args.trials]:
+            study.enqueue_trial(search_space.baseline(name), user_attrs={"baseline": name})
+    set_up(study)
+    study.set_user_attr("fingerprint", fingerprint)
     return study
+
+
+def wait_for_fingerprint(study: optuna.Study, seconds: float = 60) -> dict:
+    waited = 0.0
+    while (recorded := study.user_attrs.get("fingerprint")) is None:
+        if waited >= seconds:
+            raise UserError(f"study {study.study_name!r} exists but was never set up by sweeps.run "
+                            "(or its creator stopped while setting it up); name a new one with --study")
+        time.sleep(0.5)
+        waited += 0.5
+    return recorded
 
 
 def parent_run(study: optuna.Study, args, uri: str, settings_tags: dict) -> str:
@@ -106,9 +125,19 @@ def counts(trials: list[optuna.trial.FrozenTrial]) -> Counter:
     return states
 
 
-def supervise(study: optuna.Study, settings: SweepSettings, worker_count: int) -> list[int]:
+@dataclass
+class Outcome:
+    crashed: list[int] = field(default_factory=list)  # exit codes of workers that died abnormally
+    interrupted: bool = False  # stopped by Ctrl-C
+
+
+def supervise(study: optuna.Study, settings: SweepSettings, worker_count: int) -> Outcome:
     """Run the workers, replacing any that retire to shed memory, under a live progress bar
-    (done, pruned, failed, best so far, ETA). Returns the exit codes of workers that crashed."""
+    (done, pruned, failed, best so far, ETA).
+
+    Ctrl-C asks each worker to stop (SIGTERM): it records its running trial as failed, with
+    the reason, closes the trial's MLflow run and exits. A second Ctrl-C kills the workers
+    and returns at once; the next invocation ends the trials they leave running."""
     from tqdm import tqdm
 
     # Spawned, not forked: each worker gets a fresh TensorFlow runtime of its own.
@@ -127,30 +156,44 @@ def supervise(study: optuna.Study, settings: SweepSettings, worker_count: int) -
         return states[TrialState.COMPLETE] + states[TrialState.PRUNED] + states[TrialState.FAIL]
 
     workers = [start_worker() for _ in range(worker_count)]
-    crashed = []
+    outcome = Outcome()
     total = settings.total_trials
     initial = done(counts(study.get_trials(deepcopy=False)))
     with tqdm(total=total, initial=min(initial, total), unit="trial", desc=study.study_name,
               file=sys.stderr, mininterval=1, dynamic_ncols=True) as bar:
         while workers:
-            time.sleep(2)
-            for worker in [w for w in workers if not w.is_alive()]:
-                workers.remove(worker)
-                if worker.exitcode == RECYCLE_EXIT_CODE:
-                    if counted_trials(study, total) < total:
-                        workers.append(start_worker())
-                elif worker.exitcode != 0:
-                    crashed.append(worker.exitcode)
-            trials = study.get_trials(deepcopy=False)
-            states = counts(trials)
-            values = [t.value for t in trials if t.state == TrialState.COMPLETE]
-            best = f", best {max(values):.4f}" if values else ""
-            over_cap = f", over cap {states['over cap']}" if states["over cap"] else ""
-            bar.set_postfix_str(f"pruned {states[TrialState.PRUNED]}, failed {states[TrialState.FAIL]}"
-                                f"{over_cap}{best}", refresh=False)
-            bar.refresh()  # elapsed time and ETA tick on while long trials run
-            bar.update(min(done(states), total) - bar.n)
-    return crashed
+            try:
+                time.sleep(2)
+                for worker in [w for w in workers if not w.is_alive()]:
+                    workers.remove(worker)
+                    if worker.exitcode == RECYCLE_EXIT_CODE:
+                        if counted_trials(study, total) < total and not outcome.interrupted:
+                            workers.append(start_worker())
+                    elif worker.exitcode != 0:
+                        outcome.crashed.append(worker.exitcode)
+                trials = study.get_trials(deepcopy=False)
+                states = counts(trials)
+                values = [t.value for t in trials if t.state == TrialState.COMPLETE]
+                best = f", best {max(values):.4f}" if values else ""
+                over_cap = f", over cap {states['over cap']}" if states["over cap"] else ""
+                bar.set_postfix_str(f"pruned {states[TrialState.PRUNED]}, failed {states[TrialState.FAIL]}"
+                                    f"{over_cap}{best}", refresh=False)
+                bar.refresh()  # elapsed time and ETA tick on while long trials run
+                bar.update(min(done(states), total) - bar.n)
+            except KeyboardInterrupt:
+                if outcome.interrupted:
+                    for worker in workers:
+                        worker.kill()
+                    bar.write("Quit at once; running the same command again ends the trials left running.",
+                              file=sys.stderr)
+                    raise
+                outcome.interrupted = True
+                bar.write("Stopping: each running trial is recorded as failed and its MLflow run closed "
+                          "(Ctrl-C again quits at once).", file=sys.stderr)
+                for worker in workers:
+                    if worker.is_alive():
+                        os.kill(worker.pid, signal.SIGTERM)
+    return outcome
 
 
 def write_best_params(study: optuna.Study) -> Path | None:
@@ -168,9 +211,12 @@ def summary(study: optuna.Study, args, budget_name: str, best_file: Path | None,
     trials = study.get_trials(deepcopy=False)
     states = counts(trials)
     over_cap = states.pop("over cap")
-    lines = [f"Study {args.study!r}: {sum(states.values())} trials "
+    finished = states[TrialState.COMPLETE] + states[TrialState.PRUNED] + states[TrialState.FAIL]
+    unfinished = "".join(f", {states[state]} {state.name.lower()}" for state in (TrialState.RUNNING, TrialState.WAITING)
+                         if states[state])
+    lines = [f"Study {args.study!r}: {finished} trials "
              f"({states[TrialState.COMPLETE]} complete, {states[TrialState.PRUNED]} pruned, "
-             f"{states[TrialState.FAIL]} failed) after {seconds / 60:.1f} min in this run"]
+             f"{states[TrialState.FAIL]} failed{unfinished}) after {seconds / 60:.1f} min in this run"]
     if over_cap:
         lines.append(f"  and {over_cap} sampled networks priced over the {budget_name} budget's cap, "
                      "not trained (recorded as pruned; they do not count toward --trials)")
@@ -217,12 +263,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     storage = sweep_study.open_storage(storage_url)
     uri = tracking.use_experiment(EXPERIMENT, args.tracking_uri)
     fingerprint = sweep_study.fingerprint(dataset.sha256, budget, data.DEFAULT_SPLIT_SEED)
-    study = open_study(args, storage, fingerprint)
-    run_id = parent_run(study, args, uri, {
-        "optuna_storage": sweep_study.redact(storage_url), "sweep.trials": str(args.trials),
-        "sweep.sampler": args.sampler, "sweep.pruner": args.pruner, "sweep.workers": str(workers),
-        "sweep.budget": budget.name, "sweep.fingerprint": json.dumps(fingerprint)})
+    tags = {"optuna_storage": sweep_study.redact(storage_url), "sweep.trials": str(args.trials),
+            "sweep.sampler": args.sampler, "sweep.pruner": args.pruner, "sweep.workers": str(workers),
+            "sweep.budget": budget.name, "sweep.fingerprint": json.dumps(fingerprint)}
+    study = open_study(args, storage, fingerprint, lambda created: parent_run(created, args, uri, tags))
+    run_id = parent_run(study, args, uri, tags)
 
+    import mlflow
+
+    client = mlflow.MlflowClient(uri)
+    experiment_id = client.get_run(run_id).info.experiment_id
+    report_orphans(recovery.end_orphaned_trials(study, storage, client, experiment_id, run_id))
     print(f"Study {args.study!r}: budget {budget.name} ({budget.train_size or 'all'} training images, "
           f"up to {budget.max_epochs} epochs, at most {budget.max_training_tflop:g} TFLOP and "
           f"{budget.trial_seconds:g} s a trial); sampler {args.sampler}, pruner {args.pruner}, "
@@ -234,21 +285,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         lock_path=str(tracking.store_folder() / "studies" / args.study / "ask.lock"),
         deadline=time.time() + args.timeout if args.timeout else None, threads=threads)
     started = time.time()
-    crashed = supervise(study, settings, workers)
+    outcome = supervise(study, settings, workers)
+    report_orphans(recovery.end_orphaned_trials(study, storage, client, experiment_id, run_id))  # crashed workers'
 
-    import mlflow
-
-    client = mlflow.MlflowClient(uri)
     complete = study.get_trials(deepcopy=False, states=[TrialState.COMPLETE])
     if complete:
         client.log_metric(run_id, "best_validation_accuracy", study.best_value)
         client.set_tag(run_id, "best_trial", str(study.best_trial.number))
-    client.set_terminated(run_id, "FAILED" if crashed else "FINISHED")
+    if outcome.interrupted:
+        client.set_terminated(run_id, "KILLED")
+    elif outcome.crashed:
+        client.set_terminated(run_id, "FAILED")
+    elif not study.get_trials(deepcopy=False, states=[TrialState.RUNNING]):
+        client.set_terminated(run_id, "FINISHED")  # else another invocation's workers are still at it
     print(summary(study, args, budget.name, write_best_params(study), uri, run_id, time.time() - started))
-    if crashed:
-        print(f"error: {len(crashed)} worker(s) exited abnormally (exit codes {crashed})", file=sys.stderr)
+    if outcome.interrupted:
+        print("interrupted: run the same command again to go on to the requested total", file=sys.stderr)
+        return 130
+    if outcome.crashed:
+        print(f"error: {len(outcome.crashed)} worker(s) exited abnormally (exit codes {outcome.crashed}); "
+              "their trials were recorded as failed", file=sys.stderr)
         return 1
     return 0
+
+
+def report_orphans(numbers: list[int]) -> None:
+    if numbers:
+        print(f"Ended trial(s) {', '.join(map(str, numbers))}: left running by a worker that is gone "
+              "(now FAIL in Optuna, KILLED in MLflow, with the reason)", flush=True)
 
 
 if __name__ == "__main__":

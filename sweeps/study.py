@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import importlib.util
 import warnings
+import zlib
+from contextlib import contextmanager
 from pathlib import Path
 
 import optuna
@@ -18,6 +21,12 @@ JOURNAL_NAME = "optuna.journal"
 DEFAULT_STUDY = "mnist-sweep"
 SAMPLERS = ("tpe", "random", "cmaes", "gp")
 PRUNERS = ("hyperband", "median", "none")
+# A worker on an RDB storage records a heartbeat this often while its trial runs; a trial
+# silent for GRACE_SECONDS is failed (its worker died, or its machine was lost).
+HEARTBEAT_SECONDS = 20
+GRACE_SECONDS = 120
+# An unreachable database host fails within this time instead of hanging.
+CONNECT_TIMEOUT_SECONDS = 5
 
 
 def storage_url(requested: str | None) -> str:
@@ -35,10 +44,53 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
             raise UserError(f"cannot create the study folder {path.parent}: {error.strerror}") from None
         backend = optuna.storages.journal.JournalFileBackend(str(path))
         return optuna.storages.JournalStorage(backend)
+    engine = {"pool_pre_ping": True}
+    if url.startswith("postgresql"):
+        engine["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_SECONDS}
     try:
-        return optuna.storages.RDBStorage(url)
+        with warnings.catch_warnings():  # heartbeats are marked experimental in Optuna 4
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_SECONDS,
+                                              grace_period=GRACE_SECONDS)
     except Exception as error:  # SQLAlchemy raises many kinds for a bad URL or an unreachable host
-        raise UserError(f"--storage {redact(url)}: {str(error).splitlines()[0]}") from None
+        raise UserError(f"--storage {redact(url)}: {_first_line(error, url)}") from None
+
+
+def _first_line(error: Exception, url: str) -> str:
+    """The error's first line, with the URL's password out of it wherever the driver echoed it."""
+    line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    from urllib.parse import urlsplit
+
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        password = None
+    return line.replace(password, "***") if password else line
+
+
+@contextmanager
+def ask_lock(storage: optuna.storages.BaseStorage, study_name: str, lock_path: str):
+    """Held while a worker counts the study's trials and asks for the next one, so workers
+    never overshoot --trials: a PostgreSQL advisory lock, which workers on several machines
+    share, or else a file lock, which local workers share."""
+    if isinstance(storage, optuna.storages.RDBStorage) and storage.engine.dialect.name == "postgresql":
+        from sqlalchemy import text
+
+        key = zlib.crc32(f"mnist-sweeps:{study_name}".encode())
+        with storage.engine.connect() as connection:
+            connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
+            try:
+                yield
+            finally:
+                connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+        return
+    Path(lock_path).parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def load_existing(name: str, url: str) -> optuna.Study:
@@ -50,7 +102,7 @@ def load_existing(name: str, url: str) -> optuna.Study:
     try:
         names = optuna.study.get_all_study_names(storage)
     except Exception as error:  # a corrupt journal, or a database without Optuna's tables
-        raise UserError(f"cannot read studies from {redact(url)}: {str(error).splitlines()[0]}") from None
+        raise UserError(f"cannot read studies from {redact(url)}: {_first_line(error, url)}") from None
     if name not in names:
         known = f"studies there: {', '.join(sorted(names))}" if names else "it holds no study"
         raise UserError(f"no study named {name!r} in {redact(url)}; {known}")

@@ -53,16 +53,38 @@ def use_experiment(name: str, requested_uri: str | None) -> str:
         if not os.access(database.parent, os.W_OK):
             raise UserError(f"the MLflow store folder {database.parent} is not writable")
         artifact_location = (database.parent / "artifacts").resolve().as_uri()
-    elif parsed.scheme not in ("http", "https", "postgresql", "mysql", "file", "databricks"):
+    elif parsed.scheme in ("http", "https"):
+        check_server(uri)
+    elif parsed.scheme not in ("postgresql", "mysql", "file", "databricks"):
         raise UserError(f"--tracking-uri {uri!r}: unsupported scheme (use sqlite:///PATH or http://HOST:PORT)")
     mlflow.set_tracking_uri(uri)
     try:
         if mlflow.get_experiment_by_name(name) is None:
-            mlflow.create_experiment(name, artifact_location=artifact_location)
+            try:
+                mlflow.create_experiment(name, artifact_location=artifact_location)
+            except MlflowException:
+                if mlflow.get_experiment_by_name(name) is None:  # else another machine made it first
+                    raise
         mlflow.set_experiment(name)
     except MlflowException as error:
         raise UserError(f"MLflow store {uri}: {str(error).splitlines()[0]}") from None
     return uri
+
+
+def check_server(uri: str, timeout: float = 5) -> None:
+    """Fail in seconds on a tracking server that does not answer; MLflow's own client would
+    retry for minutes first."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
+            return
+    except urllib.error.HTTPError:
+        return  # it answers; MLflow reports what is wrong with the store itself
+    except (OSError, ValueError) as error:
+        reason = getattr(error, "reason", error)
+        raise UserError(f"--tracking-uri {uri}: no MLflow tracking server answers there ({reason})") from None
 
 
 def provenance_tags() -> dict[str, str]:

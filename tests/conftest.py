@@ -53,3 +53,33 @@ def run_command(capsys):
         return exit_info.value.code, captured.out, captured.err
 
     return run
+
+
+@pytest.fixture(scope="session")
+def digits_model(tmp_path_factory, mnist):
+    """A chollet_cnn trained on 10,000 images with shifts of up to 10 % (so, like a real
+    champion, a 1-pixel difference in centring does not flip its answer), saved as a .keras
+    file, logged to an MLflow store of its own and registered there as the champion."""
+    import types
+
+    import mlflow
+
+    import search_space
+    import train_trial
+    from sweeps import digit_model
+    from sweeps.budgets import BUDGETS
+
+    folder = tmp_path_factory.mktemp("digits-model")
+    budget = BUDGETS["smoke"].overridden(train_size=10000, max_epochs=3)
+    model = train_trial.train({**search_space.baseline("chollet_cnn"), "shift": 0.1}, data.split(mnist, train_size=10000), budget).model
+    path = folder / "digits.keras"
+    model.save(path)
+    uri = f"sqlite:///{folder}/mlflow.db"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    with mlflow.start_run() as run:
+        logged = mlflow.keras.log_model(model, name="model", pip_requirements=["keras"])
+    version = mlflow.register_model(logged.model_uri, digit_model.REGISTERED_MODEL)
+    mlflow.MlflowClient(uri).set_registered_model_alias(digit_model.REGISTERED_MODEL, digit_model.ALIAS,
+                                                        version.version)
+    return types.SimpleNamespace(model=model, path=path, tracking_uri=uri, run_id=run.info.run_id)

@@ -1,0 +1,82 @@
+"""Ends trials whose worker is gone (killed, crashed, or its machine lost), so none stays
+RUNNING forever: FAIL in Optuna and KILLED in MLflow, each with the reason.
+
+A worker here that no longer exists is known at once from its process id. A worker on
+another machine is known by silence: an RDB storage fails trials whose heartbeat stopped
+(see study.HEARTBEAT_SECONDS), and their MLflow runs are then closed here too.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from sweeps import study as sweep_study
+
+REASON = "reason"
+
+
+def end_orphaned_trials(study: optuna.Study, storage: optuna.storages.BaseStorage, client,
+                        experiment_id: str, parent_run_id: str) -> list[int]:
+    """Fail this host's RUNNING trials whose worker process is gone, and close the MLflow
+    runs of trials the storage failed for silence; returns the trial numbers ended here."""
+    reasons = {}
+    for trial in study.get_trials(deepcopy=False, states=[TrialState.RUNNING]):
+        pid = local_worker_pid(trial)
+        if pid is not None and not process_alive(pid):
+            reasons[trial.number] = f"its worker (process {pid} on this machine) is gone: killed or crashed mid-trial"
+            storage.set_trial_user_attr(trial._trial_id, REASON, reasons[trial.number])
+            study.tell(trial.number, state=TrialState.FAIL)
+    if isinstance(storage, optuna.storages.RDBStorage):
+        optuna.storages.fail_stale_trials(study)
+    for trial in study.get_trials(deepcopy=False, states=[TrialState.FAIL]):
+        if trial.number not in reasons and REASON in trial.user_attrs:
+            continue  # failed and recorded by its own worker
+        run = trial_run(client, study, trial, experiment_id)
+        if trial.number not in reasons and run is not None and run.info.status != "RUNNING":
+            continue  # closed here before
+        # Failed by the storage for silence: a finished trial takes no new attributes, so
+        # its reason goes to the MLflow run only.
+        reasons.setdefault(trial.number, f"its worker ({trial.user_attrs.get('worker', 'unknown')}) sent no "
+                                         f"heartbeat for {sweep_study.GRACE_SECONDS} s: killed, crashed or cut off")
+        if run is None:  # the worker died before starting one; runs and trials stay one to one
+            run = client.create_run(experiment_id, run_name=f"trial {trial.number}", tags={
+                "mlflow.parentRunId": parent_run_id, "optuna_study": study.study_name,
+                "optuna_trial_number": str(trial.number)})
+        client.set_tag(run.info.run_id, "optuna_state", TrialState.FAIL.name)
+        client.set_tag(run.info.run_id, REASON, reasons[trial.number])
+        client.set_terminated(run.info.run_id, "KILLED")
+    return sorted(reasons)
+
+
+def trial_run(client, study: optuna.Study, trial: FrozenTrial, experiment_id: str):
+    """The trial's MLflow run, or None if its worker never started one."""
+    if "mlflow_run_id" in trial.user_attrs:
+        return client.get_run(trial.user_attrs["mlflow_run_id"])
+    found = client.search_runs([experiment_id], max_results=1, filter_string=(
+        f"tags.optuna_study = '{study.study_name}' and tags.optuna_trial_number = '{trial.number}'"))
+    return found[0] if found else None
+
+
+def local_worker_pid(trial: FrozenTrial) -> int | None:
+    host, _, pid = trial.user_attrs.get("worker", "").rpartition(":")
+    return int(pid) if host == socket.gethostname() and pid.isdigit() else None
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a Python process with this id runs here (a reused id of another program is not
+    the worker)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        return b"python" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True

@@ -1,0 +1,242 @@
+"""Reliability of sweeps.run: kill -9 and Ctrl-C leave no trial RUNNING and lose nothing, a
+rerun reaches the requested total; on a real PostgreSQL, three invocations (as on three
+machines) share one study through an mlflow server; a storage password appears nowhere.
+
+The PostgreSQL tests need MNIST_SWEEPS_POSTGRES, a URL like postgresql://user:pass@127.0.0.1:5432
+of a role that may create databases; .ci/run starts such a server and sets it, and sets
+MNIST_SWEEPS_REQUIRE_POSTGRES=1 so that there they fail rather than skip."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+
+import mlflow
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from sweeps import run as sweep_run, study as sweep_study
+
+SLOW_SMOKE = ["--budget", "smoke", "--train-size", "3000", "--max-epochs", "3", "--workers", "1"]
+FAST_SMOKE = ["--budget", "smoke", "--train-size", "300", "--max-epochs", "1", "--workers", "1"]
+POSTGRES = os.environ.get("MNIST_SWEEPS_POSTGRES")
+
+
+def sweep_command(*argv):
+    return [sys.executable, "-m", "sweeps.run", *map(str, argv)]
+
+
+def start(argv, folder):
+    return subprocess.Popen(sweep_command(*argv), cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)  # its own group, as in a terminal
+
+
+def running_trial(storage_url, study_name, process, timeout=120):
+    """Wait until a trial is mid-training (its MLflow run started); return it."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert process.poll() is None, process.communicate()
+        try:
+            study = optuna.load_study(study_name=study_name, storage=sweep_study.open_storage(storage_url))
+            for trial in study.get_trials(states=[TrialState.RUNNING]):
+                if "mlflow_run_id" in trial.user_attrs:
+                    time.sleep(1.5)  # into its first epoch
+                    return trial
+        except (KeyError, ValueError, optuna.exceptions.StorageInternalError):
+            pass  # the study is not created yet
+        time.sleep(0.5)
+    pytest.fail("no trial started")
+
+
+def trials_and_runs(storage_url, study_name, tracking_uri):
+    study = optuna.load_study(study_name=study_name, storage=sweep_study.open_storage(storage_url))
+    client = mlflow.MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name(sweep_run.EXPERIMENT)
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    return study, runs
+
+
+def check_consistent(study, runs, total):
+    """The requested total, no duplicate numbers, one child run per trial, nothing RUNNING."""
+    trials = study.get_trials()
+    assert len(trials) == total and sorted(t.number for t in trials) == list(range(total))
+    assert not [t.number for t in trials if t.state == TrialState.RUNNING]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert sorted(int(r.data.tags["optuna_trial_number"]) for r in children) == list(range(total))
+    assert [r.info.run_name for r in runs if r.info.status == "RUNNING"] == []
+    by_number = {int(r.data.tags["optuna_trial_number"]): r for r in children}
+    for trial in trials:
+        assert by_number[trial.number].data.tags["optuna_state"] == trial.state.name
+
+
+def test_kill_9_mid_trial_then_the_same_command_recovers_and_completes(tmp_path):
+    argv = ["--trials", 2, "--study", "killed", *SLOW_SMOKE]
+    storage_url = f"journal:{tmp_path}/mlruns/optuna.journal"
+    process = start(argv, tmp_path)
+    victim = running_trial(storage_url, "killed", process)
+    os.killpg(process.pid, signal.SIGKILL)  # the command and its worker, as a crash or kill -9 would
+    process.wait(10)
+    rerun = subprocess.run(sweep_command(*argv), cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"Ended trial(s) {victim.number}: left running by a worker that is gone" in rerun.stdout
+    study, runs = trials_and_runs(storage_url, "killed", f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    check_consistent(study, runs, 2)
+    killed = study.trials[victim.number]
+    assert killed.state == TrialState.FAIL and "is gone: killed or crashed" in killed.user_attrs["reason"]
+    run = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db").get_run(victim.user_attrs["mlflow_run_id"])
+    assert run.info.status == "KILLED" and "is gone" in run.data.tags["reason"]
+
+
+def test_ctrl_c_records_the_running_trial_and_a_second_one_quits_at_once(tmp_path):
+    storage_url = f"journal:{tmp_path}/mlruns/optuna.journal"
+    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    process = start(["--trials", 3, "--study", "stopped", *SLOW_SMOKE], tmp_path)
+    victim = running_trial(storage_url, "stopped", process)
+    os.killpg(process.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the whole group
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert "Stopping: each running trial is recorded as failed" in err and "Traceback" not in err
+    study, runs = trials_and_runs(storage_url, "stopped", uri)
+    stopped = study.trials[victim.number]
+    assert stopped.state == TrialState.FAIL and stopped.user_attrs["reason"] == "interrupted by the user (Ctrl-C)"
+    assert [r.info.status for r in runs if r.info.run_id == victim.user_attrs["mlflow_run_id"]] == ["KILLED"]
+    assert not [r for r in runs if r.info.status == "RUNNING"]  # the parent run too
+
+    # A second Ctrl-C does not wait for the trial to be recorded.
+    process = start(["--trials", 4, "--study", "stopped", *SLOW_SMOKE], tmp_path)
+    running_trial(storage_url, "stopped", process)
+    os.killpg(process.pid, signal.SIGINT)
+    time.sleep(0.3)
+    os.killpg(process.pid, signal.SIGINT)
+    started = time.time()
+    process.communicate(timeout=30)
+    assert process.returncode == 130 and time.time() - started < 5
+    rerun = subprocess.run(sweep_command("--trials", 4, "--study", "stopped", *SLOW_SMOKE), cwd=tmp_path,
+                           capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    check_consistent(*trials_and_runs(storage_url, "stopped", uri), 4)
+
+
+# --- PostgreSQL ---------------------------------------------------------------------------
+
+@pytest.fixture
+def postgres():
+    """Two fresh databases (Optuna's and MLflow's) on the server MNIST_SWEEPS_POSTGRES names."""
+    if not POSTGRES:
+        if os.environ.get("MNIST_SWEEPS_REQUIRE_POSTGRES") == "1":
+            pytest.fail("MNIST_SWEEPS_POSTGRES is not set; .ci/run starts PostgreSQL and sets it")
+        pytest.skip("needs a PostgreSQL server: set MNIST_SWEEPS_POSTGRES (.ci/run does)")
+    import psycopg
+
+    names = [f"sweeps_test_{uuid.uuid4().hex[:10]}" for _ in range(2)]
+    admin = psycopg.connect(f"{POSTGRES}/postgres", autocommit=True)
+    with admin.cursor() as cursor:
+        for name in names:
+            cursor.execute(f"CREATE DATABASE {name}")
+    yield [f"{POSTGRES}/{name}" for name in names]
+    with admin.cursor() as cursor:
+        for name in names:
+            cursor.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    admin.close()
+
+
+@pytest.fixture
+def mlflow_server(postgres, tmp_path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", postgres[1], "--host", "127.0.0.1",
+         "--port", str(port), "--workers", "1", "--artifacts-destination", (tmp_path / "artifacts").as_uri()],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(240):
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2):
+                break
+        except OSError:
+            assert server.poll() is None, server.stderr.read()
+            time.sleep(0.5)
+    yield url
+    os.killpg(server.pid, signal.SIGTERM)
+    server.wait(20)
+
+
+def test_three_invocations_share_one_study_on_postgresql_and_an_mlflow_server(postgres, mlflow_server, tmp_path):
+    storage, tracking = postgres[0], mlflow_server
+    argv = ["--trials", 6, "--study", "shared", "--storage", storage, "--tracking-uri", tracking, *FAST_SMOKE]
+    machines = []
+    for index in range(3):  # each in a folder of its own: they share nothing but the two servers
+        (tmp_path / f"machine{index}").mkdir()
+        machines.append(start(argv, tmp_path / f"machine{index}"))
+    outputs = [process.communicate(timeout=400) for process in machines]
+    assert [p.returncode for p in machines] == [0, 0, 0], [err for _, err in outputs]
+    study, runs = trials_and_runs(storage, "shared", tracking)
+    check_consistent(study, runs, 6)
+    assert len({t.user_attrs["worker"] for t in study.trials}) == 3  # all three took trials
+    assert [t.user_attrs.get("baseline") for t in study.trials[:5]] == list(sweep_run.search_space.BASELINES)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    # The password is in none of what was printed or recorded.
+    password = storage.split("://", 1)[1].split("@")[0].split(":", 1)[1]
+    recorded = [str(v) for r in runs for v in (*r.data.tags.values(), *r.data.params.values())]
+    recorded += [str(v) for t in study.trials for v in t.user_attrs.values()] + [str(study.user_attrs)]
+    assert not [text for text in [*recorded, *(o for pair in outputs for o in pair)] if password in text]
+    assert ":***@" in outputs[0][0]  # the storage is named, redacted
+
+
+def test_kill_9_of_a_worker_on_postgresql_is_recovered(postgres, tmp_path):
+    storage = postgres[0]
+    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    argv = ["--trials", 2, "--study", "crash", "--storage", storage, *SLOW_SMOKE]
+    process = start(argv, tmp_path)
+    victim = running_trial(storage, "crash", process)
+    os.kill(int(victim.user_attrs["worker"].rsplit(":", 1)[1]), signal.SIGKILL)  # the worker only
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 1 and "exited abnormally" in err
+    assert f"Ended trial(s) {victim.number}" in out  # at once, by the command whose worker died
+    rerun = subprocess.run(sweep_command(*argv), cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    study, runs = trials_and_runs(storage, "crash", uri)
+    check_consistent(study, runs, 2)
+    assert study.trials[victim.number].state == TrialState.FAIL
+
+
+def test_a_wrong_database_password_is_one_line_without_the_password(postgres, tmp_path, run_command, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    user, rest = postgres[0].split("://", 1)[1].split(":", 1)
+    wrong = f"postgresql://{user}:not-the-Secret-42@{rest.split('@', 1)[1]}"
+    code, out, err = run_command(sweep_run.main, ["--trials", 2, "--storage", wrong, *FAST_SMOKE])
+    assert code == 2 and err.count("\n") == 1 and "password authentication failed" in err
+    assert "not-the-Secret-42" not in out + err and ":***@" in err
+
+
+def test_a_trial_that_raises_is_recorded_as_failed_and_the_sweep_goes_on(tmp_path, monkeypatch):
+    from test_sweep import worker_settings
+
+    import train_trial
+    from sweeps import objective
+
+    real_log_trial, calls = train_trial.log_trial, []
+
+    def out_of_memory_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise MemoryError("simulated: the network did not fit")
+        return real_log_trial(*args, **kwargs)
+
+    monkeypatch.setattr(train_trial, "log_trial", out_of_memory_once)
+    settings = worker_settings(tmp_path, "raising", total_trials=2)
+    study = optuna.load_study(study_name="raising", storage=sweep_study.open_storage(settings.storage_url))
+    objective.worker_main(settings, 0)
+    failed, completed = study.trials
+    assert failed.state == TrialState.FAIL and completed.state == TrialState.COMPLETE
+    assert failed.user_attrs["reason"] == "MemoryError: simulated: the network did not fit"
+    run = mlflow.MlflowClient(settings.tracking_uri).get_run(failed.user_attrs["mlflow_run_id"])
+    assert run.info.status == "FAILED" and run.data.tags["reason"] == failed.user_attrs["reason"]
+    assert sweep_run.counts(study.trials)[TrialState.FAIL] == 1  # what the summary prints
