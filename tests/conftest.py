@@ -66,7 +66,7 @@ def digits_model(tmp_path_factory, mnist):
 
     import search_space
     import train_trial
-    from sweeps import digit_model
+    from sweeps import digit_model, tracking
     from sweeps.budgets import BUDGETS
 
     folder = tmp_path_factory.mktemp("digits-model")
@@ -74,8 +74,7 @@ def digits_model(tmp_path_factory, mnist):
     model = train_trial.train({**search_space.baseline("chollet_cnn"), "shift": 0.1}, data.split(mnist, train_size=10000), budget).model
     path = folder / "digits.keras"
     model.save(path)
-    uri = f"sqlite:///{folder}/mlflow.db"
-    mlflow.set_tracking_uri(uri)
+    uri = tracking.use_experiment("digits-model", f"sqlite:///{folder}/mlflow.db")
     mlflow.set_registry_uri(uri)
     with mlflow.start_run() as run:
         logged = mlflow.keras.log_model(model, name="model", pip_requirements=["keras"])
