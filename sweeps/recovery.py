@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
+import warnings
 from pathlib import Path
 
 import optuna
@@ -32,7 +33,9 @@ def end_orphaned_trials(study: optuna.Study, storage: optuna.storages.BaseStorag
             storage.set_trial_user_attr(trial._trial_id, REASON, reasons[trial.number])
             study.tell(trial.number, state=TrialState.FAIL)
     if isinstance(storage, optuna.storages.RDBStorage):
-        optuna.storages.fail_stale_trials(study)
+        with warnings.catch_warnings():  # marked experimental in Optuna 4
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
     for trial in study.get_trials(deepcopy=False, states=[TrialState.FAIL]):
         if trial.number not in reasons and REASON in trial.user_attrs:
             continue  # failed and recorded by its own worker

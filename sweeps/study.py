@@ -45,15 +45,40 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         backend = optuna.storages.journal.JournalFileBackend(str(path))
         return optuna.storages.JournalStorage(backend)
     engine = {"pool_pre_ping": True}
-    if url.startswith("postgresql"):
+    postgresql = url.startswith("postgresql")
+    if postgresql:
         engine["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_SECONDS}
     try:
-        with warnings.catch_warnings():  # heartbeats are marked experimental in Optuna 4
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        # Several machines starting on an empty database would race to create Optuna's tables.
+        with _postgresql_lock(url, engine, "schema") if postgresql else _no_lock(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats, in Optuna 4
             return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_SECONDS,
                                               grace_period=GRACE_SECONDS)
     except Exception as error:  # SQLAlchemy raises many kinds for a bad URL or an unreachable host
         raise UserError(f"--storage {redact(url)}: {_first_line(error, url)}") from None
+
+
+@contextmanager
+def _postgresql_lock(url: str, engine_kwargs: dict, name: str):
+    """A PostgreSQL advisory lock, held on a connection of its own while the block runs."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url, **engine_kwargs)
+    key = zlib.crc32(f"mnist-sweeps:{name}".encode())
+    try:
+        with engine.connect() as connection:
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": key})
+            try:
+                yield
+            finally:
+                connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+    finally:
+        engine.dispose()
+
+
+@contextmanager
+def _no_lock():
+    yield
 
 
 def _first_line(error: Exception, url: str) -> str:
@@ -76,7 +101,7 @@ def ask_lock(storage: optuna.storages.BaseStorage, study_name: str, lock_path: s
     if isinstance(storage, optuna.storages.RDBStorage) and storage.engine.dialect.name == "postgresql":
         from sqlalchemy import text
 
-        key = zlib.crc32(f"mnist-sweeps:{study_name}".encode())
+        key = zlib.crc32(f"mnist-sweeps:ask:{study_name}".encode())
         with storage.engine.connect() as connection:
             connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
             try:

@@ -58,6 +58,7 @@ def use_experiment(name: str, requested_uri: str | None) -> str:
     elif parsed.scheme not in ("postgresql", "mysql", "file", "databricks"):
         raise UserError(f"--tracking-uri {uri!r}: unsupported scheme (use sqlite:///PATH or http://HOST:PORT)")
     mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)  # models are registered in the same store as their runs
     try:
         if mlflow.get_experiment_by_name(name) is None:
             try:

@@ -31,9 +31,29 @@ def sweep_command(*argv):
     return [sys.executable, "-m", "sweeps.run", *map(str, argv)]
 
 
+def user_environment():
+    """The environment a user's shell would give: in-process tests point MLflow elsewhere
+    through these variables, and a child process would inherit them."""
+    return {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+
+
+def as_in_a_terminal():
+    """In the child before it starts: Ctrl-C's signal handled by default, as a foreground
+    command in a terminal has it (a test run may have it ignored or blocked, and children
+    would inherit that)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+
+
 def start(argv, folder):
     return subprocess.Popen(sweep_command(*argv), cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)  # its own group, as in a terminal
+                            text=True, env=user_environment(), preexec_fn=as_in_a_terminal,
+                            start_new_session=True)  # its own process group, as in a terminal
+
+
+def rerun(argv, folder):
+    return subprocess.run(sweep_command(*argv), cwd=folder, capture_output=True, text=True, timeout=300,
+                          env=user_environment())
 
 
 def running_trial(storage_url, study_name, process, timeout=120):
@@ -81,9 +101,9 @@ def test_kill_9_mid_trial_then_the_same_command_recovers_and_completes(tmp_path)
     victim = running_trial(storage_url, "killed", process)
     os.killpg(process.pid, signal.SIGKILL)  # the command and its worker, as a crash or kill -9 would
     process.wait(10)
-    rerun = subprocess.run(sweep_command(*argv), cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert rerun.returncode == 0, rerun.stderr
-    assert f"Ended trial(s) {victim.number}: left running by a worker that is gone" in rerun.stdout
+    again = rerun(argv, tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert f"Ended trial(s) {victim.number}: left running by a worker that is gone" in again.stdout
     study, runs = trials_and_runs(storage_url, "killed", f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     check_consistent(study, runs, 2)
     killed = study.trials[victim.number]
@@ -116,9 +136,8 @@ def test_ctrl_c_records_the_running_trial_and_a_second_one_quits_at_once(tmp_pat
     started = time.time()
     process.communicate(timeout=30)
     assert process.returncode == 130 and time.time() - started < 5
-    rerun = subprocess.run(sweep_command("--trials", 4, "--study", "stopped", *SLOW_SMOKE), cwd=tmp_path,
-                           capture_output=True, text=True, timeout=300)
-    assert rerun.returncode == 0, rerun.stderr
+    again = rerun(["--trials", 4, "--study", "stopped", *SLOW_SMOKE], tmp_path)
+    assert again.returncode == 0, again.stderr
     check_consistent(*trials_and_runs(storage_url, "stopped", uri), 4)
 
 
@@ -153,7 +172,7 @@ def mlflow_server(postgres, tmp_path):
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", postgres[1], "--host", "127.0.0.1",
          "--port", str(port), "--workers", "1", "--artifacts-destination", (tmp_path / "artifacts").as_uri()],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=user_environment(), start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     for _ in range(240):
         try:
@@ -200,8 +219,8 @@ def test_kill_9_of_a_worker_on_postgresql_is_recovered(postgres, tmp_path):
     out, err = process.communicate(timeout=120)
     assert process.returncode == 1 and "exited abnormally" in err
     assert f"Ended trial(s) {victim.number}" in out  # at once, by the command whose worker died
-    rerun = subprocess.run(sweep_command(*argv), cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert rerun.returncode == 0, rerun.stderr
+    again = rerun(argv, tmp_path)
+    assert again.returncode == 0, again.stderr
     study, runs = trials_and_runs(storage, "crash", uri)
     check_consistent(study, runs, 2)
     assert study.trials[victim.number].state == TrialState.FAIL

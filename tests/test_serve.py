@@ -105,7 +105,8 @@ def test_the_page_is_self_contained_and_escapes_the_model_name(server):
 def test_the_command_listens_on_loopback_by_default(digits_model):
     port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "sweeps.serve", "--model", str(digits_model.path),
-                                "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")})
     try:
         line = process.stdout.readline()
         assert line.startswith(f"Serving {digits_model.path} on http://127.0.0.1:{port}/")

@@ -176,7 +176,7 @@ def test_a_baseline_over_the_cap_is_still_trained_as_a_comparison_point(tmp_path
 def test_a_worker_that_outgrows_its_memory_is_replaced_and_the_study_completes(tmp_path):
     settings = worker_settings(tmp_path, "recycle", total_trials=3, recycle_after_mb=-1.0)
     study = optuna.load_study(study_name="recycle", storage=sweep_study.open_storage(settings.storage_url))
-    assert sweep_run.supervise(study, settings, worker_count=1) == []
+    assert sweep_run.supervise(study, settings, worker_count=1).crashed == []
     trials = study.trials
     assert len(trials) == 3 and all(t.state != TrialState.RUNNING for t in trials)
     workers = [t.user_attrs["worker"] for t in trials]
