@@ -239,10 +239,12 @@ def summary(study: optuna.Study, args, budget_name: str, best_file: Path | None,
         lines.append(f"Reproduce the best trial: python train_trial.py --params {best_file} "
                      f"--budget {budget_name}{overrides} --seed {args.seed}")
         storage = f" --storage {sweep_study.redact(args.storage)}" if args.storage else ""
+        storage += f" --tracking-uri {args.tracking_uri}" if args.tracking_uri else ""
         lines.append(f"Check it over seeds and register it: python -m sweeps.reproduce --study {args.study}{storage}")
         lines.append(f"Compare it with the baselines: python -m analysis.compare --study {args.study}{storage}")
     lines.append(f"MLflow: experiment {EXPERIMENT!r}, parent run {parent_run_id} at {uri}; "
-                 f"browse with: mlflow ui --backend-store-uri {uri} --host 127.0.0.1")
+                 + (f"open {uri} in a browser" if uri.startswith(("http://", "https://")) else
+                    f"browse with: mlflow ui --backend-store-uri {uri} --host 127.0.0.1"))
     return "\n".join(lines)
 
 
