@@ -50,6 +50,16 @@ def add_training_arguments(parser: argparse.ArgumentParser, default_budget: str 
     add_store_arguments(parser)
 
 
+def add_model_arguments(parser: argparse.ArgumentParser, default_model: str) -> None:
+    """The model to use, for the commands that predict with a trained one."""
+    parser.add_argument("--model", default=default_model,
+                        help=f"models:/NAME@ALIAS, an MLflow run id, an MLflow model folder or a .keras "
+                             f"file (default: {default_model})")
+    parser.add_argument("--tracking-uri", metavar="URI",
+                        help="MLflow store holding the model (default: $MLFLOW_TRACKING_URI, "
+                             "else sqlite:///mlruns/mlflow.db)")
+
+
 def add_store_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", metavar="PATH",
                         help="MNIST as .npz, Kaggle train.csv, or a folder of IDX files "

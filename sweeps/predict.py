@@ -25,9 +25,7 @@ DEFAULT_SUBMISSION = "submission.csv"
 
 def parse_args(argv: Sequence[str] | None):
     parser = cli.ArgumentParser(prog="python -m sweeps.predict", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=digit_model.CHAMPION,
-                        help=f"models:/NAME@ALIAS, an MLflow run id, an MLflow model folder or a .keras "
-                             f"file (default: {digit_model.CHAMPION})")
+    cli.add_model_arguments(parser, default_model=digit_model.CHAMPION)
     parser.add_argument("--input", nargs="+", required=True, type=Path, metavar="PATH",
                         help="a Kaggle test.csv, or PNG/JPEG files and folders of them")
     parser.add_argument("--output", type=Path, metavar="PATH",
@@ -36,9 +34,6 @@ def parse_args(argv: Sequence[str] | None):
     parser.add_argument("--tta", action="store_true",
                         help=f"average over {len(digit_model.TTA_VIEWS)} views: the digit, 2-pixel shifts "
                              "and 10-degree turns")
-    parser.add_argument("--tracking-uri", metavar="URI",
-                        help="MLflow store holding the model (default: $MLFLOW_TRACKING_URI, "
-                             "else sqlite:///mlruns/mlflow.db)")
     return parser.parse_args(argv)
 
 

@@ -125,6 +125,10 @@ def counts(trials: list[optuna.trial.FrozenTrial]) -> Counter:
     return states
 
 
+def finished(states: Counter) -> int:
+    return states[TrialState.COMPLETE] + states[TrialState.PRUNED] + states[TrialState.FAIL]
+
+
 @dataclass
 class Outcome:
     crashed: list[int] = field(default_factory=list)  # exit codes of workers that died abnormally
@@ -152,13 +156,10 @@ def supervise(study: optuna.Study, settings: SweepSettings, worker_count: int) -
         worker.start()
         return worker
 
-    def done(states: Counter) -> int:
-        return states[TrialState.COMPLETE] + states[TrialState.PRUNED] + states[TrialState.FAIL]
-
     workers = [start_worker() for _ in range(worker_count)]
     outcome = Outcome()
     total = settings.total_trials
-    initial = done(counts(study.get_trials(deepcopy=False)))
+    initial = finished(counts(study.get_trials(deepcopy=False)))
     with tqdm(total=total, initial=min(initial, total), unit="trial", desc=study.study_name,
               file=sys.stderr, mininterval=1, dynamic_ncols=True) as bar:
         while workers:
@@ -179,7 +180,7 @@ def supervise(study: optuna.Study, settings: SweepSettings, worker_count: int) -
                 bar.set_postfix_str(f"pruned {states[TrialState.PRUNED]}, failed {states[TrialState.FAIL]}"
                                     f"{over_cap}{best}", refresh=False)
                 bar.refresh()  # elapsed time and ETA tick on while long trials run
-                bar.update(min(done(states), total) - bar.n)
+                bar.update(min(finished(states), total) - bar.n)
             except KeyboardInterrupt:
                 if outcome.interrupted:
                     for worker in workers:
@@ -211,17 +212,15 @@ def summary(study: optuna.Study, args, budget_name: str, best_file: Path | None,
     trials = study.get_trials(deepcopy=False)
     states = counts(trials)
     over_cap = states.pop("over cap")
-    finished = states[TrialState.COMPLETE] + states[TrialState.PRUNED] + states[TrialState.FAIL]
     unfinished = "".join(f", {states[state]} {state.name.lower()}" for state in (TrialState.RUNNING, TrialState.WAITING)
                          if states[state])
-    lines = [f"Study {args.study!r}: {finished} trials "
+    lines = [f"Study {args.study!r}: {finished(states)} trials "
              f"({states[TrialState.COMPLETE]} complete, {states[TrialState.PRUNED]} pruned, "
              f"{states[TrialState.FAIL]} failed{unfinished}) after {seconds / 60:.1f} min in this run"]
     if over_cap:
         lines.append(f"  and {over_cap} sampled networks priced over the {budget_name} budget's cap, "
                      "not trained (recorded as pruned; they do not count toward --trials)")
-    baselines = {t.user_attrs["baseline"]: t for t in study.get_trials(deepcopy=False)
-                 if "baseline" in t.user_attrs}
+    baselines = {t.user_attrs["baseline"]: t for t in trials if "baseline" in t.user_attrs}
     if baselines:
         lines.append("Baselines at this budget: " + ", ".join(
             f"{name} {t.value:.4f}" if t.state == TrialState.COMPLETE else f"{name} {t.state.name.lower()}"

@@ -100,16 +100,11 @@ def check_port_free(host: str, port: int) -> None:
 
 def parse_args(argv: Sequence[str] | None):
     parser = cli.ArgumentParser(prog="python -m sweeps.serve", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=digit_model.CHAMPION,
-                        help=f"models:/NAME@ALIAS, an MLflow run id, an MLflow model folder or a .keras "
-                             f"file (default: {digit_model.CHAMPION})")
+    cli.add_model_arguments(parser, default_model=digit_model.CHAMPION)
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default: 127.0.0.1, this machine only)")
     parser.add_argument("--port", type=cli.int_at_least(1), default=DEFAULT_PORT,
                         help=f"(default: {DEFAULT_PORT})")
-    parser.add_argument("--tracking-uri", metavar="URI",
-                        help="MLflow store holding the model (default: $MLFLOW_TRACKING_URI, "
-                             "else sqlite:///mlruns/mlflow.db)")
     args = parser.parse_args(argv)
     if args.port > 65535:
         parser.error(f"argument --port: {args.port} is not a port number (1-65535)")

@@ -64,16 +64,24 @@ def _postgresql_lock(url: str, engine_kwargs: dict, name: str):
     import sqlalchemy
 
     engine = sqlalchemy.create_engine(url, **engine_kwargs)
-    key = zlib.crc32(f"mnist-sweeps:{name}".encode())
     try:
-        with engine.connect() as connection:
-            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": key})
-            try:
-                yield
-            finally:
-                connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+        with _advisory_lock(engine, name):
+            yield
     finally:
         engine.dispose()
+
+
+@contextmanager
+def _advisory_lock(engine, name: str):
+    from sqlalchemy import text
+
+    key = zlib.crc32(f"mnist-sweeps:{name}".encode())
+    with engine.connect() as connection:
+        connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
+        try:
+            yield
+        finally:
+            connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
 
 
 @contextmanager
@@ -99,15 +107,8 @@ def ask_lock(storage: optuna.storages.BaseStorage, study_name: str, lock_path: s
     never overshoot --trials: a PostgreSQL advisory lock, which workers on several machines
     share, or else a file lock, which local workers share."""
     if isinstance(storage, optuna.storages.RDBStorage) and storage.engine.dialect.name == "postgresql":
-        from sqlalchemy import text
-
-        key = zlib.crc32(f"mnist-sweeps:ask:{study_name}".encode())
-        with storage.engine.connect() as connection:
-            connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
-            try:
-                yield
-            finally:
-                connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+        with _advisory_lock(storage.engine, f"ask:{study_name}"):
+            yield
         return
     Path(lock_path).parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "a") as handle:
