@@ -50,12 +50,13 @@ def build_model(params: dict, pixel_mean: float = 0.0, pixel_std: float = 255.0)
         model.add(layers.Rescaling(1.0 / pixel_std, offset=-pixel_mean / pixel_std))
     else:
         model.add(layers.Rescaling(1.0 / 255))
-    # fill_mode="nearest" is what seed 000's ImageDataGenerator used.
-    if params["rotation"]:
+    # fill_mode="nearest" is what seed 000's ImageDataGenerator used. (.get: the ranges are
+    # absent when augmentation is off, and studies before search space 4 had no "augment".)
+    if params.get("rotation"):
         model.add(layers.RandomRotation(params["rotation"] / 360, fill_mode="nearest"))
-    if params["zoom"]:  # independent height and width zoom, as ImageDataGenerator's zoom_range
+    if params.get("zoom"):  # independent height and width zoom, as ImageDataGenerator's zoom_range
         model.add(layers.RandomZoom(params["zoom"], params["zoom"], fill_mode="nearest"))
-    if params["shift"]:
+    if params.get("shift"):
         model.add(layers.RandomTranslation(params["shift"], params["shift"], fill_mode="nearest"))
 
     if params["family"] == "cnn":

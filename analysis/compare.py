@@ -33,7 +33,7 @@ TOP = 5
 CURVES = 3  # top sampled trials drawn over the baselines' learning curves
 # Shared by MLP and CNN points, so every finished trial has them (parallel coordinates).
 COMMON_PARAMS = ["family", "optimizer", "lr_schedule", "batch_size",
-                 "label_smoothing", "rotation", "dense_units"]
+                 "label_smoothing", "augment", "dense_units"]
 
 
 def parse_args(argv: Sequence[str] | None):
@@ -134,8 +134,8 @@ def describe(params: dict) -> str:
         blocks = "-".join(f"{params[f'block{b}_convs']}x{params[f'block{b}_filters']}"
                           for b in range(1, params["conv_blocks"] + 1))
         body = f"CNN {blocks} {params['downsample']}{' BN' if params['batch_norm'] else ''}"
-    augmented = any(params[k] for k in ("rotation", "zoom", "shift"))
-    return (f"{body}, {params['activation']}, {params['optimizer']} {params['learning_rate']:.2g} "
+    augmented = any(params.get(k) for k in ("rotation", "zoom", "shift"))
+    return (f"{body}, {params['activation']}, {params['optimizer']} {search_space.learning_rate(params):.2g} "
             f"{params['lr_schedule']}, batch {params['batch_size']}{', augmented' if augmented else ''}")
 
 

@@ -71,7 +71,7 @@ def digits_model(tmp_path_factory, mnist):
 
     folder = tmp_path_factory.mktemp("digits-model")
     budget = BUDGETS["smoke"].overridden(train_size=10000, max_epochs=3)
-    model = train_trial.train({**search_space.baseline("chollet_cnn"), "shift": 0.1}, data.split(mnist, train_size=10000), budget).model
+    model = train_trial.train({**search_space.baseline("chollet_cnn"), "augment": True, "rotation": 0.0, "zoom": 0.0, "shift": 0.1}, data.split(mnist, train_size=10000), budget).model
     path = folder / "digits.keras"
     model.save(path)
     uri = tracking.use_experiment("digits-model", f"sqlite:///{folder}/mlflow.db")
