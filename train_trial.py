@@ -167,6 +167,9 @@ class TrainingResult:
     train_seconds: float
 
 
+# What a saved model needs besides Keras and NumPy, by the backend it was trained on.
+BACKEND_PACKAGES = {"tensorflow": ("tensorflow",), "jax": ("jax", "jaxlib"), "torch": ("torch",)}
+
 KERAS_TO_OUR_NAMES = {"loss": "train_loss", "accuracy": "train_accuracy"}
 
 
@@ -339,7 +342,7 @@ def _log_artifacts(result: TrainingResult, split: data.Split, title: str) -> Non
     sample = split.x_val[:5, ..., None]
     signature = mlflow.models.infer_signature(sample, result.validation_probabilities[:5])
     mlflow.keras.log_model(result.model, name="model", signature=signature, pip_requirements=[
-        f"{name}=={tracking._version(name)}" for name in ("tensorflow", "keras", "numpy")])
+        f"{name}=={tracking._version(name)}" for name in (*BACKEND_PACKAGES[keras.backend.backend()], "keras", "numpy")])
 
 
 # --- Command line -------------------------------------------------------------------------

@@ -35,6 +35,18 @@ def test_conditional_keys_appear_only_where_they_apply():
     assert "momentum" in mlp and "epsilon" not in mlp and "conv_blocks" not in mlp
     assert "epsilon" in lenet and "momentum" not in lenet and "block3_filters" in lenet
     assert "block3_filters" not in search_space.baseline("kaggle_cnn")
+    assert search_space.baseline("kaggle_cnn")["rotation"] == 10.0
+    assert not search_space.baseline("chollet_cnn")["augment"] and "rotation" not in search_space.baseline("chollet_cnn")
+
+
+def test_about_half_of_random_samples_train_without_augmentation():
+    # Three ranges sampled from 0 alone would make an unaugmented recipe a point of measure zero.
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
+    samples = [search_space.suggest(study.ask()) for _ in range(200)]
+    plain = [p for p in samples if not p["augment"]]
+    assert 70 <= len(plain) <= 130
+    assert all("rotation" not in p and "zoom" not in p and "shift" not in p for p in plain)
 
 
 def with_changes(name, **changes):
@@ -49,6 +61,7 @@ BAD_PARAMS = {
     "out of range": (with_changes("mlp_3x256", sgd_learning_rate=3.0), "sgd_learning_rate=3.0 is not in 0.001..0.3"),
     "adaptive rate out of its range": (with_changes("gradio_cnn", learning_rate=0.05), "learning_rate=0.05 is not in 0.0001..0.01"),
     "SGD's rate for Adam": (with_changes("gradio_cnn", sgd_learning_rate=0.05), "inapplicable parameter(s) sgd_learning_rate"),
+    "augmentation range with augmentation off": (with_changes("chollet_cnn", rotation=5.0), "inapplicable parameter(s) rotation"),
     "off the grid": (with_changes("kaggle_cnn", zoom=0.105), "zoom=0.105 is not in 0.0..0.2 in steps of 0.01"),
     "not a choice": (with_changes("kaggle_cnn", batch_size=100), "batch_size=100 is not one of [32, 64, 86, 128, 256]"),
     "bool for an int": (with_changes("kaggle_cnn", conv_blocks=True), "conv_blocks=True should be an integer"),

@@ -19,6 +19,7 @@ import search_space
 from conftest import SMOKE
 from sweeps import objective, run as sweep_run, study as sweep_study
 from sweeps.backend import keras
+from sweeps.budgets import BUDGETS
 
 MLFLOW_STATUS = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "KILLED", TrialState.FAIL: "FAILED"}
 
@@ -258,3 +259,22 @@ def test_the_mlflow_server_shows_the_sweep_as_a_parent_with_children(sweep):
     assert len(parents) == 1
     parent_id = parents[0]["info"]["run_id"]
     assert sum(tag.get("mlflow.parentRunId") == parent_id for tag in tags) == len(load(sweep).trials)
+
+
+@pytest.mark.parametrize("budget, judged_from", [("quick", 2), ("smoke", 1)])
+def test_hyperband_judges_from_epoch_two_once_a_budget_has_four_epochs(budget, judged_from):
+    # After one epoch, warm-up schedules and batch normalization at a high rate are mid-climb.
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize", pruner=sweep_study.make_pruner("hyperband", BUDGETS[budget]))
+    for _ in range(6):
+        good = study.ask()
+        for epoch in range(1, BUDGETS[budget].max_epochs + 1):
+            good.report(0.98, epoch)
+            good.should_prune()
+        study.tell(good, 0.98)
+    poor = study.ask()
+    for epoch in range(1, judged_from):
+        poor.report(0.10, epoch)
+        assert not poor.should_prune()
+    poor.report(0.10, judged_from)
+    assert poor.should_prune()

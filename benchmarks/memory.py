@@ -1,0 +1,110 @@
+"""Benchmark 4: peak resident memory of a sweep's workers across 50 smoke trials, read from
+/proc while ``sweeps.run`` runs in a scratch folder (its own store, deleted afterwards).
+
+    python -m benchmarks.memory
+    python -m benchmarks.memory --trials 50 --workers 1
+
+Resident sizes: VmHWM (the kernel's high-water mark) per process, and the growth of each
+worker from its size after its first trial, as the trials record it (``worker_rss_mb``).
+A worker that grows 150 MB past that size retires and the sweep starts a fresh one.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+from benchmarks import results
+from sweeps import cli
+
+GROWTH_LIMIT_MB = 200  # the sweep issue's bound for a worker over 50 smoke trials
+
+
+def parse_args(argv: Sequence[str] | None):
+    parser = cli.ArgumentParser(prog="python -m benchmarks.memory", description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=cli.positive_int, default=50)
+    parser.add_argument("--workers", type=cli.positive_int, help="passed to sweeps.run (default: its own)")
+    return parser.parse_args(argv)
+
+
+def process_tree(root: int) -> list[int]:
+    children = {}
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line)
+        except (OSError, ValueError):
+            continue
+        children.setdefault(int(fields.get("PPid", "0").strip()), []).append(int(status.parent.name))
+    tree, frontier = [], [root]
+    while frontier:
+        pid = frontier.pop()
+        tree.append(pid)
+        frontier += children.get(pid, [])
+    return tree
+
+
+def high_water_mb(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    peaks: dict[int, float] = defaultdict(float)
+    with tempfile.TemporaryDirectory(prefix="memory-benchmark-") as folder:
+        command = [sys.executable, "-m", "sweeps.run", "--trials", str(args.trials), "--budget", "smoke",
+                   "--study", "memory", *(["--workers", str(args.workers)] if args.workers else [])]
+        root = Path(__file__).resolve().parent.parent
+        started = time.monotonic()
+        sweep = subprocess.Popen(command, cwd=folder, env={**os.environ, "PYTHONPATH": str(root)},
+                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        while sweep.poll() is None:
+            for pid in process_tree(sweep.pid):
+                if (mb := high_water_mb(pid)) is not None:
+                    peaks[pid] = max(peaks[pid], mb)
+            time.sleep(0.5)
+        seconds = time.monotonic() - started
+        summary = sweep.stdout.read()
+        if sweep.returncode != 0:
+            raise SystemExit(f"the sweep exited with {sweep.returncode}:\n{summary}")
+        import optuna
+
+        from sweeps import study as sweep_study
+
+        storage = sweep_study.open_storage(f"journal:{folder}/mlruns/{sweep_study.JOURNAL_NAME}")
+        trials = optuna.load_study(study_name="memory", storage=storage).get_trials(deepcopy=False)
+    by_worker: dict[int, list[float]] = defaultdict(list)
+    for trial in sorted(trials, key=lambda t: t.number):
+        if "worker" in trial.user_attrs:
+            by_worker[int(trial.user_attrs["worker"].rsplit(":", 1)[1])].append(trial.user_attrs["worker_rss_mb"])
+    rows = []
+    for pid, sizes in by_worker.items():
+        growth = max(sizes[1:], default=sizes[0]) - sizes[1] if len(sizes) > 1 else 0.0
+        rows.append([pid, len(sizes), f"{sizes[0]:,.0f}", f"{sizes[1] if len(sizes) > 1 else sizes[0]:,.0f}",
+                     f"{max(sizes):,.0f}", f"{growth:,.0f}", f"{peaks.get(pid, 0):,.0f}"])
+    worst_growth = max((float(r[5].replace(",", "")) for r in rows), default=0.0)
+    parent = peaks.get(sweep.pid, 0.0)
+    body = (f"{len(trials)} smoke trials in {seconds:.0f} s by {len(by_worker)} worker process(es); "
+            f"the parent's peak resident size {parent:,.0f} MB.\n\n"
+            + results.table(["worker pid", "trials", "RSS before 1st trial (MB)", "before 2nd", "largest before a trial",
+                             "growth after 1st", "peak (VmHWM)"], rows)
+            + f"\n\nLargest peak of a worker: **{max(peaks[p] for p in by_worker if p in peaks):,.0f} MB**; "
+            f"largest growth after the first trial {worst_growth:,.0f} MB (bound {GROWTH_LIMIT_MB} MB: "
+            f"{'met' if worst_growth < GROWTH_LIMIT_MB else '**not met**'}).")
+    results.record("Worker memory over smoke trials", body)
+    return 0
+
+
+if __name__ == "__main__":
+    cli.run(main)
