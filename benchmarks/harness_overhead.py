@@ -58,6 +58,7 @@ class Harness:
     def __init__(self, folder: Path, params: dict, settings_budget, seed: int):
         import optuna
 
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.params, self.budget, self.seed = params, settings_budget, seed
         self.tracking_uri = f"sqlite:///{folder}/mlflow.db"
         self.storage_url = f"journal:{folder}/optuna.journal"

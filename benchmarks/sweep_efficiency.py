@@ -124,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     body = (f"Each arm: `python -m sweeps.run --trials {args.trials} --budget {args.budget}` with the flags "
             "shown, the five baselines first, one after another on this machine.\n\n"
             + results.table(["arm", "study", "flags", "best", *[f"time to {t:.1%}" for t in THRESHOLDS],
-                             "span", "complete / pruned"], rows))
+                             "span", "complete / pruned (priced out included)"], rows))
     if "default" in times and "tpe-no-pruning" in times:
         for threshold in THRESHOLDS:
             ours, plain = times["default"][threshold], times["tpe-no-pruning"][threshold]
