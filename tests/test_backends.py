@@ -18,10 +18,9 @@ OTHER_BACKENDS = [name for name in ("jax", "torch") if importlib.util.find_spec(
 @pytest.mark.skipif(not OTHER_BACKENDS, reason="neither JAX nor PyTorch is installed")
 @pytest.mark.parametrize("backend", OTHER_BACKENDS)
 def test_a_smoke_trial_trains_and_logs_on_another_backend(backend, tmp_path):
-    # chollet_cnn with an augmentation layer and a scheduled rate. (On a CPU, JAX compiles each
-    # augmentation layer for 10-15 s; one of them shows the path works.)
-    params = {**search_space.baseline("chollet_cnn"), "augment": True, "rotation": 0.0, "zoom": 0.0,
-              "shift": 0.1, "lr_schedule": "one_cycle"}
+    # chollet_cnn with a scheduled rate. (Augmentation is left out: on a CPU, JAX compiles each
+    # augmentation layer for 10-15 s, and the suite has a 10-minute budget.)
+    params = {**search_space.baseline("chollet_cnn"), "lr_schedule": "one_cycle"}
     (tmp_path / "recipe.json").write_text(json.dumps(params))
     environment = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     environment.update(KERAS_BACKEND=backend, PYTHONPATH=os.getcwd())

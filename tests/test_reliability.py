@@ -22,7 +22,7 @@ from optuna.trial import TrialState
 
 from sweeps import run as sweep_run, study as sweep_study
 
-SLOW_SMOKE = ["--budget", "smoke", "--train-size", "3000", "--max-epochs", "3", "--workers", "1"]
+SLOW_SMOKE = ["--budget", "smoke", "--train-size", "3000", "--max-epochs", "2", "--workers", "1"]
 FAST_SMOKE = ["--budget", "smoke", "--train-size", "300", "--max-epochs", "1", "--workers", "1"]
 POSTGRES = os.environ.get("MNIST_SWEEPS_POSTGRES")
 

@@ -91,7 +91,7 @@ def test_the_summary_names_the_best_trial_and_the_command_that_retrains_it(sweep
     assert f"Best: trial {study.best_trial.number}" in text and f"{study.best_value:.4f}" in text
     assert "Baselines at this budget: kaggle_cnn " in text
     assert (f"Reproduce the best trial: python train_trial.py --params {sweep}/mlruns/studies/mnist-sweep/"
-            "best_params.json --budget smoke --train-size 300 --max-epochs 3 --seed 0") in text
+            "best_params.json --budget smoke --train-size 300 --max-epochs 2 --seed 0") in text
 
 
 def test_resuming_with_another_budget_is_refused(sweep, run_command, monkeypatch):
