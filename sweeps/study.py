@@ -142,7 +142,8 @@ def recorded_budget(study: optuna.Study) -> Budget:
     recorded = study.user_attrs.get("fingerprint", {}).get("budget")
     if recorded is None:
         raise UserError(f"study {study.study_name!r} has no recorded budget (not made by sweeps.run); pass --budget")
-    return Budget(**recorded)
+    # Fingerprints from before first_rung existed: it only steers pruning, not training.
+    return Budget(**{"first_rung": 1, **recorded})
 
 
 def redact(url: str) -> str:
@@ -198,10 +199,8 @@ def check_sampler_available(name: str) -> None:
 
 def make_pruner(name: str, budget: Budget) -> optuna.pruners.BasePruner:
     if name == "hyperband":  # on per-epoch validation accuracy; steps are epochs from 1
-        # No rung after the first epoch when there are four or more: a recipe with a warm-up
-        # (one-cycle) or batch normalization at a high rate is still climbing there; the
-        # calibration recipe that cleared 99.2 % read 0.70 after epoch 1 (RESULTS.md).
-        first_rung = 2 if budget.max_epochs >= 4 else 1
+        # Never at the last epoch (training ends there anyway), e.g. with --max-epochs 2 at quick.
+        first_rung = max(1, min(budget.first_rung, budget.max_epochs - 1))
         return optuna.pruners.HyperbandPruner(min_resource=first_rung, max_resource=budget.max_epochs,
                                               reduction_factor=3)
     if name == "median":

@@ -261,14 +261,15 @@ def test_the_mlflow_server_shows_the_sweep_as_a_parent_with_children(sweep):
     assert sum(tag.get("mlflow.parentRunId") == parent_id for tag in tags) == len(load(sweep).trials)
 
 
-@pytest.mark.parametrize("budget, judged_from", [("quick", 2), ("smoke", 1)])
-def test_hyperband_judges_from_epoch_two_once_a_budget_has_four_epochs(budget, judged_from):
-    # After one epoch, warm-up schedules and batch normalization at a high rate are mid-climb.
+@pytest.mark.parametrize("budget, judged_from", [
+    (BUDGETS["quick"], 3), (BUDGETS["smoke"], 1), (BUDGETS["quick"].overridden(max_epochs=2), 1)])
+def test_hyperband_judges_from_the_budgets_first_rung(budget, judged_from):
+    # Before one-cycle's warm-up ends, recipes are compared mid-schedule.
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="maximize", pruner=sweep_study.make_pruner("hyperband", BUDGETS[budget]))
+    study = optuna.create_study(direction="maximize", pruner=sweep_study.make_pruner("hyperband", budget))
     for _ in range(6):
         good = study.ask()
-        for epoch in range(1, BUDGETS[budget].max_epochs + 1):
+        for epoch in range(1, budget.max_epochs + 1):
             good.report(0.98, epoch)
             good.should_prune()
         study.tell(good, 0.98)
