@@ -262,7 +262,8 @@ def test_the_mlflow_server_shows_the_sweep_as_a_parent_with_children(sweep):
 
 
 @pytest.mark.parametrize("budget, judged_from", [
-    (BUDGETS["quick"], 3), (BUDGETS["smoke"], 1), (BUDGETS["quick"].overridden(max_epochs=2), 1)])
+    (BUDGETS["quick"], 2), (BUDGETS["smoke"], 1), (BUDGETS["quick"].overridden(max_epochs=2), 1),
+    (dataclasses.replace(BUDGETS["quick"], max_epochs=5, first_rung=3), 3)])
 def test_hyperband_judges_from_the_budgets_first_rung(budget, judged_from):
     # Before one-cycle's warm-up ends, recipes are compared mid-schedule.
     optuna.logging.set_verbosity(optuna.logging.WARNING)
