@@ -35,8 +35,8 @@ BUDGETS = {
     # The CPU default for sweeps: 50 trials within 45 minutes on 2 cores (RESULTS.md), with
     # two single-threaded workers. 4 epochs on 45,000 images: with 5 epochs, the sweeps that
     # cleared 99.2 % (0.9922 on 48,000 images, 0.9933 on 45,000) took 45.2 and 52.2 min,
-    # since the better TPE's samples get, the more of them Hyperband lets complete; their
-    # best networks were already at 0.9925-0.9933 after epoch 4 of a 5-epoch schedule.
+    # depending on how many of TPE's samples completed and how slow they were; their best
+    # networks were already at 0.9910-0.9933 after epoch 4. At 4 epochs: 39.7 min, 0.9923.
     # First rung at epoch 2, after one-cycle's warm-up (30 % of the epochs): judging at
     # epoch 2 of 5, mid-warm-up, the fourth quick sweep pruned every one-cycle trial.
     # 6 TFLOP admits the networks 8 TFLOP admitted at 5 epochs on 48,000 images; a

@@ -280,3 +280,12 @@ def test_hyperband_judges_from_the_budgets_first_rung(budget, judged_from):
         assert not poor.should_prune()
     poor.report(0.10, judged_from)
     assert poor.should_prune()
+
+
+def test_a_budget_recorded_before_first_rung_existed_still_reads():
+    # Studies made before the field (mnist-sweep-v2 to v4 here) are still reproduced and compared.
+    study = optuna.create_study(direction="maximize")
+    old_record = {k: v for k, v in dataclasses.asdict(BUDGETS["quick"]).items() if k != "first_rung"}
+    study.set_user_attr("fingerprint", {"budget": old_record})
+    budget = sweep_study.recorded_budget(study)
+    assert budget.first_rung == 1 and budget.train_size == BUDGETS["quick"].train_size
