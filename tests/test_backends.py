@@ -35,10 +35,9 @@ def test_a_smoke_trial_trains_and_logs_on_another_backend(backend, tmp_path):
     [run] = client.search_runs([client.get_experiment_by_name("mnist-trials").experiment_id])
     assert run.info.status == "FINISHED" and run.data.tags["keras_backend"] == backend
     assert len(client.get_metric_history(run.info.run_id, "val_accuracy")) == 2
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    try:
-        requirements = mlflow.pyfunc.get_model_dependencies(f"runs:/{run.info.run_id}/model")
-    finally:
-        mlflow.set_tracking_uri(previous)
+    # Read from the logged model's own folder: resolving a runs:/ or models:/ URI would need
+    # the process-wide tracking URI, which later tests must find unset.
+    [model] = run.outputs.model_outputs
+    folder = client.get_logged_model(model.model_id).artifact_location
+    requirements = mlflow.artifacts.download_artifacts(artifact_uri=f"{folder}/requirements.txt", dst_path=str(tmp_path))
     assert backend in open(requirements).read()  # the saved model asks for its own backend
