@@ -15,7 +15,7 @@ import math
 
 import optuna
 
-from sweeps.errors import ParamsError
+from harness.errors import ParamsError
 
 # Bumped whenever suggest() changes what it can return; sweeps record it in their fingerprint.
 SEARCH_SPACE_VERSION = 4  # 2: no padding choice where 'valid' leaves no feature map
@@ -231,31 +231,50 @@ def validate(params: dict, source: str = "params") -> dict:
 
 class _StrictReplay(optuna.trial.FixedTrial):
     """A FixedTrial that refuses missing, mistyped and out-of-range values (FixedTrial itself
-    only warns) and returns them in the distribution's own type (JSON's 0 becomes 0.0)."""
+    only warns) and returns them in the distribution's own type (JSON's 0 becomes 0.0).
+    Range and step are checked by Optuna itself: ``create_trial`` refuses a value its
+    distribution does not contain."""
 
     def __init__(self, params: dict, source: str):
         super().__init__(params)
-        self._source = source
+        self._replayed_params = params
+        self._replay_source = source
 
-    def _suggest(self, name, distribution):
-        if name not in self._params:
-            raise ParamsError(f"{self._source}: missing parameter {name!r}")
-        value = self._params[name]
-        if isinstance(distribution, optuna.distributions.CategoricalDistribution):
-            matches = [c for c in distribution.choices if _same_value(value, c)]
-            if not matches:
-                raise ParamsError(f"{self._source}: {name}={value!r} is not one of {list(distribution.choices)}")
-            self._params[name] = matches[0]
-        else:
-            is_int = isinstance(distribution, optuna.distributions.IntDistribution)
-            if not _is_number(value) or (is_int and value != int(value)):
-                raise ParamsError(f"{self._source}: {name}={value!r} should be {'an integer' if is_int else 'a number'}")
-            if not distribution._contains(float(value)):
-                step = f" in steps of {distribution.step}" if distribution.step not in (None, 1) else ""
-                raise ParamsError(f"{self._source}: {name}={value!r} is not in "
-                                  f"{distribution.low}..{distribution.high}{step}")
-            self._params[name] = int(value) if is_int else float(value)
-        return super()._suggest(name, distribution)
+    def suggest_float(self, name, low, high, *, step=None, log=False):
+        value = self._replayed_number(name, is_int=False)
+        self._refuse_uncontained(name, value, optuna.distributions.FloatDistribution(low, high, step=step, log=log))
+        return value
+
+    def suggest_int(self, name, low, high, *, step=1, log=False):
+        value = self._replayed_number(name, is_int=True)
+        self._refuse_uncontained(name, value, optuna.distributions.IntDistribution(low, high, step=step, log=log))
+        return value
+
+    def suggest_categorical(self, name, choices):
+        value = self._replayed_value(name)
+        matches = [c for c in choices if _same_value(value, c)]
+        if not matches:
+            raise ParamsError(f"{self._replay_source}: {name}={value!r} is not one of {list(choices)}")
+        return matches[0]
+
+    def _replayed_value(self, name):
+        if name not in self._replayed_params:
+            raise ParamsError(f"{self._replay_source}: missing parameter {name!r}")
+        return self._replayed_params[name]
+
+    def _replayed_number(self, name, is_int: bool):
+        value = self._replayed_value(name)
+        if not _is_number(value) or (is_int and value != int(value)):
+            raise ParamsError(f"{self._replay_source}: {name}={value!r} should be {'an integer' if is_int else 'a number'}")
+        return int(value) if is_int else float(value)
+
+    def _refuse_uncontained(self, name, value, distribution) -> None:
+        try:
+            optuna.trial.create_trial(params={name: value}, distributions={name: distribution}, value=0.0)
+        except ValueError:
+            step = f" in steps of {distribution.step}" if distribution.step not in (None, 1) else ""
+            raise ParamsError(f"{self._replay_source}: {name}={value!r} is not in "
+                              f"{distribution.low}..{distribution.high}{step}") from None
 
 
 def _is_number(value) -> bool:

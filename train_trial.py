@@ -3,9 +3,9 @@
     python train_trial.py --baseline chollet_cnn --evaluate-test
     python train_trial.py --params my_recipe.json --budget quick
 
-Reads top to bottom: budget and data -> model -> optimizer and schedule -> fit with
-validation early stopping -> metrics and artifacts in MLflow. The test set is touched only
-by ``--evaluate-test``, once, after training.
+Reads top to bottom: the model -> its optimizer and schedule -> fit with validation early
+stopping -> evaluation -> the MLflow run that records it all -> the command line. The test
+set is touched only by ``evaluate_test``, once, after training (``--evaluate-test``).
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from dataclasses import dataclass
 import numpy as np
 
 import search_space
-from sweeps import cli, data, figures, tracking
-from sweeps.backend import keras
-from sweeps.budgets import BUDGETS, Budget
-from sweeps.errors import ParamsError, UserError
+from harness import cli, data, run_logging, tracking
+from harness.backend import keras
+from harness.budgets import BUDGETS, Budget
+from harness.errors import ParamsError, UserError
 
 DEFAULT_EXPERIMENT = "mnist-trials"
 
@@ -97,6 +97,20 @@ def _add(model: keras.Sequential, layer, block: int) -> None:
                           f"({str(error).splitlines()[0]})") from None
 
 
+def forward_multiply_adds(model: keras.Model) -> int:
+    """Multiply-adds of one image's forward pass through the convolutions and dense layers,
+    which carry nearly all the arithmetic (training costs about three times this, times two
+    for FLOPs)."""
+    total = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            _, height, width, _ = layer.output.shape
+            total += height * width * int(np.prod(layer.kernel.shape))
+        elif isinstance(layer, keras.layers.Dense):
+            total += int(np.prod(layer.kernel.shape))
+    return total
+
+
 # --- Optimizer and learning-rate schedule -------------------------------------------------
 
 def make_optimizer(params: dict, epochs: int, steps_per_epoch: int):
@@ -135,6 +149,8 @@ def current_learning_rate(model: keras.Model) -> float:
     return float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
 
 
+# --- Training -----------------------------------------------------------------------------
+
 class RecordLearningRate(keras.callbacks.Callback):
     """Adds the learning rate in force to each epoch's logs (History and loggers read them)."""
 
@@ -143,17 +159,17 @@ class RecordLearningRate(keras.callbacks.Callback):
             logs["learning_rate"] = current_learning_rate(self.model)
 
 
-class StopOnDivergence(keras.callbacks.TerminateOnNaN):
-    """Stops at the first NaN or infinite batch loss and remembers that it did."""
+class StopOnDivergence(keras.callbacks.Callback):
+    """Stops at the first batch whose loss is NaN or infinite, and remembers that it did."""
 
     diverged = False
 
-    def on_batch_end(self, batch, logs=None):
-        super().on_batch_end(batch, logs)
-        self.diverged = self.diverged or bool(self.model.stop_training)
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self.diverged = True
+            self.model.stop_training = True
 
-
-# --- Training -----------------------------------------------------------------------------
 
 @dataclass
 class TrainingResult:
@@ -165,12 +181,6 @@ class TrainingResult:
     validation_probabilities: np.ndarray
     diverged: bool
     train_seconds: float
-
-
-# What a saved model needs besides Keras and NumPy, by the backend it was trained on.
-BACKEND_PACKAGES = {"tensorflow": ("tensorflow",), "jax": ("jax", "jaxlib"), "torch": ("torch",)}
-
-KERAS_TO_OUR_NAMES = {"loss": "train_loss", "accuracy": "train_accuracy"}
 
 
 def train(params: dict, split: data.Split, budget: Budget, *, seed: int = 0,
@@ -195,7 +205,7 @@ def train(params: dict, split: data.Split, budget: Budget, *, seed: int = 0,
                                                  patience=budget.patience, restore_best_weights=True),
                    *callbacks])
     train_seconds = time.perf_counter() - started
-    curves = {KERAS_TO_OUR_NAMES.get(k, k): [float(v) for v in values]
+    curves = {run_logging.KERAS_TO_OUR_NAMES.get(k, k): [float(v) for v in values]
               for k, values in history.history.items()}
     probabilities = model.predict(split.x_val[..., None], batch_size=1000, verbose=0)
     validation_accuracy = float((probabilities.argmax(axis=1) == split.y_val).mean())
@@ -212,6 +222,8 @@ def _class_weights(params: dict) -> dict[int, float] | None:
     return {digit: float(weights.get(str(digit), 1.0)) for digit in range(10)} if weights else None
 
 
+# --- Evaluation ---------------------------------------------------------------------------
+
 def evaluate_test(model: keras.Model, dataset: data.Dataset) -> dict[str, float]:
     """The one place the test set is used."""
     if dataset.x_test is None:
@@ -223,35 +235,7 @@ def evaluate_test(model: keras.Model, dataset: data.Dataset) -> dict[str, float]
     return {"test_accuracy": float(accuracy), "test_loss": float(loss)}
 
 
-# --- Logging ------------------------------------------------------------------------------
-
-class MlflowEpochLogger(keras.callbacks.Callback):
-    """Logs each epoch's metrics to the active MLflow run with step = epoch.
-
-    (mlflow.keras.MlflowCallback would also log the optimizer config as params, mixing it
-    into the params dict, and a step-less copy of every validation pass.)
-    """
-
-    def on_epoch_end(self, epoch, logs=None):
-        import mlflow
-
-        metrics = {KERAS_TO_OUR_NAMES.get(k, k): float(v) for k, v in (logs or {}).items()}
-        mlflow.log_metrics({k: v for k, v in metrics.items() if math.isfinite(v)}, step=epoch)
-
-
-def run_tags(dataset: data.Dataset, split: data.Split, budget: Budget, *, seed: int,
-             baseline: str | None) -> dict[str, str]:
-    """Everything needed to re-run a trial besides its params: code, data, split, budget."""
-    return {
-        **tracking.provenance_tags(),
-        "baseline": baseline or "none", "budget": budget.name,
-        "budget.max_epochs": str(budget.max_epochs), "budget.patience": str(budget.patience),
-        "data_source": dataset.source, "data_format": dataset.format, "data_sha256": dataset.sha256,
-        "split_seed": str(split.seed), "validation_size": str(len(split.y_val)),
-        "validation_sha256": split.validation_sha256, "train_size": str(len(split.y_train)),
-        "seed": str(seed),
-    }
-
+# --- The MLflow run ------------------------------------------------------------------------
 
 def log_trial(params: dict, dataset: data.Dataset, split: data.Split, budget: Budget, *,
               seed: int = 0, evaluate_on_test: bool = False, title: str = "trial",
@@ -265,7 +249,7 @@ def log_trial(params: dict, dataset: data.Dataset, split: data.Split, budget: Bu
     mlflow.log_params({k: json.dumps(v) if isinstance(v, dict) else v for k, v in params.items()})
     mlflow.log_dict(params, "params.json")
     result = train(params, split, budget, seed=seed, verbose=verbose,
-                   callbacks=[MlflowEpochLogger(), *callbacks])
+                   callbacks=[run_logging.MlflowEpochLogger(), *callbacks])
     metrics = {
         "validation_accuracy": result.validation_accuracy,
         "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
@@ -280,7 +264,7 @@ def log_trial(params: dict, dataset: data.Dataset, split: data.Split, budget: Bu
     if evaluate_on_test:
         metrics.update(evaluate_test(result.model, dataset))
     mlflow.log_metrics(metrics)
-    _log_artifacts(result, split, title)
+    run_logging.log_artifacts(result.model, result.history, result.validation_probabilities, split, title)
     return result, metrics
 
 
@@ -293,56 +277,13 @@ def run_logged_trial(params: dict, dataset: data.Dataset, split: data.Split, bud
     import mlflow
 
     name = run_name or baseline or "trial"
-    tags = run_tags(dataset, split, budget, seed=seed, baseline=baseline)
+    tags = run_logging.run_tags(dataset, split, budget, seed=seed, baseline=baseline)
     with mlflow.start_run(run_name=name, tags=tags) as run:
         result, metrics = log_trial(params, dataset, split, budget, seed=seed, title=name,
                                     evaluate_on_test=evaluate_on_test, verbose=verbose)
         if result.diverged:
             mlflow.end_run(status="FAILED")
     return result, metrics, run.info.run_id
-
-
-def forward_multiply_adds(model: keras.Model) -> int:
-    """Multiply-adds of one image's forward pass through the convolutions and dense layers,
-    which carry nearly all the arithmetic (training costs about three times this, times two
-    for FLOPs)."""
-    total = 0
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.Conv2D):
-            _, height, width, _ = layer.output.shape
-            total += height * width * int(np.prod(layer.kernel.shape))
-        elif isinstance(layer, keras.layers.Dense):
-            total += int(np.prod(layer.kernel.shape))
-    return total
-
-
-def _log_artifacts(result: TrainingResult, split: data.Split, title: str) -> None:
-    import matplotlib.pyplot as plt
-    import mlflow
-
-    predicted = result.validation_probabilities.argmax(axis=1)
-    matrix = figures.confusion_matrix(split.y_val, predicted)
-    for name, figure in {
-        "learning_curves.png": figures.learning_curves(result.history, title),
-        "confusion_matrix.png": figures.confusion_matrix_plot(
-            matrix, f"{title}: validation confusion matrix"),
-        "most_confident_errors.png": figures.most_confident_errors(
-            split.x_val, split.y_val, result.validation_probabilities),
-    }.items():
-        mlflow.log_figure(figure, name)
-        plt.close(figure)
-    rows = ["true\\predicted," + ",".join(map(str, range(10)))]
-    rows += [f"{digit}," + ",".join(map(str, matrix[digit])) for digit in range(10)]
-    mlflow.log_text("\n".join(rows) + "\n", "confusion_matrix.csv")
-    summary: list[str] = []
-    result.model.summary(print_fn=lambda line, *args, **kwargs: summary.append(line))
-    mlflow.log_text("\n".join(summary), "model_summary.txt")
-    # Requirements written out: MLflow would otherwise infer them by re-loading the model
-    # in a subprocess, which costs more than a small trial.
-    sample = split.x_val[:5, ..., None]
-    signature = mlflow.models.infer_signature(sample, result.validation_probabilities[:5])
-    mlflow.keras.log_model(result.model, name="model", signature=signature, pip_requirements=[
-        f"{name}=={tracking._version(name)}" for name in (*BACKEND_PACKAGES[keras.backend.backend()], "keras", "numpy")])
 
 
 # --- Command line -------------------------------------------------------------------------

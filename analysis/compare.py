@@ -9,9 +9,9 @@ The files go to --out and, as artifacts under report/, to the study's parent MLf
 
 from __future__ import annotations
 
-import io
 import json
 import statistics
+import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,8 +24,10 @@ from mlflow.exceptions import MlflowException
 from optuna.trial import FrozenTrial, TrialState
 
 import search_space
-from sweeps import cli, figures, study as sweep_study, tracking
-from sweeps.errors import UserError
+from harness import cli, figures, tracking
+from harness.errors import UserError
+from sweeps import records, study as sweep_study
+from sweeps.records import StopCause
 
 # Where measured test accuracies of the baselines live: sweeps.baselines, train_trial.py.
 TEST_EXPERIMENTS = ("mnist-baselines", "mnist-trials")
@@ -55,7 +57,7 @@ class Row:
 
     @property
     def label(self) -> str:
-        return self.trial.user_attrs.get("baseline") or f"trial {self.trial.number}"
+        return records.label(self.trial)
 
     def metric(self, key: str):
         return self.run.data.metrics.get(key) if self.run else None
@@ -78,20 +80,20 @@ class Row:
     def validation(self) -> str:
         if self.trial.value is None:
             return self.trial.state.name.lower()
-        reason = self.trial.user_attrs.get("reason", "")
-        if "time share" in reason:
+        cause = records.stop_cause(self.trial)
+        if cause == StopCause.TIME_SHARE:
             return f"{self.trial.value:.4f} (time share, epoch {self.epochs})"
         if self.trial.state == TrialState.COMPLETE:
             return f"{self.trial.value:.4f}"
-        return f"{self.trial.value:.4f} ({'pruner' if 'pruner' in reason else 'stopped'}, epoch {self.epochs})"
+        return f"{self.trial.value:.4f} ({'pruner' if cause == StopCause.PRUNED else 'stopped'}, epoch {self.epochs})"
 
 
-def open_tracking(requested: str | None) -> mlflow.MlflowClient:
+def existing_store(requested: str | None) -> str:
+    """The tracking URI to read, refused if it names a SQLite store that does not exist."""
     uri = tracking.tracking_uri(requested)
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         raise UserError(f"no MLflow store at {uri.removeprefix('sqlite:///')} (pass --tracking-uri)")
-    mlflow.set_tracking_uri(uri)
-    return mlflow.MlflowClient(uri)
+    return uri
 
 
 def fetch_run(client: mlflow.MlflowClient, run_id: str | None):
@@ -227,31 +229,32 @@ def plot_learning_curves(client, top: list[Row], baselines: dict[str, Row]):
     return figure
 
 
-def stored_confusion_matrix(run_id: str) -> np.ndarray | None:
-    try:
-        text = mlflow.artifacts.load_text(f"runs:/{run_id}/confusion_matrix.csv")
-    except Exception:  # no such artifact: the run was stopped before its figures
-        return None
-    return np.loadtxt(io.StringIO(text), delimiter=",", skiprows=1, dtype=int)[:, 1:]
+def stored_confusion_matrix(client: mlflow.MlflowClient, run_id: str) -> np.ndarray | None:
+    with tempfile.TemporaryDirectory(prefix="confusion-") as folder:
+        try:
+            path = client.download_artifacts(run_id, "confusion_matrix.csv", folder)
+        except Exception:  # no such artifact: the run was stopped before its figures
+            return None
+        return np.loadtxt(path, delimiter=",", skiprows=1, dtype=int)[:, 1:]
 
 
 def kaggle_confusion(client, row: Row | None) -> tuple[np.ndarray, str] | None:
     """kaggle_cnn's validation confusion matrix: this sweep's run if it got that far, else
     the latest stored kaggle_cnn run that has one."""
-    if row and row.run and (matrix := stored_confusion_matrix(row.run.info.run_id)) is not None:
+    if row and row.run and (matrix := stored_confusion_matrix(client, row.run.info.run_id)) is not None:
         return matrix, "kaggle_cnn, this sweep"
     experiments = baseline_experiment_ids(client)
     for run in client.search_runs(experiments, "tags.baseline = 'kaggle_cnn' and attributes.status = 'FINISHED'",
                                   order_by=["attributes.start_time DESC"], max_results=20) if experiments else []:
-        if (matrix := stored_confusion_matrix(run.info.run_id)) is not None:
+        if (matrix := stored_confusion_matrix(client, run.info.run_id)) is not None:
             return matrix, f"kaggle_cnn, budget {run.data.tags.get('budget', '?')} (run {run.info.run_id[:8]})"
     return None
 
 
-def plot_confusions(best: Row, kaggle: tuple[np.ndarray, str] | None):
+def plot_confusions(client: mlflow.MlflowClient, best: Row, kaggle: tuple[np.ndarray, str] | None):
     import matplotlib.pyplot as plt
 
-    matrix = stored_confusion_matrix(best.run.info.run_id) if best.run else None
+    matrix = stored_confusion_matrix(client, best.run.info.run_id) if best.run else None
     panels = [(matrix, f"best: {best.label} ({best.trial.value:.4f})")] if matrix is not None else []
     if kaggle:
         panels.append(kaggle)
@@ -266,18 +269,19 @@ def plot_confusions(best: Row, kaggle: tuple[np.ndarray, str] | None):
 
 # --- The report ---------------------------------------------------------------------------
 
-def build_report(study: optuna.Study, client: mlflow.MlflowClient, storage: str, out: Path) -> Path:
+def build_report(study: optuna.Study, tracking_uri: str, storage: str, out: Path) -> Path:
     import matplotlib.pyplot as plt
 
+    client = tracking.client(tracking_uri)
     trials = study.get_trials(deepcopy=False)
-    rows = [Row(t, fetch_run(client, t.user_attrs.get("mlflow_run_id"))) for t in trials]
-    baselines = {row.trial.user_attrs["baseline"]: row for row in rows if "baseline" in row.trial.user_attrs}
+    rows = [Row(t, fetch_run(client, t.user_attrs.get(records.MLFLOW_RUN_ID))) for t in trials]
+    baselines = {row.trial.user_attrs[records.BASELINE]: row for row in rows if records.BASELINE in row.trial.user_attrs}
     finished = sorted((row for row in rows if row.trial.state == TrialState.COMPLETE),
                       key=lambda row: row.trial.value, reverse=True)
     scored = [row for row in baselines.values() if row.trial.value is not None]
     best_baseline = max(scored, key=lambda row: row.trial.value) if scored else None
     states = {state: sum(t.state == state for t in trials) for state in TrialState}
-    budget = study.user_attrs.get("fingerprint", {}).get("budget", {})
+    budget = records.recorded_fingerprint(study).get("budget", {})
 
     out.mkdir(parents=True, exist_ok=True)
     notes = []
@@ -294,23 +298,23 @@ def build_report(study: optuna.Study, client: mlflow.MlflowClient, storage: str,
             notes.append(f"Hyperparameter importances: not computed ({error}).")
         shared = [p for p in importances if all(p in row.trial.params for row in finished)][:8]
         plots["parallel_coordinates.png"] = plot_parallel(study, shared or COMMON_PARAMS)
-        sampled = [row for row in finished if "baseline" not in row.trial.user_attrs]  # baselines: dashed
+        sampled = [row for row in finished if records.BASELINE not in row.trial.user_attrs]  # baselines: dashed
         plots["learning_curves.png"] = plot_learning_curves(client, sampled[:CURVES], baselines)
         kaggle = kaggle_confusion(client, baselines.get("kaggle_cnn"))
         if kaggle is None:
             notes.append("kaggle_cnn: no stored validation confusion matrix in this MLflow store.")
-        confusion = plot_confusions(finished[0], kaggle)
+        confusion = plot_confusions(client, finished[0], kaggle)
         if confusion is not None:
             plots["confusion_matrices.png"] = confusion
     for name, figure in plots.items():
         figure.savefig(out / name, dpi=110, bbox_inches="tight")
         plt.close(figure)
 
-    parent = study.user_attrs.get("mlflow_parent_run_id", "unknown")
+    parent = study.user_attrs.get(records.PARENT_RUN_ID, "unknown")
     best = finished[0]
     lines = [
         f"# Study `{study.study_name}`: the sweep against the baselines", "",
-        f"- Storage: `{sweep_study.redact(storage)}`; MLflow parent run `{parent}` at `{mlflow.get_tracking_uri()}`",
+        f"- Storage: `{sweep_study.redact(storage)}`; MLflow parent run `{parent}` at `{tracking_uri}`",
         f"- Budget `{budget.get('name', '?')}`: {budget.get('train_size') or 'all'} training images, up to "
         f"{budget.get('max_epochs', '?')} epochs, {budget.get('max_training_tflop', '?')} TFLOP and "
         f"{budget.get('trial_seconds', '?')} s a trial",
@@ -354,9 +358,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     study = sweep_study.load_existing(args.study, storage)
     if not study.get_trials(deepcopy=False, states=[TrialState.COMPLETE]):
         raise UserError(f"study {args.study!r} has no finished trial yet: nothing to compare")
-    client = open_tracking(args.tracking_uri)
+    tracking_uri = existing_store(args.tracking_uri)
     out = Path(args.out) if args.out else Path("reports") / args.study
-    report = build_report(study, client, storage, out)
+    report = build_report(study, tracking_uri, storage, out)
     print(f"Report: {report} (and the plots beside it); also under report/ in the study's parent MLflow run")
     return 0
 

@@ -19,9 +19,11 @@ from pathlib import Path
 import search_space
 import train_trial
 from benchmarks import results
-from sweeps import backend, cli, data, objective, study as sweep_study
-from sweeps.backend import keras
-from sweeps.budgets import BUDGETS
+from harness import backend, cli, data, tracking
+from harness.backend import keras
+from harness.budgets import BUDGETS
+from sweeps import objective, records, study as sweep_study
+from sweeps.settings import SweepSettings
 
 TARGET = 1.05
 
@@ -65,31 +67,25 @@ class Harness:
         self.storage = sweep_study.open_storage(self.storage_url)
         self.study = optuna.create_study(study_name="harness", storage=self.storage, direction="maximize",
                                          pruner=sweep_study.make_pruner("hyperband", settings_budget))
-        from sweeps import tracking
-
         tracking.use_experiment("harness", self.tracking_uri)
-        import mlflow
-
-        parent = mlflow.MlflowClient(self.tracking_uri).create_run(
-            mlflow.get_experiment_by_name("harness").experiment_id, run_name="harness")
-        self.settings = objective.SweepSettings(
+        client = tracking.client(self.tracking_uri)
+        parent = client.create_run(client.get_experiment_by_name("harness").experiment_id, run_name="harness")
+        self.settings = SweepSettings(
             study_name="harness", storage_url=self.storage_url, tracking_uri=self.tracking_uri,
             experiment="harness", parent_run_id=parent.info.run_id, total_trials=10**6, sampler="tpe",
             pruner="hyperband", seed=seed, budget=settings_budget, data_path=None,
             split_seed=data.DEFAULT_SPLIT_SEED, lock_path=str(folder / "ask.lock"), deadline=None)
 
     def trial(self, dataset: data.Dataset, split: data.Split) -> tuple[float, float]:
-        self.study.enqueue_trial(self.params, user_attrs={"baseline": "benchmark"})
+        self.study.enqueue_trial(self.params, user_attrs={records.BASELINE: "benchmark"})
         started = time.perf_counter()
         trial = objective.next_trial(self.study, self.storage, self.settings)
         objective.run_trial(self.study, self.storage, trial, self.settings, dataset, split)
         seconds = time.perf_counter() - started
         frozen = self.study.trials[-1]
         if frozen.state.name != "COMPLETE":
-            raise RuntimeError(f"the harness trial ended {frozen.state.name}: {frozen.user_attrs.get('reason')}")
-        import mlflow
-
-        run = mlflow.MlflowClient(self.tracking_uri).get_run(frozen.user_attrs["mlflow_run_id"])
+            raise RuntimeError(f"the harness trial ended {frozen.state.name}: {frozen.user_attrs.get(records.REASON)}")
+        run = tracking.client(self.tracking_uri).get_run(frozen.user_attrs[records.MLFLOW_RUN_ID])
         return seconds, run.data.metrics["train_seconds"]
 
 

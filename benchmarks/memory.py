@@ -5,8 +5,9 @@
     python -m benchmarks.memory --trials 50 --workers 1
 
 Resident sizes: VmHWM (the kernel's high-water mark) per process, and the growth of each
-worker from its size after its first trial, as the trials record it (``worker_rss_mb``).
-A worker that grows 150 MB past that size retires and the sweep starts a fresh one.
+worker's peak from its peak after its first trial, as the trials record it
+(``worker_peak_rss_mb``). A worker retires after ``sweeps.settings.TRIALS_PER_PROCESS``
+trials and the sweep starts a fresh one.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from benchmarks import results
-from sweeps import cli
+from harness import cli
 
 GROWTH_LIMIT_MB = 200  # the sweep issue's bound for a worker over 50 smoke trials
 
@@ -80,14 +81,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise SystemExit(f"the sweep exited with {sweep.returncode}:\n{summary}")
         import optuna
 
-        from sweeps import study as sweep_study
+        from sweeps import records, study as sweep_study
 
         storage = sweep_study.open_storage(f"journal:{folder}/mlruns/{sweep_study.JOURNAL_NAME}")
         trials = optuna.load_study(study_name="memory", storage=storage).get_trials(deepcopy=False)
     by_worker: dict[int, list[float]] = defaultdict(list)
     for trial in sorted(trials, key=lambda t: t.number):
-        if "worker" in trial.user_attrs:
-            by_worker[int(trial.user_attrs["worker"].rsplit(":", 1)[1])].append(trial.user_attrs["worker_rss_mb"])
+        if records.WORKER_PEAK_RSS_MB in trial.user_attrs:
+            by_worker[int(trial.user_attrs[records.WORKER].rsplit(":", 1)[1])].append(
+                trial.user_attrs[records.WORKER_PEAK_RSS_MB])
     # Growth counts from the size before the second trial: the first trial loads the backend.
     growths = {pid: max(sizes[1:]) - sizes[1] if len(sizes) > 1 else 0.0 for pid, sizes in by_worker.items()}
     rows = [[pid, len(sizes), f"{sizes[0]:,.0f}", f"{sizes[min(1, len(sizes) - 1)]:,.0f}", f"{max(sizes):,.0f}",
@@ -97,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parent = peaks.get(sweep.pid, 0.0)
     body = (f"{len(trials)} smoke trials in {seconds:.0f} s by {len(by_worker)} worker process(es); "
             f"the parent's peak resident size {parent:,.0f} MB.\n\n"
-            + results.table(["worker pid", "trials", "RSS before 1st trial (MB)", "before 2nd", "largest before a trial",
+            + results.table(["worker pid", "trials", "peak RSS before 1st trial (MB)", "before 2nd", "largest before a trial",
                              "growth after 1st", "peak (VmHWM)"], rows)
             + f"\n\nLargest peak of a worker: **{worker_peak:,.0f} MB**; "
             f"largest growth after the first trial {worst_growth:,.0f} MB (bound {GROWTH_LIMIT_MB} MB: "

@@ -25,7 +25,7 @@ def machine() -> str:
     memory = ""
     if hasattr(os, "sysconf") and "SC_PHYS_PAGES" in os.sysconf_names:
         memory = f", {os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.0f} GiB RAM"
-    from sweeps.backend import keras
+    from harness.backend import keras
 
     versions = [f"Python {platform.python_version()}", f"Keras {keras.__version__} ({keras.backend.backend()})"]
     if keras.backend.backend() == "tensorflow":

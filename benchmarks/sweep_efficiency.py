@@ -29,7 +29,8 @@ import optuna
 from optuna.trial import TrialState
 
 from benchmarks import results
-from sweeps import cli, study as sweep_study
+from harness import cli
+from sweeps import study as sweep_study
 
 ARMS = {
     "default": [],  # TPE as configured in sweeps/study.py, Hyperband

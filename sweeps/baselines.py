@@ -12,9 +12,9 @@ from collections.abc import Sequence
 
 import search_space
 import train_trial
-from sweeps import cli, data, tracking
-from sweeps.budgets import BUDGETS
-from sweeps.errors import DataError
+from harness import cli, data, tracking
+from harness.budgets import BUDGETS
+from harness.errors import DataError
 
 EXPERIMENT = "mnist-baselines"
 

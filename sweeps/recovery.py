@@ -16,9 +16,8 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from sweeps import study as sweep_study
-
-REASON = "reason"
+from sweeps import records, study as sweep_study
+from sweeps.records import StopCause
 
 
 def end_orphaned_trials(study: optuna.Study, storage: optuna.storages.BaseStorage, client,
@@ -30,43 +29,45 @@ def end_orphaned_trials(study: optuna.Study, storage: optuna.storages.BaseStorag
         pid = local_worker_pid(trial)
         if pid is not None and not process_alive(pid):
             reasons[trial.number] = f"its worker (process {pid} on this machine) is gone: killed or crashed mid-trial"
-            storage.set_trial_user_attr(trial._trial_id, REASON, reasons[trial.number])
+            trial_id = sweep_study.trial_id(storage, study, trial.number)
+            storage.set_trial_user_attr(trial_id, records.STOP_CAUSE, StopCause.WORKER_LOST.value)
+            storage.set_trial_user_attr(trial_id, records.REASON, reasons[trial.number])
             study.tell(trial.number, state=TrialState.FAIL)
     if isinstance(storage, optuna.storages.RDBStorage):
         with warnings.catch_warnings():  # marked experimental in Optuna 4
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)
     for trial in study.get_trials(deepcopy=False, states=[TrialState.FAIL]):
-        if trial.number not in reasons and REASON in trial.user_attrs:
+        if trial.number not in reasons and records.REASON in trial.user_attrs:
             continue  # failed and recorded by its own worker
         run = trial_run(client, study, trial, experiment_id)
         if trial.number not in reasons and run is not None and run.info.status != "RUNNING":
             continue  # closed here before
         # Failed by the storage for silence: a finished trial takes no new attributes, so
         # its reason goes to the MLflow run only.
-        reasons.setdefault(trial.number, f"its worker ({trial.user_attrs.get('worker', 'unknown')}) sent no "
+        reasons.setdefault(trial.number, f"its worker ({trial.user_attrs.get(records.WORKER, 'unknown')}) sent no "
                                          f"heartbeat for {sweep_study.GRACE_SECONDS} s: killed, crashed or cut off")
         if run is None:  # the worker died before starting one; runs and trials stay one to one
-            run = client.create_run(experiment_id, run_name=f"trial {trial.number}", tags={
-                "mlflow.parentRunId": parent_run_id, "optuna_study": study.study_name,
-                "optuna_trial_number": str(trial.number)})
-        client.set_tag(run.info.run_id, "optuna_state", TrialState.FAIL.name)
-        client.set_tag(run.info.run_id, REASON, reasons[trial.number])
+            run = client.create_run(experiment_id, run_name=records.label(trial),
+                                    tags=records.trial_run_tags(study.study_name, trial.number, parent_run_id))
+        for key, value in {records.STATE_TAG: TrialState.FAIL.name, records.STOP_CAUSE: StopCause.WORKER_LOST.value,
+                           records.REASON: reasons[trial.number]}.items():
+            client.set_tag(run.info.run_id, key, value)
         client.set_terminated(run.info.run_id, "KILLED")
     return sorted(reasons)
 
 
 def trial_run(client, study: optuna.Study, trial: FrozenTrial, experiment_id: str):
     """The trial's MLflow run, or None if its worker never started one."""
-    if "mlflow_run_id" in trial.user_attrs:
-        return client.get_run(trial.user_attrs["mlflow_run_id"])
+    if records.MLFLOW_RUN_ID in trial.user_attrs:
+        return client.get_run(trial.user_attrs[records.MLFLOW_RUN_ID])
     found = client.search_runs([experiment_id], max_results=1, filter_string=(
-        f"tags.optuna_study = '{study.study_name}' and tags.optuna_trial_number = '{trial.number}'"))
+        f"tags.{records.STUDY_TAG} = '{study.study_name}' and tags.{records.TRIAL_NUMBER_TAG} = '{trial.number}'"))
     return found[0] if found else None
 
 
 def local_worker_pid(trial: FrozenTrial) -> int | None:
-    host, _, pid = trial.user_attrs.get("worker", "").rpartition(":")
+    host, _, pid = trial.user_attrs.get(records.WORKER, "").rpartition(":")
     return int(pid) if host == socket.gethostname() and pid.isdigit() else None
 
 

@@ -10,31 +10,25 @@ Selection uses validation accuracy only; the test set is read after every choice
 
 from __future__ import annotations
 
-import os
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
 
-# With op determinism on, TensorFlow logs a C++ "error" for every dataset it rewrites
-# (NodeDef mentions attribute use_unbounded_threadpool), twice per seed; it is harmless and
-# would bury the verdict. Real failures still raise Python exceptions.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import mlflow
+import optuna
+from optuna.trial import TrialState
 
-import math  # noqa: E402
-import statistics  # noqa: E402
-from collections.abc import Sequence  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-
-import mlflow  # noqa: E402
-import optuna  # noqa: E402
-from optuna.trial import TrialState  # noqa: E402
-
-import search_space  # noqa: E402
-import train_trial  # noqa: E402
-from sweeps import backend, cli, data, digit_model, study as sweep_study, tracking  # noqa: E402
-from sweeps.baselines import mean_and_sd  # noqa: E402
-from sweeps.budgets import BUDGETS  # noqa: E402
-from sweeps.errors import DataError, ParamsError, UserError  # noqa: E402
+import search_space
+import train_trial
+from harness import backend, cli, data, run_logging, tracking
+from harness.budgets import BUDGETS
+from harness.errors import DataError, ParamsError, UserError
+from sweeps import records, study as sweep_study
+from sweeps.baselines import mean_and_sd
 
 EXPERIMENT = "mnist-reproduce"
-REGISTERED_MODEL, ALIAS = digit_model.REGISTERED_MODEL, digit_model.ALIAS
+REGISTERED_MODEL, ALIAS = tracking.REGISTERED_MODEL, tracking.CHAMPION_ALIAS
 # The sweep's figure counts as reproduced when the seeds' mean falls short of it by at most
 # this many binomial standard errors of a validation accuracy on the validation set's size.
 TOLERANCE_STANDARD_ERRORS = 2.0
@@ -95,11 +89,10 @@ def verdict(sweep_value: float | None, accuracies: Sequence[float], validation_s
     return f"LUCKY SEED: {where}"
 
 
-def register_champion(seed_run: SeedRun, model_name: str, tags: dict[str, str]) -> str:
+def register_champion(client: mlflow.MlflowClient, seed_run: SeedRun, model_name: str, tags: dict[str, str]) -> str:
     """Register the run's logged model and point the alias at it; returns the version."""
-    client = mlflow.MlflowClient()
     experiment_id = client.get_run(seed_run.run_id).info.experiment_id
-    models = mlflow.search_logged_models(experiment_ids=[experiment_id], output_format="list",
+    models = client.search_logged_models(experiment_ids=[experiment_id],
                                          filter_string=f"source_run_id = '{seed_run.run_id}'")
     if not models:
         raise UserError(f"run {seed_run.run_id} logged no model to register")
@@ -116,11 +109,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         params = search_space.validate(trial.params, f"study {args.study!r} trial {trial.number}")
     except ParamsError as error:
         raise UserError(f"{error} (was the study swept with another version of search_space.py?)") from None
-    swept_at = study.user_attrs.get("fingerprint", {}).get("budget", {}).get("name", "unknown")
-    budget = (BUDGETS[args.budget] if args.budget else sweep_study.recorded_budget(study)).overridden(
+    fingerprint = records.recorded_fingerprint(study)
+    swept_at = fingerprint.get("budget", {}).get("name", "unknown")
+    budget = (BUDGETS[args.budget] if args.budget else records.recorded_budget(study)).overridden(
         train_size=args.train_size, max_epochs=args.max_epochs)
     dataset = data.load(args.data)
-    fingerprint = study.user_attrs.get("fingerprint", {})
     if fingerprint.get("data_sha256", dataset.sha256) != dataset.sha256:
         raise DataError(f"{dataset.source} is not the data study {args.study!r} was swept on "
                         "(its checksum differs); pass that data with --data")
@@ -130,9 +123,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     uri = tracking.use_experiment(EXPERIMENT, args.tracking_uri)
     backend.make_deterministic()
 
-    label = trial.user_attrs.get("baseline") or f"trial {trial.number}"
+    label = records.label(trial)
     source = {"source_study": args.study, "source_trial": str(trial.number),
-              "source_run_id": trial.user_attrs.get("mlflow_run_id", "unknown"),
+              "source_run_id": trial.user_attrs.get(records.MLFLOW_RUN_ID, "unknown"),
               "source_value": "none" if trial.value is None else repr(trial.value)}
     seeds = range(args.seed, args.seed + args.seeds)
     print(f"Reproducing {label} of study {args.study!r} (validation accuracy "
@@ -141,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"MLflow experiment {EXPERIMENT!r} at {uri}", flush=True)
     runs: list[SeedRun] = []
     for seed in seeds:
-        tags = {**train_trial.run_tags(dataset, split, budget, seed=seed, baseline=trial.user_attrs.get("baseline")),
+        tags = {**run_logging.run_tags(dataset, split, budget, seed=seed, baseline=trial.user_attrs.get(records.BASELINE)),
                 **source}
         with mlflow.start_run(run_name=f"{args.study} {label} seed {seed}", tags=tags) as run:
             result, metrics = train_trial.log_trial(params, dataset, split, budget, seed=seed,
@@ -164,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"  (the seeds trained at budget {budget.name}, the sweep's figure at {swept_at}: "
               "a larger budget should land above it)")
 
-    client = mlflow.MlflowClient()
+    client = tracking.client(uri)
     for seed_run in runs:  # once per model, after every decision that uses validation
         seed_run.test_accuracy = train_trial.evaluate_test(seed_run.result.model, dataset)["test_accuracy"]
         client.log_metric(seed_run.run_id, "test_accuracy", seed_run.test_accuracy)
@@ -172,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"Test accuracy over {len(runs)} seed(s), evaluated once each: {mean_and_sd(tests)}")
 
     best = max(runs, key=lambda r: r.result.validation_accuracy)
-    version = register_champion(best, args.model_name, {
+    version = register_champion(client, best, args.model_name, {
         **source, "seed": str(best.seed), "budget": budget.name,
         "validation_accuracy": f"{best.result.validation_accuracy:.4f}",
         "test_accuracy": f"{best.test_accuracy:.4f}"})

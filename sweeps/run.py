@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -24,10 +25,11 @@ import optuna
 from optuna.trial import TrialState
 
 import search_space
-from sweeps import cli, data, recovery, study as sweep_study, tracking
-from sweeps.budgets import BUDGETS
-from sweeps.errors import UserError
-from sweeps.objective import RECYCLE_EXIT_CODE, SweepSettings, counted_trials, priced_out, worker_main
+from harness import cli, data, tracking
+from harness.budgets import BUDGETS
+from harness.errors import UserError
+from sweeps import records, recovery, study as sweep_study
+from sweeps.settings import SweepSettings
 
 EXPERIMENT = "mnist-sweeps"
 DEFAULT_STUDY = sweep_study.DEFAULT_STUDY
@@ -76,20 +78,20 @@ def open_study(args, storage, fingerprint: dict, set_up: Callable[[optuna.Study]
         recorded = wait_for_fingerprint(study)
         if recorded != fingerprint:
             raise UserError(f"study {args.study!r} was recorded with a different setup "
-                            f"({sweep_study.describe_difference(recorded, fingerprint)}); "
+                            f"({records.describe_difference(recorded, fingerprint)}); "
                             "resume it with its original flags, or name a new one with --study") from None
         return study
     if not args.no_baselines:
         for name in list(search_space.BASELINES)[:args.trials]:
-            study.enqueue_trial(search_space.baseline(name), user_attrs={"baseline": name})
+            study.enqueue_trial(search_space.baseline(name), user_attrs={records.BASELINE: name})
     set_up(study)
-    study.set_user_attr("fingerprint", fingerprint)
+    study.set_user_attr(records.FINGERPRINT, fingerprint)
     return study
 
 
 def wait_for_fingerprint(study: optuna.Study, seconds: float = 60) -> dict:
     waited = 0.0
-    while (recorded := study.user_attrs.get("fingerprint")) is None:
+    while not (recorded := records.recorded_fingerprint(study)):
         if waited >= seconds:
             raise UserError(f"study {study.study_name!r} exists but was never set up by sweeps.run "
                             "(or its creator stopped while setting it up); name a new one with --study")
@@ -100,16 +102,14 @@ def wait_for_fingerprint(study: optuna.Study, seconds: float = 60) -> dict:
 
 def parent_run(study: optuna.Study, args, uri: str, settings_tags: dict) -> str:
     """The study's MLflow run, under which every trial's run nests; created once."""
-    import mlflow
-
-    client = mlflow.MlflowClient(uri)
-    run_id = study.user_attrs.get("mlflow_parent_run_id")
+    client = tracking.client(uri)
+    run_id = study.user_attrs.get(records.PARENT_RUN_ID)
     if run_id is None:
         experiment = client.get_experiment_by_name(EXPERIMENT)
         run = client.create_run(experiment.experiment_id, run_name=args.study,
-                                tags={**tracking.provenance_tags(), "optuna_study": args.study})
+                                tags={**tracking.provenance_tags(), records.STUDY_TAG: args.study})
         run_id = run.info.run_id
-        study.set_user_attr("mlflow_parent_run_id", run_id)
+        study.set_user_attr(records.PARENT_RUN_ID, run_id)
     else:
         client.update_run(run_id, status="RUNNING")
     for key, value in settings_tags.items():
@@ -119,7 +119,7 @@ def parent_run(study: optuna.Study, args, uri: str, settings_tags: dict) -> str:
 
 def counts(trials: list[optuna.trial.FrozenTrial]) -> Counter:
     """Trials by state; samples priced over the cap (PRUNED in Optuna) are counted apart."""
-    over_cap = {t.number for t in priced_out(trials)}
+    over_cap = {t.number for t in records.priced_out(trials)}
     states = Counter(t.state for t in trials if t.number not in over_cap)
     states["over cap"] = len(over_cap)
     return states
@@ -132,16 +132,27 @@ def finished(states: Counter) -> int:
 @dataclass
 class Outcome:
     crashed: list[int] = field(default_factory=list)  # exit codes of workers that died abnormally
-    interrupted: bool = False  # stopped by Ctrl-C
+    interrupted: bool = False  # stopped by Ctrl-C (or SIGTERM)
+
+
+def _worker_process(settings: SweepSettings, worker_index: int) -> None:
+    """A worker process's entry point. Its import of the trial code (and so of TensorFlow)
+    happens here, in the worker, never in the parent."""
+    from sweeps import objective
+
+    objective.worker_main(settings, worker_index)
 
 
 def supervise(study: optuna.Study, settings: SweepSettings, worker_count: int) -> Outcome:
-    """Run the workers, replacing any that retire to shed memory, under a live progress bar
-    (done, pruned, failed, best so far, ETA).
+    """Run the workers under a live progress bar (done, pruned, failed, best so far, ETA),
+    starting a fresh one whenever a worker has trained its share of trials and the study
+    still needs more.
 
-    Ctrl-C asks each worker to stop (SIGTERM): it records its running trial as failed, with
-    the reason, closes the trial's MLflow run and exits. A second Ctrl-C kills the workers
-    and returns at once; the next invocation ends the trials they leave running."""
+    Ctrl-C (or SIGTERM to this process) asks each worker to stop (SIGTERM): at its next
+    batch it records its running trial as failed, with the reason, closes the trial's
+    MLflow run and exits. A second one kills the workers and returns at once; the next
+    invocation ends the trials they leave running. The signal only sets a flag here too,
+    so no store write of this process is cut short."""
     from tqdm import tqdm
 
     # Spawned, not forked: each worker gets a fresh TensorFlow runtime of its own.
@@ -151,27 +162,52 @@ def supervise(study: optuna.Study, settings: SweepSettings, worker_count: int) -
     def start_worker() -> multiprocessing.Process:
         nonlocal started
         # A new number for every process, so a replacement does not replay its sampler's seed.
-        worker = context.Process(target=worker_main, args=(settings, started))
+        worker = context.Process(target=_worker_process, args=(settings, started))
         started += 1
         worker.start()
         return worker
 
-    workers = [start_worker() for _ in range(worker_count)]
+    def needs_more() -> bool:
+        return (not outcome.interrupted and (settings.deadline is None or time.time() < settings.deadline)
+                and records.counted_trials(study.get_trials(deepcopy=False), total) < total)
+
+    stop_signals: list[int] = []
+    woken = threading.Event()
+
+    def on_stop_signal(signum, frame):
+        stop_signals.append(signum)
+        woken.set()
+
+    previous = {number: signal.signal(number, on_stop_signal) for number in (signal.SIGINT, signal.SIGTERM)}
     outcome = Outcome()
     total = settings.total_trials
+    workers = [start_worker() for _ in range(worker_count)]
     initial = finished(counts(study.get_trials(deepcopy=False)))
-    with tqdm(total=total, initial=min(initial, total), unit="trial", desc=study.study_name,
-              file=sys.stderr, mininterval=1, dynamic_ncols=True) as bar:
-        while workers:
-            try:
-                time.sleep(2)
+    try:
+        with tqdm(total=total, initial=min(initial, total), unit="trial", desc=study.study_name,
+                  file=sys.stderr, mininterval=1, dynamic_ncols=True) as bar:
+            while workers:
+                woken.wait(2)
+                woken.clear()
+                if len(stop_signals) > 1:
+                    for worker in workers:
+                        worker.kill()
+                    bar.write("Quit at once; running the same command again ends the trials left running.",
+                              file=sys.stderr)
+                    raise KeyboardInterrupt
+                if stop_signals and not outcome.interrupted:
+                    outcome.interrupted = True
+                    bar.write("Stopping: each running trial is recorded as failed and its MLflow run closed "
+                              "(Ctrl-C again quits at once).", file=sys.stderr)
+                    for worker in workers:
+                        if worker.is_alive():
+                            os.kill(worker.pid, signal.SIGTERM)
                 for worker in [w for w in workers if not w.is_alive()]:
                     workers.remove(worker)
-                    if worker.exitcode == RECYCLE_EXIT_CODE:
-                        if counted_trials(study, total) < total and not outcome.interrupted:
-                            workers.append(start_worker())
-                    elif worker.exitcode != 0:
+                    if worker.exitcode != 0:
                         outcome.crashed.append(worker.exitcode)
+                    elif needs_more():  # it trained its share of trials
+                        workers.append(start_worker())
                 trials = study.get_trials(deepcopy=False)
                 states = counts(trials)
                 values = [t.value for t in trials if t.state == TrialState.COMPLETE]
@@ -181,19 +217,9 @@ def supervise(study: optuna.Study, settings: SweepSettings, worker_count: int) -
                                     f"{over_cap}{best}", refresh=False)
                 bar.refresh()  # elapsed time and ETA tick on while long trials run
                 bar.update(min(finished(states), total) - bar.n)
-            except KeyboardInterrupt:
-                if outcome.interrupted:
-                    for worker in workers:
-                        worker.kill()
-                    bar.write("Quit at once; running the same command again ends the trials left running.",
-                              file=sys.stderr)
-                    raise
-                outcome.interrupted = True
-                bar.write("Stopping: each running trial is recorded as failed and its MLflow run closed "
-                          "(Ctrl-C again quits at once).", file=sys.stderr)
-                for worker in workers:
-                    if worker.is_alive():
-                        os.kill(worker.pid, signal.SIGTERM)
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
     return outcome
 
 
@@ -220,7 +246,7 @@ def summary(study: optuna.Study, args, budget_name: str, best_file: Path | None,
     if over_cap:
         lines.append(f"  and {over_cap} sampled networks priced over the {budget_name} budget's cap, "
                      "not trained (recorded as pruned; they do not count toward --trials)")
-    baselines = {t.user_attrs["baseline"]: t for t in trials if "baseline" in t.user_attrs}
+    baselines = {t.user_attrs[records.BASELINE]: t for t in trials if records.BASELINE in t.user_attrs}
     if baselines:
         lines.append("Baselines at this budget: " + ", ".join(
             f"{name} {t.value:.4f}" if t.state == TrialState.COMPLETE else f"{name} {t.state.name.lower()}"
@@ -229,7 +255,7 @@ def summary(study: optuna.Study, args, budget_name: str, best_file: Path | None,
         lines.append("No trial has completed yet.")
     else:
         best = study.best_trial
-        label = f" ({best.user_attrs['baseline']})" if "baseline" in best.user_attrs else ""
+        label = f" ({best.user_attrs[records.BASELINE]})" if records.BASELINE in best.user_attrs else ""
         lines.append(f"Best: trial {best.number}{label}, validation accuracy {best.value:.4f}")
         lines.append(f"  params: {json.dumps(best.params)}")
         overrides = "".join(f" --{flag} {value}" for flag, value in (
@@ -262,17 +288,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     data.split(dataset, data.DEFAULT_SPLIT_SEED, budget.train_size)  # refuses a bad --train-size now
     storage_url = sweep_study.storage_url(args.storage)
     storage = sweep_study.open_storage(storage_url)
-    uri = tracking.use_experiment(EXPERIMENT, args.tracking_uri)
-    fingerprint = sweep_study.fingerprint(dataset.sha256, budget, data.DEFAULT_SPLIT_SEED)
+    uri = tracking.checked_uri(args.tracking_uri)
+    tracking.ensure_experiment(uri, EXPERIMENT)
+    fingerprint = records.fingerprint(dataset.sha256, budget, data.DEFAULT_SPLIT_SEED)
     tags = {"optuna_storage": sweep_study.redact(storage_url), "sweep.trials": str(args.trials),
             "sweep.sampler": args.sampler, "sweep.pruner": args.pruner, "sweep.workers": str(workers),
             "sweep.budget": budget.name, "sweep.fingerprint": json.dumps(fingerprint)}
     study = open_study(args, storage, fingerprint, lambda created: parent_run(created, args, uri, tags))
     run_id = parent_run(study, args, uri, tags)
 
-    import mlflow
-
-    client = mlflow.MlflowClient(uri)
+    client = tracking.client(uri)
     experiment_id = client.get_run(run_id).info.experiment_id
     report_orphans(recovery.end_orphaned_trials(study, storage, client, experiment_id, run_id))
     print(f"Study {args.study!r}: budget {budget.name} ({budget.train_size or 'all'} training images, "

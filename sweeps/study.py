@@ -1,8 +1,7 @@
-"""The Optuna side of a sweep: storage, sampler, pruner, and the study's fingerprint."""
+"""The Optuna side of a sweep: storage, locks, sampler and pruner."""
 
 from __future__ import annotations
 
-import dataclasses
 import fcntl
 import importlib.util
 import math
@@ -14,10 +13,9 @@ from pathlib import Path
 import numpy as np
 import optuna
 
-import search_space
-from sweeps import tracking
-from sweeps.budgets import Budget
-from sweeps.errors import UserError
+from harness import tracking
+from harness.budgets import Budget
+from harness.errors import UserError
 
 JOURNAL_NAME = "optuna.journal"
 DEFAULT_STUDY = "mnist-sweep"
@@ -137,13 +135,6 @@ def load_existing(name: str, url: str) -> optuna.Study:
     return optuna.load_study(study_name=name, storage=storage)
 
 
-def recorded_budget(study: optuna.Study) -> Budget:
-    """The budget a sweep's trials were trained at, from its fingerprint."""
-    recorded = study.user_attrs.get("fingerprint", {}).get("budget")
-    if recorded is None:
-        raise UserError(f"study {study.study_name!r} has no recorded budget (not made by sweeps.run); pass --budget")
-    # Fingerprints from before first_rung existed: it only steers pruning, not training.
-    return Budget(**{"first_rung": 1, **recorded})
 
 
 def redact(url: str) -> str:
@@ -208,18 +199,6 @@ def make_pruner(name: str, budget: Budget) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-def fingerprint(data_sha256: str, budget: Budget, split_seed: int) -> dict:
-    """What must not change between invocations that add trials to one study."""
-    return {"search_space_version": search_space.SEARCH_SPACE_VERSION, "data_sha256": data_sha256,
-            "split_seed": split_seed, "budget": dataclasses.asdict(budget)}
-
-
-def describe_difference(recorded: dict, requested: dict) -> str:
-    differences = []
-    for key in requested:
-        if key == "budget":
-            differences += [f"budget {k} {recorded[key].get(k)} -> {v}"
-                            for k, v in requested[key].items() if recorded[key].get(k) != v]
-        elif recorded.get(key) != requested[key]:
-            differences.append(f"{key} {str(recorded.get(key))[:12]} -> {str(requested[key])[:12]}")
-    return ", ".join(differences)
+def trial_id(storage: optuna.storages.BaseStorage, study: optuna.Study, number: int) -> int:
+    """The storage's id of a study's trial, for the storage calls that take one."""
+    return storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study.study_name), number)

@@ -7,7 +7,7 @@ import io
 
 import pytest
 
-from sweeps import cli, data
+from harness import cli, data
 
 
 @pytest.fixture(scope="session")
@@ -66,8 +66,8 @@ def digits_model(tmp_path_factory, mnist):
 
     import search_space
     import train_trial
-    from sweeps import digit_model, tracking
-    from sweeps.budgets import BUDGETS
+    from harness import tracking
+    from harness.budgets import BUDGETS
 
     folder = tmp_path_factory.mktemp("digits-model")
     budget = BUDGETS["smoke"].overridden(train_size=10000, max_epochs=3)
@@ -78,7 +78,7 @@ def digits_model(tmp_path_factory, mnist):
     mlflow.set_registry_uri(uri)
     with mlflow.start_run() as run:
         logged = mlflow.keras.log_model(model, name="model", pip_requirements=["keras"])
-    version = mlflow.register_model(logged.model_uri, digit_model.REGISTERED_MODEL)
-    mlflow.MlflowClient(uri).set_registered_model_alias(digit_model.REGISTERED_MODEL, digit_model.ALIAS,
+    version = mlflow.register_model(logged.model_uri, tracking.REGISTERED_MODEL)
+    mlflow.MlflowClient(uri).set_registered_model_alias(tracking.REGISTERED_MODEL, tracking.CHAMPION_ALIAS,
                                                         version.version)
     return types.SimpleNamespace(model=model, path=path, tracking_uri=uri, run_id=run.info.run_id)

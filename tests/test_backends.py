@@ -12,6 +12,8 @@ import pytest
 
 import search_space
 
+pytestmark = pytest.mark.slow  # a trial in a subprocess on each backend
+
 OTHER_BACKENDS = [name for name in ("jax", "torch") if importlib.util.find_spec(name)]
 
 

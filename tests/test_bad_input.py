@@ -12,8 +12,11 @@ import pytest
 
 import search_space
 import train_trial
-from sweeps import predict, reproduce, run as sweep_run
+from digits import predict
+from sweeps import reproduce, run as sweep_run
 from analysis import compare
+
+pytestmark = pytest.mark.slow  # against a finished smoke sweep
 
 SMOKE = ["--budget", "smoke", "--train-size", "300", "--max-epochs", "1"]
 

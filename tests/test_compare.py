@@ -10,7 +10,7 @@ import search_space
 from analysis import compare
 from sweeps import baselines, study as sweep_study
 
-pytestmark = pytest.mark.filterwarnings("ignore")
+pytestmark = [pytest.mark.filterwarnings("ignore"), pytest.mark.slow]  # on a finished smoke sweep
 
 
 def stores(folder):
@@ -21,7 +21,7 @@ def stores(folder):
 @pytest.fixture(scope="module")
 def report(sweep, tmp_path_factory):
     """The report of the smoke sweep, after one baseline was evaluated on the test set."""
-    from sweeps import cli
+    from harness import cli
 
     with pytest.raises(SystemExit) as evaluated:
         cli.run(baselines.main, ["--only", "chollet_cnn", "--budget", "smoke", "--train-size", "300",

@@ -12,34 +12,51 @@ import pandas as pd
 import pytest
 
 import train_trial
-from sweeps import data
-from sweeps.errors import DataError
+from harness import data
+from harness.errors import DataError
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def sha256(array):
-    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+# --- The shipped copy, against MNIST's published figures (shared/DATA.md) ------------------
+
+PUBLISHED_SHA256 = {  # of each array's C-order bytes
+    "x_train": "741c988805d008ac6e4c904b69001ba184c24b2c540a4ef403f4c71b676cf757",
+    "y_train": "1feba77c54802fa5339a11837ea4b2866434b83314ec45192930f1df69120c13",
+    "x_test": "6d87418db22cc8025d05968bec9bd5c3932904b23485740db143a061a2c9d161",
+    "y_test": "ddeff807876a9661a1110d45c266c86239a3a1b7d37da0c3716a7a683c852ff5",
+}
 
 
-# --- The shipped copy (figures from shared/DATA.md) ---------------------------------------
-
-def test_shipped_arrays_have_the_recorded_shapes_and_checksums(mnist):
-    assert mnist.x_train.shape == (60000, 28, 28) and mnist.x_train.dtype == np.uint8
-    assert mnist.x_test.shape == (10000, 28, 28) and mnist.y_test.dtype == np.uint8
-    assert sha256(mnist.x_train) == "741c988805d008ac6e4c904b69001ba184c24b2c540a4ef403f4c71b676cf757"
-    assert sha256(mnist.y_train) == "1feba77c54802fa5339a11837ea4b2866434b83314ec45192930f1df69120c13"
-    assert sha256(mnist.x_test) == "6d87418db22cc8025d05968bec9bd5c3932904b23485740db143a061a2c9d161"
-    assert sha256(mnist.y_test) == "ddeff807876a9661a1110d45c266c86239a3a1b7d37da0c3716a7a683c852ff5"
+def read_shipped_file():
+    """data/mnist.npz read with numpy alone: the loader under test takes no part."""
+    with np.load(ROOT / "data" / "mnist.npz", allow_pickle=False) as archive:
+        return {name: archive[name] for name in archive.files}
 
 
-def test_shipped_class_counts_first_labels_and_pixel_statistics(mnist):
+def test_the_shipped_file_holds_the_published_mnist_arrays():
+    arrays = read_shipped_file()
+    assert {name: (array.shape, array.dtype) for name, array in arrays.items()} == {
+        "x_train": ((60000, 28, 28), np.uint8), "y_train": ((60000,), np.uint8),
+        "x_test": ((10000, 28, 28), np.uint8), "y_test": ((10000,), np.uint8)}
+    digests = {name: hashlib.sha256(array.tobytes(order="C")).hexdigest() for name, array in arrays.items()}
+    assert digests == PUBLISHED_SHA256
+
+
+def test_the_loader_gives_the_shipped_arrays_unchanged(mnist):
+    for name, array in read_shipped_file().items():
+        np.testing.assert_array_equal(getattr(mnist, name), array, err_msg=name)
+        assert getattr(mnist, name).dtype == np.uint8, name
+
+
+def test_the_loaded_copy_has_the_published_class_counts_first_labels_and_pixel_statistics(mnist):
     assert np.bincount(mnist.y_train).tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
     assert np.bincount(mnist.y_test).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
     assert mnist.y_train[:10].tolist() == [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]
     assert mnist.y_test[:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
     assert mnist.x_train.mean() == pytest.approx(33.318421, abs=1e-6)
     assert mnist.x_train.std() == pytest.approx(78.567490, abs=1e-6)
+    assert mnist.x_test.mean() == pytest.approx(33.791224, abs=1e-6)
 
 
 def test_a_damaged_shipped_copy_is_refused(tmp_path, monkeypatch, mnist):
@@ -177,6 +194,7 @@ def test_bad_data_gives_one_line_and_exit_code_2(tmp_path, sample, run_command, 
     assert not (tmp_path / "mlruns").exists()  # refused before any store was touched
 
 
+@pytest.mark.slow
 def test_bad_data_from_a_real_process_prints_no_traceback(tmp_path):
     result = subprocess.run([sys.executable, str(ROOT / "train_trial.py"), "--baseline", "mlp_3x256",
                              "--data", str(tmp_path / "missing.npz")],
@@ -235,8 +253,9 @@ def test_an_impossible_training_size_is_refused(mnist):
         data.split(mnist, train_size=54001)
 
 
+@pytest.mark.slow
 def test_the_installed_modules_import_from_any_directory(tmp_path):
-    code = "import search_space, train_trial, sweeps.data; print(len(search_space.BASELINES))"
+    code = "import search_space, train_trial, harness.data; print(len(search_space.BASELINES))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             cwd=tmp_path, timeout=120)
     assert result.returncode == 0, result.stderr

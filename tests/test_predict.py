@@ -1,4 +1,4 @@
-"""sweeps.predict: Kaggle submissions, users' own digit pictures (any size, colour or
+"""digits.predict: Kaggle submissions, users' own digit pictures (any size, colour or
 background) labelled as the model labels the arrays, test-time augmentation, and one clear
 line with exit code 2 for each bad input."""
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sweeps import digit_images, digit_model, predict
+from digits import classifier, preparation, predict
 
 DIGITS = 20  # the first MNIST test digits
 
@@ -18,11 +18,12 @@ def direct_labels(model, digits):
 
 
 def write_kaggle_csv(path, digits):
-    header = ",".join(digit_images.PIXEL_COLUMNS)
+    header = ",".join(preparation.PIXEL_COLUMNS)
     rows = [",".join(map(str, d.reshape(-1))) for d in digits]
     path.write_text("\n".join([header, *rows]) + "\n")
 
 
+@pytest.mark.slow
 def test_a_kaggle_csv_gives_a_submission_with_the_models_labels(digits_model, mnist, tmp_path, run_command):
     digits = mnist.x_test[:37]
     write_kaggle_csv(tmp_path / "test.csv", digits)
@@ -39,6 +40,7 @@ def test_a_kaggle_csv_gives_a_submission_with_the_models_labels(digits_model, mn
     assert "Wrote 37 predictions to" in out
 
 
+@pytest.mark.slow
 def test_the_default_model_is_the_registered_champion(digits_model, mnist, tmp_path, run_command, monkeypatch):
     monkeypatch.chdir(tmp_path)
     write_kaggle_csv(tmp_path / "test.csv", mnist.x_test[:10])
@@ -62,6 +64,7 @@ def variants(digit):
             "resized_off_centre.png": off_centre, "coloured.jpg": coloured, "transparent.png": stroke}
 
 
+@pytest.mark.slow
 def test_digit_pictures_get_the_labels_the_model_gives_the_arrays(digits_model, mnist, tmp_path, run_command):
     digits = mnist.x_test[:DIGITS]
     expected = {}
@@ -86,20 +89,21 @@ def test_digit_pictures_get_the_labels_the_model_gives_the_arrays(digits_model, 
 def test_preprocessing_recovers_the_mnist_digit_from_a_large_light_picture(mnist):
     for digit in mnist.x_test[:DIGITS]:
         picture = np.asarray(variants(digit)["resized_off_centre.png"], dtype=np.float32)
-        recovered = digit_images.to_mnist(picture).astype(np.float32)
+        recovered = preparation.to_mnist(picture).astype(np.float32)
         assert np.corrcoef(recovered.ravel(), digit.astype(np.float32).ravel())[0, 1] > 0.8
-        row, col = digit_images.centre_of_mass(recovered)
+        row, col = preparation.centre_of_mass(recovered)
         assert abs(row - 14) < 1 and abs(col - 14) < 1
 
 
+@pytest.mark.slow
 def test_tta_views_are_true_shifts_and_average_to_probabilities(digits_model, mnist, tmp_path, run_command):
     digits = mnist.x_test[:5]
-    shifted = digit_model.transformed(digits[..., None], 0, 2, 0)[..., 0]
+    shifted = classifier.transformed(digits[..., None], 0, 2, 0)[..., 0]
     expected = np.zeros_like(digits)
     expected[:, :, 2:] = digits[:, :, :-2]
     assert np.array_equal(shifted, expected)
-    assert np.array_equal(digit_model.transformed(digits[..., None], 0, 0, 0)[..., 0], digits)
-    probability = digit_model.probabilities(digits_model.model, digits, tta=True)
+    assert np.array_equal(classifier.transformed(digits[..., None], 0, 0, 0)[..., 0], digits)
+    probability = classifier.probabilities(digits_model.model, digits, tta=True)
     assert probability.shape == (5, 10) and np.allclose(probability.sum(axis=1), 1, atol=1e-4)
     Image.fromarray(digits[0]).save(tmp_path / "seven.png")
     code, out, _ = run_command(predict.main, ["--model", digits_model.path, "--input", tmp_path / "seven.png",
@@ -115,7 +119,7 @@ def bad_inputs(folder, digits_model):
     one.paste(0, (28, 8, 36, 56))
     one.save(folder / "one.png")
     (folder / "short.csv").write_text("pixel0,pixel1,pixel2\n0,0,0\n")
-    (folder / "train.csv").write_text("label," + ",".join(digit_images.PIXEL_COLUMNS) + "\n")
+    (folder / "train.csv").write_text("label," + ",".join(preparation.PIXEL_COLUMNS) + "\n")
     (folder / "empty_folder").mkdir()
     path = str(digits_model.path)
     uri = ["--tracking-uri", digits_model.tracking_uri]
@@ -137,6 +141,7 @@ def bad_inputs(folder, digits_model):
     }
 
 
+@pytest.mark.slow
 def test_bad_inputs_give_one_line_and_exit_code_2(digits_model, tmp_path, run_command):
     for case, (argv, message) in bad_inputs(tmp_path, digits_model).items():
         code, out, err = run_command(predict.main, argv)

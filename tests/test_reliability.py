@@ -22,6 +22,8 @@ from optuna.trial import TrialState
 
 from sweeps import run as sweep_run, study as sweep_study
 
+pytestmark = pytest.mark.slow  # sweeps in subprocesses, PostgreSQL, an mlflow server
+
 SLOW_SMOKE = ["--budget", "smoke", "--train-size", "3000", "--max-epochs", "2", "--workers", "1"]
 FAST_SMOKE = ["--budget", "smoke", "--train-size", "300", "--max-epochs", "1", "--workers", "1"]
 POSTGRES = os.environ.get("MNIST_SWEEPS_POSTGRES")
@@ -259,3 +261,63 @@ def test_a_trial_that_raises_is_recorded_as_failed_and_the_sweep_goes_on(tmp_pat
     run = mlflow.MlflowClient(settings.tracking_uri).get_run(failed.user_attrs["mlflow_run_id"])
     assert run.info.status == "FAILED" and run.data.tags["reason"] == failed.user_attrs["reason"]
     assert sweep_run.counts(study.trials)[TrialState.FAIL] == 1  # what the summary prints
+
+
+# --- Stop signals land between writes -----------------------------------------------------
+
+@pytest.mark.slow
+def test_a_stop_signal_during_study_tell_lets_the_write_finish_then_the_worker_stops(tmp_path, monkeypatch):
+    from test_sweep import worker_settings
+
+    from sweeps import objective
+
+    settings = worker_settings(tmp_path, "told", total_trials=3)
+    study = optuna.load_study(study_name="told", storage=sweep_study.open_storage(settings.storage_url))
+    real_tell, tells = optuna.Study.tell, []
+
+    def tell_signalled_midway(self, *args, **kwargs):
+        tells.append(1)
+        os.kill(os.getpid(), signal.SIGTERM)  # what the parent sends on Ctrl-C, mid-write
+        return real_tell(self, *args, **kwargs)
+
+    monkeypatch.setattr(optuna.Study, "tell", tell_signalled_midway)
+    objective.worker_main(settings, 0)
+    (trial,) = study.trials  # told once, then no further trial was asked for
+    assert tells == [1] and trial.state == TrialState.COMPLETE and trial.value is not None
+    assert trial.user_attrs["stop_cause"] == "completed"
+    run = mlflow.MlflowClient(settings.tracking_uri).get_run(trial.user_attrs["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    # The journal reads back whole: a second reader sees the same trial, finished.
+    again = optuna.load_study(study_name="told", storage=sweep_study.open_storage(settings.storage_url))
+    assert [t.state for t in again.trials] == [TrialState.COMPLETE]
+
+
+@pytest.mark.slow
+def test_a_stop_signal_mid_training_ends_the_trial_at_the_next_batch_as_interrupted(tmp_path, monkeypatch):
+    from test_sweep import worker_settings
+
+    import train_trial
+    from sweeps import objective
+
+    real_train, batches_after_signal = train_trial.train, []
+
+    class SignalAtSecondBatch(train_trial.keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 1:
+                os.kill(os.getpid(), signal.SIGTERM)
+            elif batch > 1:
+                batches_after_signal.append(batch)
+
+    def train_signalled(*args, callbacks=(), **kwargs):
+        return real_train(*args, callbacks=[SignalAtSecondBatch(), *callbacks], **kwargs)
+
+    monkeypatch.setattr(train_trial, "train", train_signalled)
+    settings = worker_settings(tmp_path, "interrupted", total_trials=3)
+    study = optuna.load_study(study_name="interrupted", storage=sweep_study.open_storage(settings.storage_url))
+    objective.worker_main(settings, 0)
+    (trial,) = study.trials
+    assert batches_after_signal == []  # stopped before the next batch ran
+    assert trial.state == TrialState.FAIL and trial.user_attrs["reason"] == "interrupted by the user (Ctrl-C)"
+    assert trial.user_attrs["stop_cause"] == "interrupted"
+    run = mlflow.MlflowClient(settings.tracking_uri).get_run(trial.user_attrs["mlflow_run_id"])
+    assert run.info.status == "KILLED" and run.data.tags["stop_cause"] == "interrupted"

@@ -6,7 +6,7 @@ import optuna
 import pytest
 
 import search_space
-from sweeps.errors import ParamsError
+from harness.errors import ParamsError
 
 
 @pytest.mark.parametrize("name", search_space.BASELINES)

@@ -1,4 +1,4 @@
-"""sweeps.serve: the JSON endpoint labels drawings as the model labels the arrays, answers
+"""digits.serve: the JSON endpoint labels drawings as the model labels the arrays, answers
 bad requests with a 4xx JSON error and keeps serving, listens on 127.0.0.1 by default, and
 the page works end to end in headless Chromium (a stroke in, a prediction shown)."""
 
@@ -19,7 +19,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sweeps import digit_model, serve
+from digits import serve
+
+pytestmark = pytest.mark.slow  # every test serves a trained model
 
 # .ci/run sets this, so there the browser test fails instead of skipping when Chromium is missing.
 BROWSER_REQUIRED = os.environ.get("MNIST_SWEEPS_REQUIRE_BROWSER") == "1"
@@ -104,7 +106,7 @@ def test_the_page_is_self_contained_and_escapes_the_model_name(server):
 
 def test_the_command_listens_on_loopback_by_default(digits_model):
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "sweeps.serve", "--model", str(digits_model.path),
+    process = subprocess.Popen([sys.executable, "-m", "digits.serve", "--model", str(digits_model.path),
                                 "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                env={k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")})
     try:

@@ -17,9 +17,11 @@ from optuna.trial import TrialState
 
 import search_space
 from conftest import SMOKE
-from sweeps import objective, run as sweep_run, study as sweep_study
-from sweeps.backend import keras
-from sweeps.budgets import BUDGETS
+from harness.backend import keras
+from harness.budgets import BUDGETS
+from sweeps import objective, records, run as sweep_run, study as sweep_study
+from sweeps.records import StopCause
+from sweeps.settings import SweepSettings
 
 MLFLOW_STATUS = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "KILLED", TrialState.FAIL: "FAILED"}
 
@@ -35,6 +37,7 @@ def mlflow_runs(folder):
     return client, client.search_runs([experiment.experiment_id], max_results=1000)
 
 
+@pytest.mark.slow
 def test_baselines_are_the_first_five_trials(sweep):
     trials = load(sweep).trials
     assert [t.user_attrs.get("baseline") for t in trials[:5]] == list(search_space.BASELINES)
@@ -43,6 +46,7 @@ def test_baselines_are_the_first_five_trials(sweep):
     assert not any("baseline" in t.user_attrs for t in trials[5:])
 
 
+@pytest.mark.slow
 def test_resuming_reaches_the_requested_total_without_duplicates(sweep):
     trials = load(sweep).trials
     assert len(trials) == 9
@@ -50,6 +54,7 @@ def test_resuming_reaches_the_requested_total_without_duplicates(sweep):
     assert all(t.state in MLFLOW_STATUS for t in trials)
 
 
+@pytest.mark.slow
 def test_mlflow_child_runs_match_optuna_trials_one_to_one(sweep):
     study = load(sweep)
     client, runs = mlflow_runs(sweep)
@@ -71,6 +76,7 @@ def test_mlflow_child_runs_match_optuna_trials_one_to_one(sweep):
             assert child.data.tags["reason"] == trial.user_attrs["reason"]
 
 
+@pytest.mark.slow
 def test_hyperband_pruned_at_least_one_trial_on_validation_accuracy(sweep):
     pruned = [t for t in load(sweep).trials if t.state == TrialState.PRUNED]
     assert any(t.user_attrs["reason"].startswith("pruner stopped it after epoch") for t in pruned)
@@ -78,6 +84,7 @@ def test_hyperband_pruned_at_least_one_trial_on_validation_accuracy(sweep):
         assert trial.intermediate_values or "not trained" in trial.user_attrs["reason"]
 
 
+@pytest.mark.slow
 def test_the_summary_files_the_best_params_for_reproduction(sweep):
     study = load(sweep)
     stored = json.loads((sweep / "mlruns/studies/mnist-sweep/best_params.json").read_text())
@@ -85,6 +92,7 @@ def test_the_summary_files_the_best_params_for_reproduction(sweep):
     assert search_space.validate(stored) == stored
 
 
+@pytest.mark.slow
 def test_the_summary_names_the_best_trial_and_the_command_that_retrains_it(sweep):
     study, text = load(sweep), (sweep / "summary.txt").read_text()
     assert f"Study 'mnist-sweep': 9 trials ({sum(t.state == TrialState.COMPLETE for t in study.trials)} complete" in text
@@ -94,6 +102,7 @@ def test_the_summary_names_the_best_trial_and_the_command_that_retrains_it(sweep
             "best_params.json --budget smoke --train-size 300 --max-epochs 2 --seed 0") in text
 
 
+@pytest.mark.slow
 def test_resuming_with_another_budget_is_refused(sweep, run_command, monkeypatch):
     monkeypatch.chdir(sweep)
     before = len(load(sweep).trials)
@@ -104,6 +113,7 @@ def test_resuming_with_another_budget_is_refused(sweep, run_command, monkeypatch
     assert len(load(sweep).trials) == before
 
 
+@pytest.mark.slow
 def test_two_workers_share_one_study_without_lock_errors(tmp_path, run_command, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code, out, err = run_command(sweep_run.main, ["--trials", "4", "--workers", "2", "--no-baselines",
@@ -121,23 +131,24 @@ def test_two_workers_share_one_study_without_lock_errors(tmp_path, run_command, 
 
 def worker_settings(folder, study_name, **changes):
     """A study in ``folder`` with a parent run, and the settings a worker needs for it."""
-    from sweeps import tracking
-    from sweeps.budgets import BUDGETS
+    from harness import tracking
+    from harness.budgets import BUDGETS
 
     storage_url = f"journal:{folder}/optuna.journal"
     optuna.create_study(study_name=study_name, storage=sweep_study.open_storage(storage_url),
                         direction="maximize")
-    uri = tracking.use_experiment(study_name, f"sqlite:///{folder}/mlflow.db")
-    experiment_id = mlflow.get_experiment_by_name(study_name).experiment_id
-    parent = mlflow.MlflowClient(uri).create_run(experiment_id).info.run_id
+    uri = tracking.checked_uri(f"sqlite:///{folder}/mlflow.db")
+    experiment_id = tracking.ensure_experiment(uri, study_name)
+    parent = tracking.client(uri).create_run(experiment_id).info.run_id
     settings = dict(
         study_name=study_name, storage_url=storage_url, tracking_uri=uri, experiment=study_name,
         parent_run_id=parent, total_trials=1, sampler="random", pruner="none", seed=0,
         budget=BUDGETS["smoke"].overridden(train_size=300), data_path=None, split_seed=0,
         lock_path=str(folder / "ask.lock"), deadline=None)
-    return objective.SweepSettings(**(settings | changes))
+    return SweepSettings(**(settings | changes))
 
 
+@pytest.mark.slow
 def test_an_oversized_network_is_pruned_before_training(tmp_path):
     giant = {**search_space.baseline("kaggle_cnn"), "block1_filters": 64, "block2_filters": 128,
              "block1_convs": 3, "block2_convs": 3}
@@ -149,21 +160,25 @@ def test_an_oversized_network_is_pruned_before_training(tmp_path):
     assert trial.state == TrialState.PRUNED and not trial.intermediate_values
     assert "TFLOP of training, over the smoke budget's 2; not trained" in trial.user_attrs["reason"]
     # A priced-out sample does not use up the requested total: the worker sampled on.
-    trained = [t for t in others if not t.user_attrs.get(objective.PRICED_OUT)]
+    assert records.stop_cause(trial) == StopCause.PRICED_OUT
+    trained = [t for t in others if records.stop_cause(t) != StopCause.PRICED_OUT]
     assert len(trained) == 1 and trained[0].state == TrialState.COMPLETE == others[-1].state
-    assert objective.counted_trials(study, settings.total_trials) == 1
+    assert records.stop_cause(trained[0]) == StopCause.COMPLETED
+    assert records.counted_trials(study.trials, settings.total_trials) == 1
 
 
+@pytest.mark.slow
 def test_priced_out_samples_stop_being_free_after_as_many_as_requested(tmp_path):
     settings = worker_settings(tmp_path, "capped", total_trials=2,
                                budget=dataclasses.replace(sweep_run.BUDGETS["smoke"], max_training_tflop=1e-9))
     study = optuna.load_study(study_name="capped", storage=sweep_study.open_storage(settings.storage_url))
     objective.worker_main(settings, 0)
     trials = study.trials
-    assert len(trials) == 4 and all(t.user_attrs[objective.PRICED_OUT] for t in trials)
+    assert len(trials) == 4 and all(records.stop_cause(t) == StopCause.PRICED_OUT for t in trials)
     assert all(t.state == TrialState.PRUNED for t in trials)
 
 
+@pytest.mark.slow
 def test_a_baseline_over_the_cap_is_still_trained_as_a_comparison_point(tmp_path):
     budget = sweep_run.BUDGETS["smoke"].overridden(train_size=300, max_epochs=1)
     settings = worker_settings(tmp_path, "capped", budget=dataclasses.replace(budget, max_training_tflop=1e-6))
@@ -174,8 +189,9 @@ def test_a_baseline_over_the_cap_is_still_trained_as_a_comparison_point(tmp_path
     assert trial.state == TrialState.COMPLETE and trial.intermediate_values
 
 
-def test_a_worker_that_outgrows_its_memory_is_replaced_and_the_study_completes(tmp_path):
-    settings = worker_settings(tmp_path, "recycle", total_trials=3, recycle_after_mb=-1.0)
+@pytest.mark.slow
+def test_a_worker_that_trained_its_share_is_replaced_and_the_study_completes(tmp_path):
+    settings = worker_settings(tmp_path, "recycle", total_trials=3, trials_per_process=2)
     study = optuna.load_study(study_name="recycle", storage=sweep_study.open_storage(settings.storage_url))
     assert sweep_run.supervise(study, settings, worker_count=1).crashed == []
     trials = study.trials
@@ -184,46 +200,56 @@ def test_a_worker_that_outgrows_its_memory_is_replaced_and_the_study_completes(t
     assert workers[0] == workers[1] != workers[2]  # retired after its second trial
 
 
-class PruneEverything(optuna.pruners.BasePruner):
-    def prune(self, study, trial):
-        return True
+def study_under_the_sweeps_pruner(budget):
+    """A study with the sweep's Hyperband pruner, after three trials at 0.98 every epoch: a
+    trial at 0.10 is below them at every rung."""
+    study = optuna.create_study(direction="maximize", pruner=sweep_study.make_pruner("hyperband", budget))
+    for _ in range(3):
+        good = study.ask()
+        for epoch in range(1, budget.max_epochs + 1):
+            good.report(0.98, epoch)
+            good.should_prune()
+        study.tell(good, 0.98)
+    return study
+
+
+class PoorValidationAccuracy(keras.callbacks.Callback):
+    """Sets each epoch's val_accuracy, which ReportToPruner reads, to 0.10."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs["val_accuracy"] = 0.10
 
 
 def test_a_trial_is_never_pruned_after_its_last_epoch():
-    study = optuna.create_study(direction="maximize", pruner=PruneEverything())
+    study = study_under_the_sweeps_pruner(BUDGETS["smoke"])  # its first rung is epoch 1
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
-    model.compile("sgd", "mse", metrics=["mae"])
+    model.compile("sgd", "mse")
     fit = dict(x=np.zeros((16, 4)), y=np.zeros(16), batch_size=8, verbose=0,
                validation_data=(np.zeros((8, 4)), np.zeros(8)))
-
-    class FakeAccuracy(keras.callbacks.Callback):  # ReportToPruner reads val_accuracy
-        def on_epoch_end(self, epoch, logs=None):
-            logs["val_accuracy"] = 0.5
-
+    longer = study.ask()
     with pytest.raises(optuna.TrialPruned, match="after epoch 1"):
-        model.fit(**fit, epochs=2, callbacks=[FakeAccuracy(), objective.ReportToPruner(study.ask(), epochs=2)])
-    trial = study.ask()
-    model.fit(**fit, epochs=1, callbacks=[FakeAccuracy(), objective.ReportToPruner(trial, epochs=1)])
-    assert trial.should_prune()  # the pruner would have: the last epoch was not judged
+        model.fit(**fit, epochs=2, callbacks=[PoorValidationAccuracy(), objective.ReportToPruner(longer, epochs=2)])
+    study.tell(longer, state=TrialState.PRUNED)
+    ending_on_the_rung = study.ask()
+    model.fit(**fit, epochs=1, callbacks=[PoorValidationAccuracy(), objective.ReportToPruner(ending_on_the_rung, epochs=1)])
+    assert ending_on_the_rung.should_prune()  # the pruner would have: the last epoch was not judged
 
 
 def test_a_trial_over_its_time_share_is_stopped_and_not_judged_by_the_pruner():
-    study = optuna.create_study(direction="maximize", pruner=PruneEverything())
+    study = study_under_the_sweeps_pruner(BUDGETS["smoke"])  # its first rung is epoch 1
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
     model.compile("sgd", "mse")
     time_share = objective.TimeShare(0.0)
-
-    class FakeAccuracy(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            logs["val_accuracy"] = 0.5
-
-    history = model.fit(np.zeros((64, 4)), np.zeros(64), batch_size=8, epochs=3, verbose=0,
+    trial = study.ask()
+    history = model.fit(np.zeros((64, 4)), np.zeros(64), batch_size=8, epochs=2, verbose=0,
                         validation_data=(np.zeros((8, 4)), np.zeros(8)),
-                        callbacks=[time_share, FakeAccuracy(), objective.ReportToPruner(study.ask(), epochs=3)])
+                        callbacks=[time_share, PoorValidationAccuracy(), objective.ReportToPruner(trial, epochs=2)])
     assert len(history.history["loss"]) == 1  # stopped after its first batch, the epoch validated
     assert time_share.stopped_after is not None
+    assert trial.should_prune()  # epoch 1 of 2 is a rung: the pruner would have stopped it there
 
 
+@pytest.mark.slow
 def test_the_mlflow_server_shows_the_sweep_as_a_parent_with_children(sweep):
     """What the README's `mlflow ui` shows, read through the tracking server's REST API."""
     with socket.socket() as probe:
@@ -286,6 +312,6 @@ def test_a_budget_recorded_before_first_rung_existed_still_reads():
     # Studies made before the field (mnist-sweep-v2 to v4 here) are still reproduced and compared.
     study = optuna.create_study(direction="maximize")
     old_record = {k: v for k, v in dataclasses.asdict(BUDGETS["quick"]).items() if k != "first_rung"}
-    study.set_user_attr("fingerprint", {"budget": old_record})
-    budget = sweep_study.recorded_budget(study)
+    study.set_user_attr(records.FINGERPRINT, {"budget": old_record})
+    budget = records.recorded_budget(study)
     assert budget.first_rung == 1 and budget.train_size == BUDGETS["quick"].train_size

@@ -1,6 +1,8 @@
 """One tiny trial, end to end: what it logs to MLflow, how it stops, what it refuses."""
 
 import json
+import subprocess
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -8,9 +10,10 @@ import pytest
 
 import search_space
 import train_trial
-from sweeps import data
-from sweeps.budgets import BUDGETS
+from harness import data
+from harness.budgets import BUDGETS
 
+ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--budget", "smoke", "--train-size", "600", "--max-epochs", "2", "--quiet"]
 EPOCH_METRICS = ["train_loss", "train_accuracy", "val_loss", "val_accuracy", "learning_rate"]
 ARTIFACTS = {"learning_curves.png", "confusion_matrix.png", "confusion_matrix.csv",
@@ -32,7 +35,7 @@ def logged_trial(tmp_path_factory):
     params = {**search_space.baseline("gradio_cnn"), "class_weights": {"9": 2.0}}
     (folder / "recipe.json").write_text(json.dumps(params))
     with pytest.raises(SystemExit) as exit_info:
-        from sweeps import cli
+        from harness import cli
         cli.run(train_trial.main, ["--params", str(folder / "recipe.json"), *TINY,
                                    "--evaluate-test", "--tracking-uri", uri])
     assert exit_info.value.code == 0
@@ -40,6 +43,7 @@ def logged_trial(tmp_path_factory):
     return client, run, params
 
 
+@pytest.mark.slow
 def test_the_run_finishes_with_every_param(logged_trial):
     client, run, params = logged_trial
     assert run.info.status == "FINISHED"
@@ -47,6 +51,7 @@ def test_the_run_finishes_with_every_param(logged_trial):
     assert run.data.params == expected
 
 
+@pytest.mark.slow
 def test_every_epoch_logs_train_and_validation_curves_and_the_learning_rate(logged_trial):
     client, run, _ = logged_trial
     for name in EPOCH_METRICS:
@@ -55,6 +60,7 @@ def test_every_epoch_logs_train_and_validation_curves_and_the_learning_rate(logg
     assert [m.value for m in client.get_metric_history(run.info.run_id, "learning_rate")] == pytest.approx([1e-3, 1e-3])
 
 
+@pytest.mark.slow
 def test_final_metrics_include_the_one_test_evaluation(logged_trial):
     _, run, _ = logged_trial
     metrics = run.data.metrics
@@ -65,6 +71,7 @@ def test_final_metrics_include_the_one_test_evaluation(logged_trial):
     assert 0.1 < metrics["test_accuracy"] <= 1.0
 
 
+@pytest.mark.slow
 def test_every_artifact_is_stored(logged_trial):
     client, run, params = logged_trial
     assert {a.path for a in client.list_artifacts(run.info.run_id)} == ARTIFACTS
@@ -75,7 +82,8 @@ def test_every_artifact_is_stored(logged_trial):
     assert counts.shape == (10, 10) and counts.sum() == 6000  # the whole validation split
 
 
-def test_tags_record_data_split_versions_and_commit(logged_trial, mnist):
+@pytest.mark.slow
+def test_tags_record_data_split_and_package_versions(logged_trial, mnist):
     _, run, _ = logged_trial
     tags = run.data.tags
     assert tags["baseline"] == "none" and tags["budget"] == "smoke"
@@ -85,9 +93,20 @@ def test_tags_record_data_split_versions_and_commit(logged_trial, mnist):
     assert tags["validation_sha256"] == data.split(mnist).validation_sha256
     for package in ("tensorflow", "keras", "optuna", "mlflow", "numpy", "python"):
         assert tags[f"version.{package}"][0].isdigit(), package
-    assert len(tags["git_commit"].removesuffix("-dirty")) == 40 or tags["git_commit"].startswith("unknown")
 
 
+def git(*args):
+    return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True, check=True).stdout.strip()
+
+
+@pytest.mark.slow
+def test_the_commit_tag_is_the_checkouts_head_marked_dirty_when_tracked_files_changed(logged_trial):
+    _, run, _ = logged_trial
+    dirty = git("status", "--porcelain", "--untracked-files=no") != ""
+    assert run.data.tags["git_commit"] == git("rev-parse", "HEAD") + ("-dirty" if dirty else "")
+
+
+@pytest.mark.slow
 def test_the_keras_model_is_logged_with_the_run(logged_trial):
     client, run, _ = logged_trial
     # MLflow 3 keeps models as LoggedModels linked to their run, outside the run's artifacts.
@@ -96,6 +115,7 @@ def test_the_keras_model_is_logged_with_the_run(logged_trial):
     assert [m.name for m in models] == ["model"]
 
 
+@pytest.mark.slow
 def test_the_logged_model_reproduces_the_logged_validation_accuracy(logged_trial, mnist):
     _, run, _ = logged_trial
     model = mlflow.keras.load_model(f"runs:/{run.info.run_id}/model")
@@ -104,6 +124,7 @@ def test_the_logged_model_reproduces_the_logged_validation_accuracy(logged_trial
     assert (predicted == split.y_val).mean() == pytest.approx(run.data.metrics["validation_accuracy"])
 
 
+@pytest.mark.slow
 def test_without_evaluate_test_the_test_set_is_not_used(tmp_path, run_command, tracking_uri, monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("the test set was evaluated")
@@ -116,6 +137,7 @@ def test_without_evaluate_test_the_test_set_is_not_used(tmp_path, run_command, t
     assert "test_accuracy" not in run.data.metrics
 
 
+@pytest.mark.slow
 def test_early_stopping_keeps_the_best_epochs_weights(mnist):
     params = {**search_space.baseline("mlp_3x256"), "sgd_learning_rate": 0.1, "epochs": 5}
     split = data.split(mnist, train_size=600)
@@ -125,9 +147,10 @@ def test_early_stopping_keeps_the_best_epochs_weights(mnist):
     assert result.history["val_accuracy"][result.best_epoch - 1] == best
 
 
+@pytest.mark.slow
 def test_a_diverging_trial_stops_at_once_and_is_recorded_as_failed(mnist, tracking_uri):
     params = {**search_space.baseline("mlp_3x256"), "sgd_learning_rate": 1e6, "epochs": 30}
-    from sweeps import tracking
+    from harness import tracking
     tracking.use_experiment("divergence", tracking_uri)
     split = data.split(mnist, train_size=600)
     result, _, run_id = train_trial.run_logged_trial(params, mnist, split, BUDGETS["smoke"].overridden(max_epochs=30))

@@ -7,8 +7,8 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from sweeps.budgets import BUDGETS
-from sweeps.errors import UserError
+from harness.budgets import BUDGETS
+from harness.errors import UserError
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sweeps.errors import DataError
+from harness.errors import DataError
 
 SHIPPED_PATH = Path(__file__).resolve().parent.parent / "data" / "mnist.npz"
 

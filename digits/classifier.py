@@ -10,13 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
-from sweeps import tracking
-from sweeps.backend import keras
-from sweeps.errors import UserError
+from harness import tracking
+from harness.backend import keras
+from harness.errors import UserError
 
-REGISTERED_MODEL = "mnist-digits"
-ALIAS = "champion"
-CHAMPION = f"models:/{REGISTERED_MODEL}@{ALIAS}"
+CHAMPION = f"models:/{tracking.REGISTERED_MODEL}@{tracking.CHAMPION_ALIAS}"
 RUN_ID = re.compile(r"[0-9a-f]{32}")
 # (degrees, columns right, rows down): the original, 2-pixel shifts and 10-degree turns,
 # within the augmentation ranges the sweep trains with.
@@ -50,6 +48,8 @@ def load(reference: str, tracking_uri: str | None = None) -> keras.Model:
 
 
 def _from_mlflow(uri: str, tracking_uri: str | None) -> keras.Model:
+    import tempfile
+
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -57,10 +57,13 @@ def _from_mlflow(uri: str, tracking_uri: str | None) -> keras.Model:
         if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).is_file():
             raise UserError(f"--model {uri}: there is no MLflow store at {tracking_uri} "
                             "(train and register a model first: python -m sweeps.reproduce)")
-        mlflow.set_tracking_uri(tracking_uri)
-        mlflow.set_registry_uri(tracking_uri)
     try:
-        return mlflow.keras.load_model(uri)
+        if tracking_uri is None:  # a model folder on disk
+            return mlflow.keras.load_model(uri)
+        with tempfile.TemporaryDirectory(prefix="mnist-model-") as folder:
+            local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=folder, tracking_uri=tracking_uri,
+                                                        registry_uri=tracking_uri)
+            return mlflow.keras.load_model(local)
     except MlflowException as error:
         where = f" in {tracking_uri}" if tracking_uri else ""
         hint = " (register one with python -m sweeps.reproduce)" if uri == CHAMPION else ""

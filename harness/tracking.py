@@ -10,10 +10,13 @@ from importlib import metadata
 from pathlib import Path
 from urllib.parse import urlparse
 
-from sweeps.errors import UserError
+from harness.errors import UserError
 
 DEFAULT_STORE = Path("mlruns")  # in the current directory
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# The Model Registry entry the sweep registers its winner under, and what predict and serve load.
+REGISTERED_MODEL = "mnist-digits"
+CHAMPION_ALIAS = "champion"
 VERSIONED_PACKAGES = ("tensorflow", "keras", "optuna", "mlflow", "numpy")
 # Read once, at import: mlflow.set_tracking_uri() writes this variable too, and a later
 # command in the same process must not inherit the previous one's store.
@@ -31,17 +34,37 @@ def tracking_uri(requested: str | None) -> str:
 
 
 def use_experiment(name: str, requested_uri: str | None) -> str:
-    """Point MLflow at the store and experiment; return the tracking URI in use.
+    """Point this process's MLflow logging at the store and experiment; return the tracking
+    URI in use.
 
-    MLflow 3 deprecates the plain file store, hence SQLite; a SQLite store keeps its
-    artifacts in an ``artifacts`` folder beside the database rather than in MLflow's
-    cwd-relative default.
+    The one process-wide setter in the project: a trial's run is logged through MLflow's
+    fluent API (``mlflow.start_run``, ``mlflow.keras.log_model``), which has no per-call
+    store. Only the commands that train call this; readers build a client with
+    ``client(uri)`` instead.
     """
     import mlflow
-    from mlflow.exceptions import MlflowException
 
+    uri = checked_uri(requested_uri)
+    ensure_experiment(uri, name)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)  # models are registered in the same store as their runs
+    mlflow.set_experiment(name)
+    return uri
+
+
+def client(uri: str):
+    """An MLflow client of this store, for its runs and its Model Registry."""
+    import mlflow
+
+    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def checked_uri(requested_uri: str | None) -> str:
+    """The tracking URI to use, refused in one line if it cannot be a working store.
+
+    MLflow 3 deprecates the plain file store, hence SQLite by default.
+    """
     uri = tracking_uri(requested_uri)
-    artifact_location = None
     parsed = urlparse(uri)
     if parsed.scheme == "sqlite":
         database = Path(uri.removeprefix("sqlite:///"))
@@ -52,24 +75,35 @@ def use_experiment(name: str, requested_uri: str | None) -> str:
                             f"{error.strerror}") from None
         if not os.access(database.parent, os.W_OK):
             raise UserError(f"the MLflow store folder {database.parent} is not writable")
-        artifact_location = (database.parent / "artifacts").resolve().as_uri()
     elif parsed.scheme in ("http", "https"):
         check_server(uri)
     elif parsed.scheme not in ("postgresql", "mysql", "file", "databricks"):
         raise UserError(f"--tracking-uri {uri!r}: unsupported scheme (use sqlite:///PATH or http://HOST:PORT)")
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)  # models are registered in the same store as their runs
+    return uri
+
+
+def ensure_experiment(uri: str, name: str) -> str:
+    """The experiment's id in this store, creating the experiment if need be. A SQLite
+    store keeps its artifacts in an ``artifacts`` folder beside the database rather than in
+    MLflow's cwd-relative default."""
+    from mlflow.exceptions import MlflowException
+
+    store = client(uri)
+    artifact_location = None
+    if uri.startswith("sqlite:///"):
+        artifact_location = (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").resolve().as_uri()
     try:
-        if mlflow.get_experiment_by_name(name) is None:
-            try:
-                mlflow.create_experiment(name, artifact_location=artifact_location)
-            except MlflowException:
-                if mlflow.get_experiment_by_name(name) is None:  # else another machine made it first
-                    raise
-        mlflow.set_experiment(name)
+        experiment = store.get_experiment_by_name(name)
+        if experiment is not None:
+            return experiment.experiment_id
+        try:
+            return store.create_experiment(name, artifact_location=artifact_location)
+        except MlflowException:
+            if (experiment := store.get_experiment_by_name(name)) is None:  # else another machine made it first
+                raise
+            return experiment.experiment_id
     except MlflowException as error:
         raise UserError(f"MLflow store {uri}: {str(error).splitlines()[0]}") from None
-    return uri
 
 
 def check_server(uri: str, timeout: float = 5) -> None:
@@ -90,14 +124,14 @@ def check_server(uri: str, timeout: float = 5) -> None:
 
 def provenance_tags() -> dict[str, str]:
     """Package versions and the code's git commit ('-dirty' when it has uncommitted changes)."""
-    tags = {f"version.{name}": _version(name) for name in VERSIONED_PACKAGES}
+    tags = {f"version.{name}": package_version(name) for name in VERSIONED_PACKAGES}
     tags["version.python"] = platform.python_version()
     tags["keras_backend"] = os.environ.get("KERAS_BACKEND", "tensorflow")
     tags["git_commit"] = git_commit()
     return tags
 
 
-def _version(package: str) -> str:
+def package_version(package: str) -> str:
     try:
         return metadata.version(package)
     except metadata.PackageNotFoundError:

@@ -1,14 +1,22 @@
 """Keras, imported with the backend's C++ start-up messages kept off the console.
 
-TensorFlow's wheel probes for CUDA on import and on first device use and writes several
-lines to stderr on every machine without a GPU; they would bury a command's one-line
-error. Only that window is silenced: Python exceptions still propagate.
+Importing this module is what loads TensorFlow (about 1 GB resident): only the processes
+that train or predict import it; a sweep's parent process does not.
+
+TensorFlow's wheel probes for CUDA on import and on first device use. Most of what it
+writes obeys TF_CPP_MIN_LOG_LEVEL, which must be set before the import; but its CUDA stub
+writes "Could not find cuda drivers" before its logging starts, at every level (measured
+with TensorFlow 2.21), and would bury a command's one-line error. Only that import window
+has stderr pointed elsewhere; Python exceptions still propagate.
 """
 
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# 3: C++ errors too. With op determinism on (sweeps.reproduce) TensorFlow logs a harmless
+# "error" for every dataset it rewrites; real failures still raise Python exceptions.
+# A user who wants TensorFlow's own logs sets the variable themselves.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def _import_keras_quietly():

@@ -1,9 +1,9 @@
-"""python -m sweeps.predict: label digits with a trained model (default: the registered
+"""python -m digits.predict: label digits with a trained model (default: the registered
 champion). A Kaggle "Digit Recognizer" test.csv in gives a Kaggle submission out; PNG or
 JPEG files (or folders of them) in give one line per file with the top-3 probabilities.
 
-    python -m sweeps.predict --input test.csv --output submission.csv
-    python -m sweeps.predict --input my_digits/ --tta
+    python -m digits.predict --input test.csv --output submission.csv
+    python -m digits.predict --input my_digits/ --tta
 """
 
 from __future__ import annotations
@@ -17,22 +17,23 @@ from pathlib import Path
 
 import numpy as np
 
-from sweeps import cli, digit_images, digit_model
-from sweeps.errors import UserError
+from digits import classifier, preparation
+from harness import cli
+from harness.errors import UserError
 
 DEFAULT_SUBMISSION = "submission.csv"
 
 
 def parse_args(argv: Sequence[str] | None):
-    parser = cli.ArgumentParser(prog="python -m sweeps.predict", description=__doc__.splitlines()[0])
-    cli.add_model_arguments(parser, default_model=digit_model.CHAMPION)
+    parser = cli.ArgumentParser(prog="python -m digits.predict", description=__doc__.splitlines()[0])
+    cli.add_model_arguments(parser, default_model=classifier.CHAMPION)
     parser.add_argument("--input", nargs="+", required=True, type=Path, metavar="PATH",
                         help="a Kaggle test.csv, or PNG/JPEG files and folders of them")
     parser.add_argument("--output", type=Path, metavar="PATH",
                         help=f"where to write: the submission for a CSV (default: {DEFAULT_SUBMISSION}); "
                              "for images, a CSV of file, label and the 10 probabilities")
     parser.add_argument("--tta", action="store_true",
-                        help=f"average over {len(digit_model.TTA_VIEWS)} views: the digit, 2-pixel shifts "
+                        help=f"average over {len(classifier.TTA_VIEWS)} views: the digit, 2-pixel shifts "
                              "and 10-degree turns")
     return parser.parse_args(argv)
 
@@ -47,13 +48,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_writable(output)
     # Read and check every input before the slow part (loading the model).
     if kaggle:
-        digits, names = digit_images.read_kaggle_test_csv(args.input[0]), None
+        digits, names = preparation.read_kaggle_test_csv(args.input[0]), None
     else:
-        files = digit_images.image_files(args.input)
-        digits = np.stack([digit_images.read_image_file(f) for f in files])
+        files = preparation.image_files(args.input)
+        digits = np.stack([preparation.read_image_file(f) for f in files])
         names = [str(f) for f in files]
-    model = digit_model.load(args.model, args.tracking_uri)
-    probability = digit_model.probabilities(model, digits, tta=args.tta)
+    model = classifier.load(args.model, args.tracking_uri)
+    probability = classifier.probabilities(model, digits, tta=args.tta)
     labels = probability.argmax(axis=1)
     if kaggle:
         rows = [["ImageId", "Label"], *([i, int(label)] for i, label in enumerate(labels, start=1))]
@@ -64,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     width = max(len(n) for n in names)
     for name, row in zip(names, probability):
-        top = ", ".join(f"{label} {p:.3f}" for label, p in digit_model.top_k(row))
+        top = ", ".join(f"{label} {p:.3f}" for label, p in classifier.top_k(row))
         print(f"{name:<{width}}  {int(row.argmax())}  ({top})")
     if output is not None:
         write_csv(output, [["file", "label", *(f"p{d}" for d in range(10))],

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sweeps.errors import UserError
+from harness.errors import UserError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 SIDE = 28

@@ -1,9 +1,9 @@
-"""python -m sweeps.serve: a local page where you draw a digit with the mouse or a finger and
+"""python -m digits.serve: a local page where you draw a digit with the mouse or a finger and
 watch the model's probabilities for 0-9 change as you draw. Serves the registered champion
 by default, on 127.0.0.1 only unless told otherwise; the page fetches nothing from the
 network.
 
-    python -m sweeps.serve                # then open http://127.0.0.1:8000
+    python -m digits.serve                # then open http://127.0.0.1:8000
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ from importlib import resources
 import numpy as np
 from pydantic import BaseModel
 
-from sweeps import cli, digit_images, digit_model
-from sweeps.errors import UserError
+from digits import classifier, preparation
+from harness import cli
+from harness.errors import UserError
 
 DEFAULT_PORT = 8000
 MAX_IMAGE_BYTES = 2_000_000  # a 280x280 canvas PNG is about 10 kB
@@ -38,7 +39,7 @@ def make_app(model, model_name: str):
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import HTMLResponse, JSONResponse
 
-    page = resources.files("sweeps").joinpath("draw.html").read_text()
+    page = resources.files("digits").joinpath("draw.html").read_text()
     page = page.replace("{{MODEL}}", html.escape(model_name))
     predicting = threading.Lock()  # one prediction at a time: the model is not shared safely
     # No /docs: FastAPI's docs page loads its scripts from a CDN.
@@ -59,9 +60,9 @@ def make_app(model, model_name: str):
 
     @app.post("/api/predict")
     def predict(drawing: Drawing):
-        digit = digit_images.from_image_bytes(decode(drawing.image), "the drawing")
+        digit = preparation.from_image_bytes(decode(drawing.image), "the drawing")
         with predicting:
-            probability = digit_model.probabilities(model, digit[np.newaxis])[0]
+            probability = classifier.probabilities(model, digit[np.newaxis])[0]
         return {"label": int(probability.argmax()), "probabilities": [round(float(p), 6) for p in probability],
                 "model_input": png_data_url(digit)}
 
@@ -99,8 +100,8 @@ def check_port_free(host: str, port: int) -> None:
 
 
 def parse_args(argv: Sequence[str] | None):
-    parser = cli.ArgumentParser(prog="python -m sweeps.serve", description=__doc__.splitlines()[0])
-    cli.add_model_arguments(parser, default_model=digit_model.CHAMPION)
+    parser = cli.ArgumentParser(prog="python -m digits.serve", description=__doc__.splitlines()[0])
+    cli.add_model_arguments(parser, default_model=classifier.CHAMPION)
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default: 127.0.0.1, this machine only)")
     parser.add_argument("--port", type=cli.int_at_least(1), default=DEFAULT_PORT,
@@ -116,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = parse_args(argv)
     check_port_free(args.host, args.port)
-    model = digit_model.load(args.model, args.tracking_uri)
+    model = classifier.load(args.model, args.tracking_uri)
     app = make_app(model, args.model)
     url_host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"Serving {args.model} on http://{url_host}:{args.port}/ (Ctrl-C stops)", flush=True)

@@ -1,0 +1,84 @@
+"""What a training run records in MLflow besides its params: the tags that make it
+re-runnable, its per-epoch curves, and its artifacts (figures, confusion matrix, model
+summary and the Keras model itself). Logs into the active run of MLflow's fluent API."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from harness import data, figures, tracking
+from harness.backend import keras
+from harness.budgets import Budget
+
+# Keras' names for the training metrics, and ours (Keras' validation names are kept).
+KERAS_TO_OUR_NAMES = {"loss": "train_loss", "accuracy": "train_accuracy"}
+
+# What a saved model needs besides Keras and NumPy, by the backend it was trained on.
+BACKEND_PACKAGES = {"tensorflow": ("tensorflow",), "jax": ("jax", "jaxlib"), "torch": ("torch",)}
+
+
+def our_names(logs: dict) -> dict[str, float]:
+    return {KERAS_TO_OUR_NAMES.get(k, k): float(v) for k, v in logs.items()}
+
+
+def run_tags(dataset: data.Dataset, split: data.Split, budget: Budget, *, seed: int,
+             baseline: str | None) -> dict[str, str]:
+    """Everything needed to re-run a trial besides its params: code, data, split, budget."""
+    return {
+        **tracking.provenance_tags(),
+        "baseline": baseline or "none", "budget": budget.name,
+        "budget.max_epochs": str(budget.max_epochs), "budget.patience": str(budget.patience),
+        "data_source": dataset.source, "data_format": dataset.format, "data_sha256": dataset.sha256,
+        "split_seed": str(split.seed), "validation_size": str(len(split.y_val)),
+        "validation_sha256": split.validation_sha256, "train_size": str(len(split.y_train)),
+        "seed": str(seed),
+    }
+
+
+class MlflowEpochLogger(keras.callbacks.Callback):
+    """Logs each epoch's metrics to the active MLflow run with step = epoch.
+
+    (mlflow.keras.MlflowCallback would also log the optimizer config as params, mixing it
+    into the params dict, and a step-less copy of every validation pass.)
+    """
+
+    def on_epoch_end(self, epoch, logs=None):
+        import mlflow
+
+        metrics = our_names(logs or {})
+        mlflow.log_metrics({k: v for k, v in metrics.items() if math.isfinite(v)}, step=epoch)
+
+
+def log_artifacts(model: keras.Model, history: dict[str, list[float]], validation_probabilities: np.ndarray,
+                  split: data.Split, title: str) -> None:
+    """Learning curves, the validation confusion matrix (picture and CSV), the most
+    confident errors, the model summary and the model, into the active run."""
+    import matplotlib.pyplot as plt
+    import mlflow
+
+    predicted = validation_probabilities.argmax(axis=1)
+    matrix = figures.confusion_matrix(split.y_val, predicted)
+    for name, figure in {
+        "learning_curves.png": figures.learning_curves(history, title),
+        "confusion_matrix.png": figures.confusion_matrix_plot(
+            matrix, f"{title}: validation confusion matrix"),
+        "most_confident_errors.png": figures.most_confident_errors(
+            split.x_val, split.y_val, validation_probabilities),
+    }.items():
+        mlflow.log_figure(figure, name)
+        plt.close(figure)
+    rows = ["true\\predicted," + ",".join(map(str, range(10)))]
+    rows += [f"{digit}," + ",".join(map(str, matrix[digit])) for digit in range(10)]
+    mlflow.log_text("\n".join(rows) + "\n", "confusion_matrix.csv")
+    summary: list[str] = []
+    model.summary(print_fn=lambda line, *args, **kwargs: summary.append(line))
+    mlflow.log_text("\n".join(summary), "model_summary.txt")
+    # Requirements written out: MLflow would otherwise infer them by re-loading the model
+    # in a subprocess, which costs more than a small trial.
+    sample = split.x_val[:5, ..., None]
+    signature = mlflow.models.infer_signature(sample, validation_probabilities[:5])
+    packages = (*BACKEND_PACKAGES[keras.backend.backend()], "keras", "numpy")
+    mlflow.keras.log_model(model, name="model", signature=signature,
+                           pip_requirements=[f"{name}=={tracking.package_version(name)}" for name in packages])

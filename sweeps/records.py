@@ -1,0 +1,126 @@
+"""What a sweep stores about itself, in one place: the keys of its Optuna user attributes
+and MLflow tags, why each trial stopped, the study's fingerprint and a trial's label.
+
+Every module that writes or reads a study (the workers, the parent, recovery, reproduce,
+the report) goes through these names, so a key is spelled once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+import search_space
+from harness.budgets import Budget
+from harness.errors import UserError
+
+# --- Keys ---------------------------------------------------------------------------------
+# A study's user attributes.
+FINGERPRINT = "fingerprint"  # what must not change between invocations (fingerprint())
+PARENT_RUN_ID = "mlflow_parent_run_id"  # the study's MLflow run, under which trials nest
+
+# A trial's user attributes.
+BASELINE = "baseline"  # the seed recipe's name, for the five enqueued baseline trials
+WORKER = "worker"  # "host:pid" of the process that ran it; recovery reads it
+MLFLOW_RUN_ID = "mlflow_run_id"  # the trial's MLflow run
+WORKER_PEAK_RSS_MB = "worker_peak_rss_mb"  # the worker's peak resident size before training: growth shows leaks
+STOP_CAUSE = "stop_cause"  # a StopCause value
+REASON = "reason"  # the same, in words, with the numbers (also an MLflow tag)
+LEGACY_PRICED_OUT = "priced_out"  # studies before stop_cause marked priced-out samples so
+
+# A trial's MLflow run tags (REASON and STOP_CAUSE too).
+STUDY_TAG = "optuna_study"
+TRIAL_NUMBER_TAG = "optuna_trial_number"
+STATE_TAG = "optuna_state"
+# MLflow's own tag that nests a run under another in the UI (mlflow.utils.mlflow_tags).
+PARENT_RUN_TAG = "mlflow.parentRunId"
+
+
+class StopCause(str, enum.Enum):
+    """Why a trial stopped training, as a value a reader can branch on."""
+    COMPLETED = "completed"  # its epochs ran out, or early stopping ended it
+    TIME_SHARE = "time_share"  # it ran past its share of the sweep's time; best epoch kept
+    PRUNED = "pruned"  # the pruner judged it behind the others
+    PRICED_OUT = "priced_out"  # priced over the budget's compute cap; never trained
+    DIVERGED = "diverged"  # its loss became NaN or infinite
+    INTERRUPTED = "interrupted"  # the user stopped the sweep (Ctrl-C)
+    WORKER_LOST = "worker_lost"  # its worker was killed, crashed, or fell silent
+    ERROR = "error"  # anything else raised while it ran
+
+    @property
+    def finished(self) -> bool:
+        """The trial's value is its real result (it counts as COMPLETE in Optuna)."""
+        return self in (StopCause.COMPLETED, StopCause.TIME_SHARE)
+
+
+def stop_cause(trial: FrozenTrial) -> StopCause | None:
+    """Why the trial stopped; None while it runs or waits. Studies recorded before the
+    cause was stored get the nearest cause their state allows."""
+    recorded = trial.user_attrs.get(STOP_CAUSE)
+    if recorded is not None:
+        return StopCause(recorded)
+    if trial.user_attrs.get(LEGACY_PRICED_OUT):
+        return StopCause.PRICED_OUT
+    if trial.state == TrialState.FAIL:  # a storage fails a silent worker's trial without a word
+        return StopCause.ERROR if REASON in trial.user_attrs else StopCause.WORKER_LOST
+    return {TrialState.COMPLETE: StopCause.COMPLETED, TrialState.PRUNED: StopCause.PRUNED}.get(trial.state)
+
+
+def label(trial: FrozenTrial | optuna.Trial) -> str:
+    """How a trial is named in runs, tables and messages: a baseline by its name."""
+    return trial.user_attrs.get(BASELINE) or f"trial {trial.number}"
+
+
+def trial_run_tags(study_name: str, trial_number: int, parent_run_id: str) -> dict[str, str]:
+    """The tags that tie a trial's MLflow run to its study, its trial and the parent run."""
+    return {PARENT_RUN_TAG: parent_run_id, STUDY_TAG: study_name, TRIAL_NUMBER_TAG: str(trial_number)}
+
+
+# --- Counting ------------------------------------------------------------------------------
+
+def priced_out(trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    return [t for t in trials if stop_cause(t) == StopCause.PRICED_OUT]
+
+
+def counted_trials(trials: list[FrozenTrial], total: int) -> int:
+    """Trials that count toward --trials: all but those still waiting in the queue and those
+    priced over the cap, which cost a second and train nothing. Priced-out samples stop being
+    free after ``total`` of them, so a sweep whose space is mostly over its cap still ends."""
+    started = [t for t in trials if t.state != TrialState.WAITING]
+    return len(started) - min(len(priced_out(started)), total)
+
+
+# --- The fingerprint -----------------------------------------------------------------------
+
+def fingerprint(data_sha256: str, budget: Budget, split_seed: int) -> dict:
+    """What must not change between invocations that add trials to one study."""
+    return {"search_space_version": search_space.SEARCH_SPACE_VERSION, "data_sha256": data_sha256,
+            "split_seed": split_seed, "budget": dataclasses.asdict(budget)}
+
+
+def recorded_fingerprint(study: optuna.Study) -> dict:
+    """The study's fingerprint, or {} for a study sweeps.run did not (finish) setting up."""
+    return study.user_attrs.get(FINGERPRINT, {})
+
+
+def recorded_budget(study: optuna.Study) -> Budget:
+    """The budget a sweep's trials were trained at, from its fingerprint."""
+    recorded = recorded_fingerprint(study).get("budget")
+    if recorded is None:
+        raise UserError(f"study {study.study_name!r} has no recorded budget (not made by sweeps.run); pass --budget")
+    # Fingerprints from before first_rung existed: it only steers pruning, not training.
+    return Budget(**{"first_rung": 1, **recorded})
+
+
+def describe_difference(recorded: dict, requested: dict) -> str:
+    differences = []
+    for key in requested:
+        if key == "budget":
+            differences += [f"budget {k} {recorded[key].get(k)} -> {v}"
+                            for k, v in requested[key].items() if recorded[key].get(k) != v]
+        elif recorded.get(key) != requested[key]:
+            differences.append(f"{key} {str(recorded.get(key))[:12]} -> {str(requested[key])[:12]}")
+    return ", ".join(differences)

@@ -1,0 +1,35 @@
+"""What the sweep's parent tells each worker process: the study, the stores, the budget and
+the limits. Plain data, so the parent can build it without loading TensorFlow."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from harness.budgets import Budget
+
+# A worker process trains at most this many trials, then exits and the parent starts a
+# fresh one if the study needs more: TensorFlow keeps about 10-20 MB of every trained
+# model even after clear_session(), and a fresh process is the one portable way to give
+# it back. 8 trials hold a worker's growth to about 150 MB (RESULTS.md, worker memory);
+# starting a worker costs a few seconds.
+TRIALS_PER_PROCESS = 8
+
+
+@dataclass(frozen=True)
+class SweepSettings:
+    study_name: str
+    storage_url: str
+    tracking_uri: str
+    experiment: str
+    parent_run_id: str
+    total_trials: int
+    sampler: str
+    pruner: str
+    seed: int
+    budget: Budget
+    data_path: str | None
+    split_seed: int
+    lock_path: str
+    deadline: float | None  # time.time() after which no trial starts
+    trials_per_process: int = TRIALS_PER_PROCESS
+    threads: int | None = None  # CPU threads per worker; None: the backend's default
