@@ -48,8 +48,6 @@ def load(reference: str, tracking_uri: str | None = None) -> keras.Model:
 
 
 def _from_mlflow(uri: str, tracking_uri: str | None) -> keras.Model:
-    import tempfile
-
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -57,13 +55,9 @@ def _from_mlflow(uri: str, tracking_uri: str | None) -> keras.Model:
         if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).is_file():
             raise UserError(f"--model {uri}: there is no MLflow store at {tracking_uri} "
                             "(train and register a model first: python -m sweeps.reproduce)")
+        tracking.use_store(tracking_uri)
     try:
-        if tracking_uri is None:  # a model folder on disk
-            return mlflow.keras.load_model(uri)
-        with tempfile.TemporaryDirectory(prefix="mnist-model-") as folder:
-            local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=folder, tracking_uri=tracking_uri,
-                                                        registry_uri=tracking_uri)
-            return mlflow.keras.load_model(local)
+        return mlflow.keras.load_model(uri)
     except MlflowException as error:
         where = f" in {tracking_uri}" if tracking_uri else ""
         hint = " (register one with python -m sweeps.reproduce)" if uri == CHAMPION else ""

@@ -37,19 +37,28 @@ def use_experiment(name: str, requested_uri: str | None) -> str:
     """Point this process's MLflow logging at the store and experiment; return the tracking
     URI in use.
 
-    The one process-wide setter in the project: a trial's run is logged through MLflow's
-    fluent API (``mlflow.start_run``, ``mlflow.keras.log_model``), which has no per-call
-    store. Only the commands that train call this; readers build a client with
-    ``client(uri)`` instead.
+    A trial's run is logged through MLflow's fluent API (``mlflow.start_run``,
+    ``mlflow.keras.log_model``), which has no per-call store, so the commands that train
+    set it process-wide here (``use_store``); readers build a client with ``client(uri)``.
     """
     import mlflow
 
     uri = checked_uri(requested_uri)
     ensure_experiment(uri, name)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)  # models are registered in the same store as their runs
+    use_store(uri)
     mlflow.set_experiment(name)
     return uri
+
+
+def use_store(uri: str) -> None:
+    """Point MLflow's fluent API (logging, ``mlflow.keras.load_model``) at this store and
+    its Model Registry. (Passing the URIs per call instead does not hold: resolving a
+    ``models:/`` URI that way still opens MLflow's default ./mlflow.db, measured with
+    MLflow 3.17.)"""
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)  # models are registered in the same store as their runs
 
 
 def client(uri: str):
