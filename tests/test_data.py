@@ -2,7 +2,6 @@
 
 import gzip
 import hashlib
-import shutil
 import subprocess
 import sys
 from pathlib import Path

@@ -5,6 +5,7 @@ line with exit code 2 for each bad input."""
 import csv
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from digits import classifier, preparation, predict
