@@ -74,7 +74,7 @@ class Harness:
             study_name="harness", storage_url=self.storage_url, tracking_uri=self.tracking_uri,
             experiment="harness", parent_run_id=parent.info.run_id, total_trials=10**6, sampler="tpe",
             pruner="hyperband", seed=seed, budget=settings_budget, data_path=None,
-            split_seed=data.DEFAULT_SPLIT_SEED, lock_path=str(folder / "ask.lock"), deadline=None)
+            split_seed=data.DEFAULT_SPLIT_SEED, lock_path=str(folder / "ask.lock"), last_start=None)
 
     def trial(self, dataset: data.Dataset, split: data.Split) -> tuple[float, float]:
         self.study.enqueue_trial(self.params, user_attrs={records.BASELINE: "benchmark"})

@@ -5,8 +5,8 @@
     python -m benchmarks.memory --trials 50 --workers 1
 
 Resident sizes: VmHWM (the kernel's high-water mark) per process, and the growth of each
-worker's peak from its peak after its first trial, as the trials record it
-(``worker_peak_rss_mb``). A worker retires after ``sweeps.settings.TRIALS_PER_PROCESS``
+worker from its size after its first trial, as the trials record it (``worker_rss_mb``). A
+worker retires after ``sweeps.settings.TRIALS_PER_PROCESS``
 trials and the sweep starts a fresh one.
 """
 
@@ -60,25 +60,41 @@ def high_water_mb(pid: int) -> float | None:
     return None
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User and system CPU time the process has used so far."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     peaks: dict[int, float] = defaultdict(float)
+    cpu: dict[int, float] = defaultdict(float)  # each process's CPU seconds when last seen
     with tempfile.TemporaryDirectory(prefix="memory-benchmark-") as folder:
         command = [sys.executable, "-m", "sweeps.run", "--trials", str(args.trials), "--budget", "smoke",
                    "--study", "memory", *(["--workers", str(args.workers)] if args.workers else [])]
         root = Path(__file__).resolve().parent.parent
         started = time.monotonic()
+        errors = open(Path(folder) / "stderr.txt", "w+")
         sweep = subprocess.Popen(command, cwd=folder, env={**os.environ, "PYTHONPATH": str(root)},
-                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                                 stdout=subprocess.PIPE, stderr=errors, text=True)
         while sweep.poll() is None:
             for pid in process_tree(sweep.pid):
                 if (mb := high_water_mb(pid)) is not None:
                     peaks[pid] = max(peaks[pid], mb)
+                if (used := cpu_seconds(pid)) is not None:
+                    cpu[pid] = max(cpu[pid], used)
             time.sleep(0.5)
         seconds = time.monotonic() - started
         summary = sweep.stdout.read()
         if sweep.returncode != 0:
-            raise SystemExit(f"the sweep exited with {sweep.returncode}:\n{summary}")
+            errors.seek(0)
+            last = [line for line in errors.read().splitlines() if line.strip()][-3:]
+            raise SystemExit(f"the sweep exited with {sweep.returncode}:\n{summary}\n" + "\n".join(last))
+        errors.close()
         import optuna
 
         from sweeps import records, study as sweep_study
@@ -87,9 +103,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         trials = optuna.load_study(study_name="memory", storage=storage).get_trials(deepcopy=False)
     by_worker: dict[int, list[float]] = defaultdict(list)
     for trial in sorted(trials, key=lambda t: t.number):
-        if records.WORKER_PEAK_RSS_MB in trial.user_attrs:
+        if records.WORKER_RSS_MB in trial.user_attrs:
             by_worker[int(trial.user_attrs[records.WORKER].rsplit(":", 1)[1])].append(
-                trial.user_attrs[records.WORKER_PEAK_RSS_MB])
+                trial.user_attrs[records.WORKER_RSS_MB])
     # Growth counts from the size before the second trial: the first trial loads the backend.
     growths = {pid: max(sizes[1:]) - sizes[1] if len(sizes) > 1 else 0.0 for pid, sizes in by_worker.items()}
     rows = [[pid, len(sizes), f"{sizes[0]:,.0f}", f"{sizes[min(1, len(sizes) - 1)]:,.0f}", f"{max(sizes):,.0f}",
@@ -97,9 +113,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     worst_growth = max(growths.values(), default=0.0)
     worker_peak = max((peaks.get(pid, 0.0) for pid in by_worker), default=0.0)
     parent = peaks.get(sweep.pid, 0.0)
+    workers_cpu = sum(cpu[pid] for pid in by_worker)
     body = (f"{len(trials)} smoke trials in {seconds:.0f} s by {len(by_worker)} worker process(es); "
-            f"the parent's peak resident size {parent:,.0f} MB.\n\n"
-            + results.table(["worker pid", "trials", "peak RSS before 1st trial (MB)", "before 2nd", "largest before a trial",
+            f"the parent's peak resident size {parent:,.0f} MB. CPU: the workers used {workers_cpu / seconds:.0%} "
+            f"of one core over the sweep ({os.cpu_count()} cores), the parent {cpu[sweep.pid] / seconds:.0%} "
+            "(sampled every 0.5 s, so a process's last half second may be missed).\n\n"
+            + results.table(["worker pid", "trials", "RSS before 1st trial (MB)", "before 2nd", "largest before a trial",
                              "growth after 1st", "peak (VmHWM)"], rows)
             + f"\n\nLargest peak of a worker: **{worker_peak:,.0f} MB**; "
             f"largest growth after the first trial {worst_growth:,.0f} MB (bound {GROWTH_LIMIT_MB} MB: "

@@ -21,6 +21,16 @@ class Budget:
     # a one-cycle recipe at its peak rate reads 0.97 while a constant one reads 0.98, and
     # ends 0.3 points above it (RESULTS.md, fourth quick sweep).
     first_rung: int
+    # Wall-clock of one sweep invocation: no trial starts once the time left cannot hold a
+    # whole one (its time share and its validation and logging), so the sweep ends within
+    # this whatever its trials turn out to cost. None: no limit but --timeout.
+    sweep_seconds: float | None = None
+
+    @property
+    def longest_trial_seconds(self) -> float:
+        """What one trial can take at most: its time share, plus the validation pass that
+        ends its last epoch and its logging (measured at quick: under 40 s; doubled)."""
+        return self.trial_seconds + 80
 
     def overridden(self, *, train_size: int | None = None, max_epochs: int | None = None) -> Budget:
         changes = {k: v for k, v in {"train_size": train_size, "max_epochs": max_epochs}.items()
@@ -41,8 +51,9 @@ BUDGETS = {
     # epoch 2 of 5, mid-warm-up, the fourth quick sweep pruned every one-cycle trial.
     # 6 TFLOP admits the networks 8 TFLOP admitted at 5 epochs on 48,000 images; a
     # single-threaded worker trains about 40 GFLOP/s on mid-sized networks here.
+    # Its promise, 50 trials within 45 minutes, is held by sweep_seconds whatever TPE samples.
     "quick": Budget("quick", train_size=45_000, max_epochs=4, patience=2,
-                    max_training_tflop=6.0, trial_seconds=240, first_rung=2),
+                    max_training_tflop=6.0, trial_seconds=240, first_rung=2, sweep_seconds=45 * 60),
     # The seeds' scale: all 54,000 training images, up to 30 epochs. Patience 8 outlasts two
     # of kaggle_cnn's ReduceLROnPlateau periods (3 epochs each), so the annealer gets to act.
     # kaggle_cnn's full recipe is about 320 TFLOP.

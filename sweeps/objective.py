@@ -10,10 +10,8 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
-import resource
 import signal
 import socket
-import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -144,7 +142,7 @@ def next_trial(study: optuna.Study, storage: optuna.storages.BaseStorage,
                settings: SweepSettings) -> optuna.Trial | None:
     """A new (or enqueued) trial, or None when the study holds the requested number. The
     count and the ask happen under a lock, so workers never overshoot the total."""
-    if settings.deadline is not None and time.time() > settings.deadline:
+    if settings.last_start is not None and time.time() > settings.last_start:
         return None
     with sweep_study.ask_lock(storage, settings.study_name, settings.lock_path):
         trials = study.get_trials(deepcopy=False)
@@ -161,7 +159,8 @@ def run_trial(study: optuna.Study, storage: optuna.storages.BaseStorage, trial: 
     trial.set_user_attr(records.WORKER, f"{socket.gethostname()}:{os.getpid()}")  # first: recovery reads it
     with mlflow.start_run(run_name=name, tags=tags) as run, heartbeat(storage, study, trial):
         trial.set_user_attr(records.MLFLOW_RUN_ID, run.info.run_id)
-        trial.set_user_attr(records.WORKER_PEAK_RSS_MB, peak_resident_megabytes())
+        if (resident := resident_megabytes()) is not None:
+            trial.set_user_attr(records.WORKER_RSS_MB, resident)
         try:
             priced = price(params, len(split.y_train), settings.budget)
             mlflow.log_metrics(priced)
@@ -255,7 +254,10 @@ def heartbeat(storage: optuna.storages.BaseStorage, study: optuna.Study, trial: 
         thread.join()
 
 
-def peak_resident_megabytes() -> float:
-    """This process's largest resident size so far (Linux reports KiB, macOS bytes)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+def resident_megabytes() -> float | None:
+    """This process's resident size now, where the system says (Linux's /proc); None elsewhere."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return None

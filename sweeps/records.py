@@ -26,7 +26,7 @@ PARENT_RUN_ID = "mlflow_parent_run_id"  # the study's MLflow run, under which tr
 BASELINE = "baseline"  # the seed recipe's name, for the five enqueued baseline trials
 WORKER = "worker"  # "host:pid" of the process that ran it; recovery reads it
 MLFLOW_RUN_ID = "mlflow_run_id"  # the trial's MLflow run
-WORKER_PEAK_RSS_MB = "worker_peak_rss_mb"  # the worker's peak resident size before training: growth shows leaks
+WORKER_RSS_MB = "worker_rss_mb"  # the worker's resident size before training, where known: growth shows leaks
 STOP_CAUSE = "stop_cause"  # a StopCause value
 REASON = "reason"  # the same, in words, with the numbers (also an MLflow tag)
 LEGACY_PRICED_OUT = "priced_out"  # studies before stop_cause marked priced-out samples so
@@ -97,8 +97,10 @@ def counted_trials(trials: list[FrozenTrial], total: int) -> int:
 
 def fingerprint(data_sha256: str, budget: Budget, split_seed: int) -> dict:
     """What must not change between invocations that add trials to one study."""
+    # sweep_seconds bounds one invocation's wall-clock, not what its trials are: left out.
+    trials_budget = {k: v for k, v in dataclasses.asdict(budget).items() if k != "sweep_seconds"}
     return {"search_space_version": search_space.SEARCH_SPACE_VERSION, "data_sha256": data_sha256,
-            "split_seed": split_seed, "budget": dataclasses.asdict(budget)}
+            "split_seed": split_seed, "budget": trials_budget}
 
 
 def recorded_fingerprint(study: optuna.Study) -> dict:

@@ -168,7 +168,7 @@ def supervise(study: optuna.Study, settings: SweepSettings, worker_count: int) -
         return worker
 
     def needs_more() -> bool:
-        return (not outcome.interrupted and (settings.deadline is None or time.time() < settings.deadline)
+        return (not outcome.interrupted and (settings.last_start is None or time.time() < settings.last_start)
                 and records.counted_trials(study.get_trials(deepcopy=False), total) < total)
 
     stop_signals: list[int] = []
@@ -273,7 +273,17 @@ def summary(study: optuna.Study, args, budget_name: str, best_file: Path | None,
     return "\n".join(lines)
 
 
+def last_start(invoked: float, timeout: int | None, budget) -> float | None:
+    """When the last trial may start: --timeout says so directly; the budget's wall-clock
+    leaves room for one whole trial after it."""
+    limits = [invoked + timeout] if timeout else []
+    if budget.sweep_seconds:
+        limits.append(invoked + budget.sweep_seconds - budget.longest_trial_seconds)
+    return min(limits) if limits else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    invoked = time.time()
     args = parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar and summary say it
     gpu = gpu_visible()
@@ -300,16 +310,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     client = tracking.client(uri)
     experiment_id = client.get_run(run_id).info.experiment_id
     report_orphans(recovery.end_orphaned_trials(study, storage, client, experiment_id, run_id))
+    wall_clock = f", {budget.sweep_seconds / 60:g} min a sweep" if budget.sweep_seconds else ""
     print(f"Study {args.study!r}: budget {budget.name} ({budget.train_size or 'all'} training images, "
           f"up to {budget.max_epochs} epochs, at most {budget.max_training_tflop:g} TFLOP and "
-          f"{budget.trial_seconds:g} s a trial); sampler {args.sampler}, pruner {args.pruner}, "
+          f"{budget.trial_seconds:g} s a trial{wall_clock}); sampler {args.sampler}, pruner {args.pruner}, "
           f"{workers} worker(s){f' of {threads} thread(s)' if threads else ''}; storage {sweep_study.redact(storage_url)}", flush=True)
     settings = SweepSettings(
         study_name=args.study, storage_url=storage_url, tracking_uri=uri, experiment=EXPERIMENT,
         parent_run_id=run_id, total_trials=args.trials, sampler=args.sampler, pruner=args.pruner,
         seed=args.seed, budget=budget, data_path=args.data, split_seed=data.DEFAULT_SPLIT_SEED,
         lock_path=str(tracking.store_folder() / "studies" / args.study / "ask.lock"),
-        deadline=time.time() + args.timeout if args.timeout else None, threads=threads)
+        last_start=last_start(invoked, args.timeout, budget), threads=threads)
     started = time.time()
     outcome = supervise(study, settings, workers)
     report_orphans(recovery.end_orphaned_trials(study, storage, client, experiment_id, run_id))  # crashed workers'
@@ -325,6 +336,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif not study.get_trials(deepcopy=False, states=[TrialState.RUNNING]):
         client.set_terminated(run_id, "FINISHED")  # else another invocation's workers are still at it
     print(summary(study, args, budget.name, write_best_params(study), uri, run_id, time.time() - started))
+    counted = records.counted_trials(study.get_trials(deepcopy=False), args.trials)
+    if (not outcome.interrupted and counted < args.trials and settings.last_start is not None
+            and time.time() > settings.last_start):
+        limit = (f"the {budget.name} budget's {budget.sweep_seconds / 60:g}-minute wall-clock"
+                 if budget.sweep_seconds and not (args.timeout and invoked + args.timeout == settings.last_start)
+                 else f"--timeout {args.timeout}")
+        print(f"Stopped starting trials at {limit}: the time left could not hold another whole trial; "
+              f"{counted} of {args.trials} trials are done. Run the same command again to go on. "
+              f"This invocation took {(time.time() - invoked) / 60:.1f} min.")
     if outcome.interrupted:
         print("interrupted: run the same command again to go on to the requested total", file=sys.stderr)
         return 130

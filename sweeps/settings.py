@@ -30,6 +30,6 @@ class SweepSettings:
     data_path: str | None
     split_seed: int
     lock_path: str
-    deadline: float | None  # time.time() after which no trial starts
+    last_start: float | None  # time.time() after which no trial starts (--timeout, the budget's wall-clock)
     trials_per_process: int = TRIALS_PER_PROCESS
     threads: int | None = None  # CPU threads per worker; None: the backend's default

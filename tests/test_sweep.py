@@ -144,7 +144,7 @@ def worker_settings(folder, study_name, **changes):
         study_name=study_name, storage_url=storage_url, tracking_uri=uri, experiment=study_name,
         parent_run_id=parent, total_trials=1, sampler="random", pruner="none", seed=0,
         budget=BUDGETS["smoke"].overridden(train_size=300), data_path=None, split_seed=0,
-        lock_path=str(folder / "ask.lock"), deadline=None)
+        lock_path=str(folder / "ask.lock"), last_start=None)
     return SweepSettings(**(settings | changes))
 
 
@@ -315,3 +315,25 @@ def test_a_budget_recorded_before_first_rung_existed_still_reads():
     study.set_user_attr(records.FINGERPRINT, {"budget": old_record})
     budget = records.recorded_budget(study)
     assert budget.first_rung == 1 and budget.train_size == BUDGETS["quick"].train_size
+
+
+def test_the_budgets_wall_clock_leaves_room_for_one_whole_trial():
+    budget = dataclasses.replace(BUDGETS["smoke"], trial_seconds=100, sweep_seconds=600)
+    assert sweep_run.last_start(1000.0, None, budget) == 1000 + 600 - budget.longest_trial_seconds
+    assert budget.longest_trial_seconds > budget.trial_seconds
+    assert sweep_run.last_start(1000.0, 60, budget) == 1060  # --timeout, when sooner, wins
+    assert sweep_run.last_start(1000.0, None, BUDGETS["smoke"]) is None
+    assert BUDGETS["quick"].sweep_seconds == 45 * 60
+
+
+def test_the_wall_clock_is_not_part_of_a_studys_fingerprint():
+    # A longer or shorter limit for one invocation does not change what the trials are.
+    shorter = dataclasses.replace(BUDGETS["quick"], sweep_seconds=10 * 60)
+    assert records.fingerprint("sha", shorter, 0) == records.fingerprint("sha", BUDGETS["quick"], 0)
+
+
+def test_a_worker_starts_no_trial_once_the_last_start_has_passed(tmp_path):
+    settings = worker_settings(tmp_path, "late", total_trials=3, last_start=time.time() - 1)
+    study = optuna.load_study(study_name="late", storage=sweep_study.open_storage(settings.storage_url))
+    objective.worker_main(settings, 0)
+    assert study.trials == []
