@@ -9,9 +9,9 @@ from harness.budgets import Budget
 
 # A worker process trains at most this many trials, then exits and the parent starts a
 # fresh one if the study needs more: TensorFlow keeps about 10-20 MB of every trained
-# model even after clear_session(), and a fresh process is the one portable way to give
-# it back. 8 trials hold a worker's growth to about 150 MB (RESULTS.md, worker memory);
-# starting a worker costs a few seconds.
+# model even after clear_session(), and glibc the pages a large trial freed; a fresh
+# process is the one portable way to give them back. Over 8 smoke trials a worker grew
+# 20-256 MB after its first (RESULTS.md, structure); starting one costs about 15 s here.
 TRIALS_PER_PROCESS = 8
 
 
