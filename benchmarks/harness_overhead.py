@@ -112,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             order = ("bare", "harness") if pair % 2 else ("harness", "bare")  # alternate who goes first
             seconds = {}
             for path in order:
-                objective.release_memory()
+                keras.backend.clear_session()  # as a sweep worker does between trials
                 if path == "bare":
                     seconds["bare"] = bare_fit(params, split, epochs, args.seed)
                 else:
