@@ -214,7 +214,7 @@ def _finish(study: optuna.Study, trial: optuna.Trial, params: dict, cause: StopC
     """Record how the trial ended: its cause and reason on both sides, its MLflow run closed,
     then Optuna told (last, so a trial is never finished in Optuna with its run still open)."""
     state, run_status = _OUTCOMES[cause]
-    if not cause.finished:  # also for trials stopped before log_trial logged their params
+    if state != TrialState.COMPLETE:  # also for trials stopped before log_trial logged their params
         mlflow.log_params(params)  # (re-logging equal values is allowed)
     trial.set_user_attr(records.STOP_CAUSE, cause.value)
     tags = {records.STATE_TAG: state.name, records.STOP_CAUSE: cause.value}

@@ -50,11 +50,6 @@ class StopCause(str, enum.Enum):
     WORKER_LOST = "worker_lost"  # its worker was killed, crashed, or fell silent
     ERROR = "error"  # anything else raised while it ran
 
-    @property
-    def finished(self) -> bool:
-        """The trial's value is its real result (it counts as COMPLETE in Optuna)."""
-        return self in (StopCause.COMPLETED, StopCause.TIME_SHARE)
-
 
 def stop_cause(trial: FrozenTrial) -> StopCause | None:
     """Why the trial stopped; None while it runs or waits. Studies recorded before the

@@ -200,11 +200,11 @@ def test_a_worker_that_trained_its_share_is_replaced_and_the_study_completes(tmp
     assert workers[0] == workers[1] != workers[2]  # retired after its second trial
 
 
-def study_under_the_sweeps_pruner(budget):
-    """A study with the sweep's Hyperband pruner, after three trials at 0.98 every epoch: a
-    trial at 0.10 is below them at every rung."""
+def study_under_the_sweeps_pruner(budget, good_trials=3):
+    """A study with the sweep's Hyperband pruner, after ``good_trials`` trials at 0.98 every
+    epoch: a trial at 0.10 is below them at every rung."""
     study = optuna.create_study(direction="maximize", pruner=sweep_study.make_pruner("hyperband", budget))
-    for _ in range(3):
+    for _ in range(good_trials):
         good = study.ask()
         for epoch in range(1, budget.max_epochs + 1):
             good.report(0.98, epoch)
@@ -293,13 +293,7 @@ def test_the_mlflow_server_shows_the_sweep_as_a_parent_with_children(sweep):
 def test_hyperband_judges_from_the_budgets_first_rung(budget, judged_from):
     # Before one-cycle's warm-up ends, recipes are compared mid-schedule.
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="maximize", pruner=sweep_study.make_pruner("hyperband", budget))
-    for _ in range(6):
-        good = study.ask()
-        for epoch in range(1, budget.max_epochs + 1):
-            good.report(0.98, epoch)
-            good.should_prune()
-        study.tell(good, 0.98)
+    study = study_under_the_sweeps_pruner(budget, good_trials=6)
     poor = study.ask()
     for epoch in range(1, judged_from):
         poor.report(0.10, epoch)
