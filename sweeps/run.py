@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -234,7 +235,7 @@ def write_best_params(study: optuna.Study) -> Path | None:
 
 
 def summary(study: optuna.Study, args, budget_name: str, best_file: Path | None, uri: str,
-            parent_run_id: str, seconds: float) -> str:
+            parent_run_id: str, seconds: float, cores_used: float) -> str:
     trials = study.get_trials(deepcopy=False)
     states = counts(trials)
     over_cap = states.pop("over cap")
@@ -242,7 +243,8 @@ def summary(study: optuna.Study, args, budget_name: str, best_file: Path | None,
                          if states[state])
     lines = [f"Study {args.study!r}: {finished(states)} trials "
              f"({states[TrialState.COMPLETE]} complete, {states[TrialState.PRUNED]} pruned, "
-             f"{states[TrialState.FAIL]} failed{unfinished}) after {seconds / 60:.1f} min in this run"]
+             f"{states[TrialState.FAIL]} failed{unfinished}) after {seconds / 60:.1f} min in this run; "
+             f"the workers kept {cores_used:.2f} of {os.cpu_count()} cores busy"]
     if over_cap:
         lines.append(f"  and {over_cap} sampled networks priced over the {budget_name} budget's cap, "
                      "not trained (recorded as pruned; they do not count toward --trials)")
@@ -271,6 +273,12 @@ def summary(study: optuna.Study, args, budget_name: str, best_file: Path | None,
                  + (f"open {uri} in a browser" if uri.startswith(("http://", "https://")) else
                     f"browse with: mlflow ui --backend-store-uri {uri} --host 127.0.0.1"))
     return "\n".join(lines)
+
+
+def children_cpu_seconds() -> float:
+    """CPU time of this process's finished children (the workers, once joined)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def last_start(invoked: float, timeout: int | None, budget) -> float | None:
@@ -322,10 +330,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         lock_path=str(tracking.store_folder() / "studies" / args.study / "ask.lock"),
         last_start=last_start(invoked, args.timeout, budget), threads=threads)
     started = time.time()
+    cpu_before = children_cpu_seconds()
     outcome = supervise(study, settings, workers)
+    cores_used = (children_cpu_seconds() - cpu_before) / max(time.time() - started, 1e-9)
     report_orphans(recovery.end_orphaned_trials(study, storage, client, experiment_id, run_id))  # crashed workers'
 
     complete = study.get_trials(deepcopy=False, states=[TrialState.COMPLETE])
+    client.log_metric(run_id, "worker_cpu_cores", cores_used)
     if complete:
         client.log_metric(run_id, "best_validation_accuracy", study.best_value)
         client.set_tag(run_id, "best_trial", str(study.best_trial.number))
@@ -335,7 +346,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         client.set_terminated(run_id, "FAILED")
     elif not study.get_trials(deepcopy=False, states=[TrialState.RUNNING]):
         client.set_terminated(run_id, "FINISHED")  # else another invocation's workers are still at it
-    print(summary(study, args, budget.name, write_best_params(study), uri, run_id, time.time() - started))
+    print(summary(study, args, budget.name, write_best_params(study), uri, run_id, time.time() - started, cores_used))
     counted = records.counted_trials(study.get_trials(deepcopy=False), args.trials)
     if (not outcome.interrupted and counted < args.trials and settings.last_start is not None
             and time.time() > settings.last_start):
