@@ -63,7 +63,13 @@ def use_store(uri: str) -> None:
 
 def client(uri: str):
     """An MLflow client of this store, for its runs and its Model Registry."""
+    import logging
+
     import mlflow
+
+    # A new SQLite store announces its schema creation at INFO on the console; only its
+    # warnings and errors belong in a command's output.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
 
     return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
 

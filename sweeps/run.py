@@ -29,7 +29,7 @@ import search_space
 from harness import cli, data, tracking
 from harness.budgets import BUDGETS
 from harness.errors import UserError
-from sweeps import records, recovery, study as sweep_study
+from sweeps import progress, records, recovery, study as sweep_study
 from sweeps.settings import SweepSettings
 
 EXPERIMENT = "mnist-sweeps"
@@ -145,7 +145,7 @@ def _worker_process(settings: SweepSettings, worker_index: int) -> None:
 
 
 def supervise(study: optuna.Study, settings: SweepSettings, worker_count: int) -> Outcome:
-    """Run the workers under a live progress bar (done, pruned, failed, best so far, ETA),
+    """Run the workers under a live progress bar (done, time left, pruned, failed, best so far),
     starting a fresh one whenever a worker has trained its share of trials and the study
     still needs more.
 
@@ -184,9 +184,11 @@ def supervise(study: optuna.Study, settings: SweepSettings, worker_count: int) -
     total = settings.total_trials
     workers = [start_worker() for _ in range(worker_count)]
     initial = finished(counts(study.get_trials(deepcopy=False)))
+    ends_by = settings.last_start + settings.budget.longest_trial_seconds if settings.last_start else None
+    time_left = progress.TimeLeft(total, initial, ends_by=ends_by)
     try:
         with tqdm(total=total, initial=min(initial, total), unit="trial", desc=study.study_name,
-                  file=sys.stderr, mininterval=1, dynamic_ncols=True) as bar:
+                  file=sys.stderr, mininterval=1, dynamic_ncols=True, bar_format=progress.BAR_FORMAT) as bar:
             while workers:
                 woken.wait(2)
                 woken.clear()
@@ -214,10 +216,11 @@ def supervise(study: optuna.Study, settings: SweepSettings, worker_count: int) -
                 values = [t.value for t in trials if t.state == TrialState.COMPLETE]
                 best = f", best {max(values):.4f}" if values else ""
                 over_cap = f", over cap {states['over cap']}" if states["over cap"] else ""
-                bar.set_postfix_str(f"pruned {states[TrialState.PRUNED]}, failed {states[TrialState.FAIL]}"
-                                    f"{over_cap}{best}", refresh=False)
-                bar.refresh()  # elapsed time and ETA tick on while long trials run
-                bar.update(min(finished(states), total) - bar.n)
+                done = min(finished(states), total)
+                bar.set_postfix_str(f"{time_left.describe(done)}, pruned {states[TrialState.PRUNED]}, "
+                                    f"failed {states[TrialState.FAIL]}{over_cap}{best}", refresh=False)
+                bar.refresh()  # elapsed time and time left tick on while long trials run
+                bar.update(done - bar.n)
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)

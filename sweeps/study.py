@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import fcntl
 import importlib.util
-import math
 import warnings
 import zlib
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
 import optuna
 
 from harness import tracking
@@ -150,35 +148,21 @@ def redact(url: str) -> str:
 
 def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
     if name == "tpe":
-        # Settings written out: Optuna 5 changed several of TPE's defaults. multivariate, group
-        # and constant_liar are still marked experimental in Optuna 4; their warning is silenced.
+        # Only what differs from Optuna's defaults, or what a default may change to: the
+        # search space is conditional (cnn and mlp keys), so one joint model per group;
+        # parallel workers must not sample next to each other's running trials. group is
+        # still experimental in Optuna 5 (and multivariate and constant_liar in 4): their
+        # ExperimentalWarning is the only one silenced.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.samplers.TPESampler(
-                n_startup_trials=10, n_ei_candidates=24, gamma=tpe_gamma, weights=tpe_weights,
-                consider_prior=True, prior_weight=1.0, consider_magic_clip=True, consider_endpoints=False,
-                multivariate=True, group=True,  # one joint model per conditional group (cnn vs mlp keys)
-                constant_liar=True,  # parallel workers avoid sampling next to each other's running trials
-                seed=seed)
+            return optuna.samplers.TPESampler(n_startup_trials=10, multivariate=True, group=True,
+                                              constant_liar=True, seed=seed)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "cmaes":
         # CMA-ES handles the numeric keys; categorical and conditional ones fall back to random.
         return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=5)
     return optuna.samplers.GPSampler(seed=seed, n_startup_trials=10)
-
-
-def tpe_gamma(finished: int) -> int:
-    """How many of the finished trials TPE models as the good ones: the best tenth, at most 25."""
-    return min(math.ceil(0.1 * finished), 25)
-
-
-def tpe_weights(count: int) -> np.ndarray:
-    """Weights of the trials in TPE's densities, oldest first: equal for the newest 25, older
-    ones fading linearly."""
-    if count < 25:
-        return np.ones(count)
-    return np.concatenate([np.linspace(1.0 / count, 1.0, num=count - 25), np.ones(25)])
 
 
 def check_sampler_available(name: str) -> None:

@@ -1,9 +1,11 @@
 """Shared fixtures: the shipped data (loaded once), a finished smoke sweep (run once), a
-throwaway MLflow store, and a way to run a command's main as a user would and see its exit
-code and output."""
+throwaway MLflow store, a way to run a command's main as a user would and see its exit
+code and output, and a headless browser."""
 
 import contextlib
 import io
+import os
+import shutil
 
 import pytest
 
@@ -82,3 +84,33 @@ def digits_model(tmp_path_factory, mnist):
     mlflow.MlflowClient(uri).set_registered_model_alias(tracking.REGISTERED_MODEL, tracking.CHAMPION_ALIAS,
                                                         version.version)
     return types.SimpleNamespace(model=model, path=path, tracking_uri=uri, run_id=run.info.run_id)
+
+
+# .ci/run sets this, so there the browser tests fail instead of skipping when Chromium is missing.
+BROWSER_REQUIRED = os.environ.get("MNIST_SWEEPS_REQUIRE_BROWSER") == "1"
+
+
+@pytest.fixture
+def chromium(tmp_path):
+    """Debian's headless Chromium under Selenium, closed after the test."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    binary = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    if not (binary and driver):
+        if BROWSER_REQUIRED:
+            pytest.fail("Chromium and chromedriver are required here (apt-get install chromium chromium-driver)")
+        pytest.skip("needs Debian's chromium and chromium-driver (.ci/run installs them)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    # Without the background-networking flags Chromium keeps dialing Google's hosts, which
+    # this closed network refuses.
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                 "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}",
+                 "--window-size=1400,1000"):
+        options.add_argument(flag)
+    browser = webdriver.Chrome(options=options, service=Service(executable_path=driver))
+    yield browser
+    browser.quit()

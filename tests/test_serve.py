@@ -6,7 +6,6 @@ import base64
 import io
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -22,10 +21,6 @@ from PIL import Image
 from digits import serve
 
 pytestmark = pytest.mark.slow  # every test serves a trained model
-
-# .ci/run sets this, so there the browser test fails instead of skipping when Chromium is missing.
-BROWSER_REQUIRED = os.environ.get("MNIST_SWEEPS_REQUIRE_BROWSER") == "1"
-
 
 def free_port():
     with socket.socket() as probe:
@@ -149,55 +144,30 @@ def test_serving_on_a_busy_port_is_one_line_and_exit_code_2(digits_model, run_co
     assert code == 2 and err.count("\n") == 1 and "choose another --port" in err
 
 
-def browser(profile):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    binary = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver = shutil.which("chromedriver")
-    if not (binary and driver):
-        if BROWSER_REQUIRED:
-            pytest.fail("Chromium and chromedriver are required here (apt-get install chromium chromium-driver)")
-        pytest.skip("needs Debian's chromium and chromium-driver (.ci/run installs them)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = binary
-    # Without the background-networking flags Chromium keeps dialing Google's hosts, which
-    # this closed network refuses.
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                 "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}",
-                 "--window-size=1000,700"):
-        options.add_argument(flag)
-    return webdriver.Chrome(options=options, service=Service(executable_path=driver))
-
-
-def test_drawing_on_the_page_in_chromium_shows_the_prediction(server, tmp_path):
+def test_drawing_on_the_page_in_chromium_shows_the_prediction(server, chromium, tmp_path):
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    driver = browser(tmp_path / "profile")
-    try:
-        driver.get(server)
-        pad = driver.find_element(By.ID, "pad")
-        assert driver.find_element(By.ID, "prediction").text == "–"
-        # A "7": the top bar, then the long diagonal (offsets from the pad's centre).
-        ActionChains(driver).move_to_element_with_offset(pad, -70, -90).click_and_hold() \
-            .move_by_offset(70, 0).move_by_offset(70, 0) \
-            .move_by_offset(-30, 60).move_by_offset(-30, 60).move_by_offset(-30, 60).release().perform()
-        WebDriverWait(driver, 30).until(lambda d: d.find_element(By.ID, "prediction").text.isdigit()
-                                        and d.find_element(By.ID, "seen").get_attribute("src"))
-        time.sleep(1)  # let the last stroke's request land
-        shown = int(driver.find_element(By.ID, "prediction").text)
-        percentages = [float(driver.find_element(By.ID, f"p-{d}").text.rstrip("%")) for d in range(10)]
-        # The page shows what the endpoint says for the pad as drawn.
-        drawing = driver.execute_script("return document.getElementById('pad').toDataURL('image/png');")
-        status, answer = post(server, json.dumps({"image": drawing}).encode())
-        assert status == 200 and shown == answer["label"] == int(np.argmax(percentages))
-        assert sum(percentages) == pytest.approx(100, abs=0.6)
-        assert driver.save_screenshot(str(tmp_path / "page.png"))
-        assert Image.open(tmp_path / "page.png").size[0] > 500
-        driver.find_element(By.ID, "clear").click()
-        assert driver.find_element(By.ID, "prediction").text == "–"
-    finally:
-        driver.quit()
+    driver = chromium
+    driver.get(server)
+    pad = driver.find_element(By.ID, "pad")
+    assert driver.find_element(By.ID, "prediction").text == "–"
+    # A "7": the top bar, then the long diagonal (offsets from the pad's centre).
+    ActionChains(driver).move_to_element_with_offset(pad, -70, -90).click_and_hold() \
+        .move_by_offset(70, 0).move_by_offset(70, 0) \
+        .move_by_offset(-30, 60).move_by_offset(-30, 60).move_by_offset(-30, 60).release().perform()
+    WebDriverWait(driver, 30).until(lambda d: d.find_element(By.ID, "prediction").text.isdigit()
+                                    and d.find_element(By.ID, "seen").get_attribute("src"))
+    time.sleep(1)  # let the last stroke's request land
+    shown = int(driver.find_element(By.ID, "prediction").text)
+    percentages = [float(driver.find_element(By.ID, f"p-{d}").text.rstrip("%")) for d in range(10)]
+    # The page shows what the endpoint says for the pad as drawn.
+    drawing = driver.execute_script("return document.getElementById('pad').toDataURL('image/png');")
+    status, answer = post(server, json.dumps({"image": drawing}).encode())
+    assert status == 200 and shown == answer["label"] == int(np.argmax(percentages))
+    assert sum(percentages) == pytest.approx(100, abs=0.6)
+    assert driver.save_screenshot(str(tmp_path / "page.png"))
+    assert Image.open(tmp_path / "page.png").size[0] > 500
+    driver.find_element(By.ID, "clear").click()
+    assert driver.find_element(By.ID, "prediction").text == "–"

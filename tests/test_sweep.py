@@ -3,6 +3,7 @@ a second invocation resumes, two workers share one study, pruning happens, setup
 
 import dataclasses
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -331,3 +332,19 @@ def test_a_worker_starts_no_trial_once_the_last_start_has_passed(tmp_path):
     study = optuna.load_study(study_name="late", storage=sweep_study.open_storage(settings.storage_url))
     objective.worker_main(settings, 0)
     assert study.trials == []
+
+
+@pytest.mark.slow
+def test_a_sweeps_terminal_output_carries_no_library_warning(tmp_path):
+    """A new user's first sweep, as a subprocess with the terminal's two streams: nothing
+    from Optuna, MLflow, Keras or TensorFlow but what the project prints."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PYTHONWARNINGS"))}
+    result = subprocess.run([sys.executable, "-m", "sweeps.run", "--trials", "3", "--budget", "smoke",
+                             "--train-size", "300", "--max-epochs", "2", "--workers", "2"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=600, env=environment)
+    assert result.returncode == 0, result.stderr
+    lines = (result.stdout + result.stderr.replace("\r", "\n")).splitlines()
+    noise = [line for line in lines if "warn" in line.lower() or " INFO " in line or "I0000" in line]
+    assert noise == []
+    assert any("left, pruned" in line for line in lines)  # the progress bar's own time-left estimate
+    assert "3 trials" in result.stdout and "cores busy" in result.stdout
