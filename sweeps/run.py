@@ -308,7 +308,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     dataset = data.load(args.data)
     data.split(dataset, data.DEFAULT_SPLIT_SEED, budget.train_size)  # refuses a bad --train-size now
     storage_url = sweep_study.storage_url(args.storage)
-    storage = sweep_study.open_storage(storage_url)
+    storage = sweep_study.open_storage(storage_url, appends=True)
     uri = tracking.checked_uri(args.tracking_uri)
     tracking.ensure_experiment(uri, EXPERIMENT)
     fingerprint = records.fingerprint(dataset.sha256, budget, data.DEFAULT_SPLIT_SEED)

@@ -14,6 +14,7 @@ import optuna
 from harness import tracking
 from harness.budgets import Budget
 from harness.errors import UserError
+from sweeps import journal
 
 JOURNAL_NAME = "optuna.journal"
 DEFAULT_STUDY = "mnist-sweep"
@@ -33,13 +34,17 @@ def storage_url(requested: str | None) -> str:
     return requested or f"journal:{tracking.store_folder() / JOURNAL_NAME}"
 
 
-def open_storage(url: str) -> optuna.storages.BaseStorage:
+def open_storage(url: str, *, appends: bool = False) -> optuna.storages.BaseStorage:
+    """The storage at ``url``. ``appends``: this command is about to write to it, so a journal's
+    torn last record is set aside first (sweeps/journal.py)."""
     if url.startswith("journal:"):
         path = Path(url.removeprefix("journal:"))
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise UserError(f"cannot create the study folder {path.parent}: {error.strerror}") from None
+        if appends:
+            journal.set_aside_torn_tail(path)
         backend = optuna.storages.journal.JournalFileBackend(str(path))
         return optuna.storages.JournalStorage(backend)
     engine = {"pool_pre_ping": True}
@@ -122,6 +127,8 @@ def load_existing(name: str, url: str) -> optuna.Study:
     if url.startswith("journal:") and not Path(url.removeprefix("journal:")).is_file():
         raise UserError(f"no study named {name!r}: there is no study storage at {url.removeprefix('journal:')} "
                         "(run python -m sweeps.run first, or pass --storage)")
+    if url.startswith("journal:"):
+        journal.refuse_if_unreadable(Path(url.removeprefix("journal:")))
     storage = open_storage(url)
     try:
         names = optuna.study.get_all_study_names(storage)
