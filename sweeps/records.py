@@ -30,6 +30,7 @@ WORKER_RSS_MB = "worker_rss_mb"  # the worker's resident size before training, w
 STOP_CAUSE = "stop_cause"  # a StopCause value
 REASON = "reason"  # the same, in words, with the numbers (also an MLflow tag)
 LEGACY_PRICED_OUT = "priced_out"  # studies before stop_cause marked priced-out samples so
+RETRY_OF = "retry_of"  # on a retry: the number of the trial lost with its worker that it repeats
 
 # A trial's MLflow run tags (REASON and STOP_CAUSE too).
 STUDY_TAG = "optuna_study"
@@ -80,12 +81,21 @@ def priced_out(trials: list[FrozenTrial]) -> list[FrozenTrial]:
     return [t for t in trials if stop_cause(t) == StopCause.PRICED_OUT]
 
 
+def lost_first_time(trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    """Trials lost with their worker (killed, crashed, silent) that are not themselves retries:
+    each is retried once with the same params (sweeps.recovery)."""
+    return [t for t in trials if stop_cause(t) == StopCause.WORKER_LOST and RETRY_OF not in t.user_attrs]
+
+
 def counted_trials(trials: list[FrozenTrial], total: int) -> int:
-    """Trials that count toward --trials: all but those still waiting in the queue and those
-    priced over the cap, which cost a second and train nothing. Priced-out samples stop being
-    free after ``total`` of them, so a sweep whose space is mostly over its cap still ends."""
+    """Trials that count toward --trials: all but those still waiting in the queue, those
+    priced over the cap, which cost a second and train nothing, and those lost with their
+    worker the first time, whose retry counts instead (a crash costs time, not a sample; a
+    retry lost too counts, so a sweep whose workers keep dying still ends). Priced-out
+    samples stop being free after ``total`` of them, so a sweep whose space is mostly over
+    its cap still ends."""
     started = [t for t in trials if t.state != TrialState.WAITING]
-    return len(started) - min(len(priced_out(started)), total)
+    return len(started) - min(len(priced_out(started)), total) - len(lost_first_time(started))
 
 
 # --- The fingerprint -----------------------------------------------------------------------

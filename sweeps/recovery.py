@@ -1,5 +1,6 @@
 """Ends trials whose worker is gone (killed, crashed, or its machine lost), so none stays
-RUNNING forever: FAIL in Optuna and KILLED in MLflow, each with the reason.
+RUNNING forever: FAIL in Optuna and KILLED in MLflow, each with the reason; and retries each
+such trial once with the same params.
 
 A worker here that no longer exists is known at once from its process id. A worker on
 another machine is known by silence: an RDB storage fails trials whose heartbeat stopped
@@ -55,6 +56,24 @@ def end_orphaned_trials(study: optuna.Study, storage: optuna.storages.BaseStorag
             client.set_tag(run.info.run_id, key, value)
         client.set_terminated(run.info.run_id, "KILLED")
     return sorted(reasons)
+
+
+def retry_lost_trials(study: optuna.Study, storage: optuna.storages.BaseStorage, lock_path: str) -> list[int]:
+    """Enqueue, once, a trial with the same params (and baseline name) for each trial lost with
+    its worker, as Optuna's retry callbacks do for stale trials on an RDB storage; returns the
+    numbers of the trials retried here. A trial that failed by itself (an error, a NaN loss) is
+    not retried: it would fail again. Under the ask lock, so two invocations recovering the
+    same study enqueue one retry."""
+    with sweep_study.ask_lock(storage, study.study_name, lock_path):
+        trials = study.get_trials(deepcopy=False)
+        retried = {t.user_attrs[records.RETRY_OF] for t in trials if records.RETRY_OF in t.user_attrs}
+        lost = [t for t in records.lost_first_time(trials) if t.number not in retried]
+        for trial in lost:
+            attributes = {records.RETRY_OF: trial.number}
+            if records.BASELINE in trial.user_attrs:
+                attributes[records.BASELINE] = trial.user_attrs[records.BASELINE]
+            study.enqueue_trial(trial.params, user_attrs=attributes)
+    return [trial.number for trial in lost]
 
 
 def trial_run(client, study: optuna.Study, trial: FrozenTrial, experiment_id: str):

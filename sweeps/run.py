@@ -119,10 +119,13 @@ def parent_run(study: optuna.Study, args, uri: str, settings_tags: dict) -> str:
 
 
 def counts(trials: list[optuna.trial.FrozenTrial]) -> Counter:
-    """Trials by state; samples priced over the cap (PRUNED in Optuna) are counted apart."""
+    """Trials by state; samples priced over the cap (PRUNED in Optuna) and trials lost with
+    their worker and retried (FAIL) are counted apart."""
     over_cap = {t.number for t in records.priced_out(trials)}
-    states = Counter(t.state for t in trials if t.number not in over_cap)
+    lost = {t.number for t in records.lost_first_time(trials)}
+    states = Counter(t.state for t in trials if t.number not in over_cap | lost)
     states["over cap"] = len(over_cap)
+    states["lost"] = len(lost)
     return states
 
 
@@ -144,10 +147,12 @@ def _worker_process(settings: SweepSettings, worker_index: int) -> None:
     objective.worker_main(settings, worker_index)
 
 
-def supervise(study: optuna.Study, settings: SweepSettings, worker_count: int) -> Outcome:
+def supervise(study: optuna.Study, settings: SweepSettings, worker_count: int,
+              on_worker_lost: Callable[[], None] = lambda: None) -> Outcome:
     """Run the workers under a live progress bar (done, time left, pruned, failed, best so far),
     starting a fresh one whenever a worker has trained its share of trials and the study
-    still needs more.
+    still needs more. A worker that dies (killed, crashed) is replaced too, after
+    ``on_worker_lost`` has ended the trial it left running and queued its retry.
 
     Ctrl-C (or SIGTERM to this process) asks each worker to stop (SIGTERM): at its next
     batch it records its running trial as failed, with the reason, closes the trial's
@@ -207,15 +212,17 @@ def supervise(study: optuna.Study, settings: SweepSettings, worker_count: int) -
                             os.kill(worker.pid, signal.SIGTERM)
                 for worker in [w for w in workers if not w.is_alive()]:
                     workers.remove(worker)
-                    if worker.exitcode != 0:
+                    if worker.exitcode != 0 and not outcome.interrupted:
                         outcome.crashed.append(worker.exitcode)
-                    elif needs_more():  # it trained its share of trials
+                        on_worker_lost()
+                    if needs_more():  # it trained its share of trials, or died
                         workers.append(start_worker())
                 trials = study.get_trials(deepcopy=False)
                 states = counts(trials)
                 values = [t.value for t in trials if t.state == TrialState.COMPLETE]
                 best = f", best {max(values):.4f}" if values else ""
                 over_cap = f", over cap {states['over cap']}" if states["over cap"] else ""
+                over_cap += f", lost and retried {states['lost']}" if states["lost"] else ""
                 done = min(finished(states), total)
                 bar.set_postfix_str(f"{time_left.describe(done)}, pruned {states[TrialState.PRUNED]}, "
                                     f"failed {states[TrialState.FAIL]}{over_cap}{best}", refresh=False)
@@ -242,6 +249,7 @@ def summary(study: optuna.Study, args, budget_name: str, best_file: Path | None,
     trials = study.get_trials(deepcopy=False)
     states = counts(trials)
     over_cap = states.pop("over cap")
+    lost = states.pop("lost")
     unfinished = "".join(f", {states[state]} {state.name.lower()}" for state in (TrialState.RUNNING, TrialState.WAITING)
                          if states[state])
     lines = [f"Study {args.study!r}: {finished(states)} trials "
@@ -251,6 +259,9 @@ def summary(study: optuna.Study, args, budget_name: str, best_file: Path | None,
     if over_cap:
         lines.append(f"  and {over_cap} sampled networks priced over the {budget_name} budget's cap, "
                      "not trained (recorded as pruned; they do not count toward --trials)")
+    if lost:
+        lines.append(f"  and {lost} trials lost with their worker (killed or crashed), each retried once with "
+                     "the same params (recorded as failed; they do not count toward --trials)")
     baselines = {t.user_attrs[records.BASELINE]: t for t in trials if records.BASELINE in t.user_attrs}
     if baselines:
         lines.append("Baselines at this budget: " + ", ".join(
@@ -320,7 +331,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     client = tracking.client(uri)
     experiment_id = client.get_run(run_id).info.experiment_id
-    report_orphans(recovery.end_orphaned_trials(study, storage, client, experiment_id, run_id))
+    lock_path = str(tracking.store_folder() / "studies" / args.study / "ask.lock")
+
+    def recover() -> None:
+        report_orphans(recovery.end_orphaned_trials(study, storage, client, experiment_id, run_id))
+        report_retries(recovery.retry_lost_trials(study, storage, lock_path))
+
+    recover()
     wall_clock = f", {budget.sweep_seconds / 60:g} min a sweep" if budget.sweep_seconds else ""
     print(f"Study {args.study!r}: budget {budget.name} ({budget.train_size or 'all'} training images, "
           f"up to {budget.max_epochs} epochs, at most {budget.max_training_tflop:g} TFLOP and "
@@ -330,13 +347,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         study_name=args.study, storage_url=storage_url, tracking_uri=uri, experiment=EXPERIMENT,
         parent_run_id=run_id, total_trials=args.trials, sampler=args.sampler, pruner=args.pruner,
         seed=args.seed, budget=budget, data_path=args.data, split_seed=data.DEFAULT_SPLIT_SEED,
-        lock_path=str(tracking.store_folder() / "studies" / args.study / "ask.lock"),
-        last_start=last_start(invoked, args.timeout, budget), threads=threads)
+        lock_path=lock_path, last_start=last_start(invoked, args.timeout, budget), threads=threads)
     started = time.time()
     cpu_before = children_cpu_seconds()
-    outcome = supervise(study, settings, workers)
+    outcome = supervise(study, settings, workers, on_worker_lost=recover)
     cores_used = (children_cpu_seconds() - cpu_before) / max(time.time() - started, 1e-9)
-    report_orphans(recovery.end_orphaned_trials(study, storage, client, experiment_id, run_id))  # crashed workers'
+    recover()  # workers killed at the end
+    counted = records.counted_trials(study.get_trials(deepcopy=False), args.trials)
+    failed = bool(outcome.crashed) and counted < args.trials  # else the retries made up for them
 
     complete = study.get_trials(deepcopy=False, states=[TrialState.COMPLETE])
     client.log_metric(run_id, "worker_cpu_cores", cores_used)
@@ -345,12 +363,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         client.set_tag(run_id, "best_trial", str(study.best_trial.number))
     if outcome.interrupted:
         client.set_terminated(run_id, "KILLED")
-    elif outcome.crashed:
+    elif failed:
         client.set_terminated(run_id, "FAILED")
     elif not study.get_trials(deepcopy=False, states=[TrialState.RUNNING]):
         client.set_terminated(run_id, "FINISHED")  # else another invocation's workers are still at it
     print(summary(study, args, budget.name, write_best_params(study), uri, run_id, time.time() - started, cores_used))
-    counted = records.counted_trials(study.get_trials(deepcopy=False), args.trials)
     if (not outcome.interrupted and counted < args.trials and settings.last_start is not None
             and time.time() > settings.last_start):
         limit = (f"the {budget.name} budget's {budget.sweep_seconds / 60:g}-minute wall-clock"
@@ -363,10 +380,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted: run the same command again to go on to the requested total", file=sys.stderr)
         return 130
     if outcome.crashed:
-        print(f"error: {len(outcome.crashed)} worker(s) exited abnormally (exit codes {outcome.crashed}); "
-              "their trials were recorded as failed", file=sys.stderr)
-        return 1
-    return 0
+        print(f"{'error: ' if failed else ''}{len(outcome.crashed)} worker(s) exited abnormally (exit codes "
+              f"{outcome.crashed}); the trials they left running were recorded as failed and retried once",
+              file=sys.stderr)
+    return 1 if failed else 0
+
+
+def report_retries(numbers: list[int]) -> None:
+    if numbers:
+        print(f"Queued a retry of trial(s) {', '.join(map(str, numbers))} with the same params: a trial lost "
+              "with its worker does not count toward --trials", flush=True)
 
 
 def report_orphans(numbers: list[int]) -> None:

@@ -20,7 +20,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from sweeps import run as sweep_run, study as sweep_study
+from sweeps import records, run as sweep_run, study as sweep_study
 
 pytestmark = pytest.mark.slow  # sweeps in subprocesses, PostgreSQL, an mlflow server
 
@@ -83,13 +83,18 @@ def trials_and_runs(storage_url, study_name, tracking_uri):
     return study, runs
 
 
-def check_consistent(study, runs, total):
-    """The requested total, no duplicate numbers, one child run per trial, nothing RUNNING."""
+def check_consistent(study, runs, total, lost=0):
+    """The requested total (plus ``lost``, the trials lost with their worker, each retried once;
+    None: as many as there are), no duplicate numbers, one child run per trial, nothing RUNNING."""
     trials = study.get_trials()
-    assert len(trials) == total and sorted(t.number for t in trials) == list(range(total))
+    if lost is None:
+        lost = len(records.lost_first_time(trials))
+    assert records.counted_trials(trials, total) == total
+    assert len(trials) == total + lost and sorted(t.number for t in trials) == list(range(total + lost))
+    assert len(records.lost_first_time(trials)) == lost
     assert not [t.number for t in trials if t.state == TrialState.RUNNING]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    assert sorted(int(r.data.tags["optuna_trial_number"]) for r in children) == list(range(total))
+    assert sorted(int(r.data.tags["optuna_trial_number"]) for r in children) == list(range(total + lost))
     assert [r.info.run_name for r in runs if r.info.status == "RUNNING"] == []
     by_number = {int(r.data.tags["optuna_trial_number"]): r for r in children}
     for trial in trials:
@@ -106,12 +111,33 @@ def test_kill_9_mid_trial_then_the_same_command_recovers_and_completes(tmp_path)
     again = rerun(argv, tmp_path)
     assert again.returncode == 0, again.stderr
     assert f"Ended trial(s) {victim.number}: left running by a worker that is gone" in again.stdout
+    assert f"Queued a retry of trial(s) {victim.number} with the same params" in again.stdout
     study, runs = trials_and_runs(storage_url, "killed", f"sqlite:///{tmp_path}/mlruns/mlflow.db")
-    check_consistent(study, runs, 2)
+    check_consistent(study, runs, 2, lost=1)
+    [retry] = [t for t in study.trials if t.user_attrs.get("retry_of") == victim.number]
+    assert retry.params == study.trials[victim.number].params and retry.state != TrialState.FAIL
     killed = study.trials[victim.number]
     assert killed.state == TrialState.FAIL and "is gone: killed or crashed" in killed.user_attrs["reason"]
     run = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db").get_run(victim.user_attrs["mlflow_run_id"])
     assert run.info.status == "KILLED" and "is gone" in run.data.tags["reason"]
+
+
+def test_a_killed_worker_costs_time_not_a_sample(tmp_path):
+    argv = ["--trials", 2, "--study", "retried", *SLOW_SMOKE]
+    storage_url = f"journal:{tmp_path}/mlruns/optuna.journal"
+    process = start(argv, tmp_path)
+    victim = running_trial(storage_url, "retried", process)
+    os.kill(int(victim.user_attrs["worker"].rsplit(":", 1)[1]), signal.SIGKILL)  # the worker only
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err
+    assert "1 worker(s) exited abnormally" in err and "retried once" in err and "Traceback" not in err
+    assert f"Queued a retry of trial(s) {victim.number} with the same params" in out
+    assert "2 trials (" in out and "1 trials lost with their worker" in out
+    study, runs = trials_and_runs(storage_url, "retried", f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    check_consistent(study, runs, 2, lost=1)
+    [retry] = [t for t in study.trials if t.user_attrs.get("retry_of") == victim.number]
+    assert retry.params == study.trials[victim.number].params and retry.state != TrialState.FAIL
+    assert retry.user_attrs.get("baseline") == study.trials[victim.number].user_attrs.get("baseline")
 
 
 def test_ctrl_c_records_the_running_trial_and_a_second_one_quits_at_once(tmp_path):
@@ -140,7 +166,8 @@ def test_ctrl_c_records_the_running_trial_and_a_second_one_quits_at_once(tmp_pat
     assert process.returncode == 130 and time.time() - started < 5
     again = rerun(["--trials", 4, "--study", "stopped", *SLOW_SMOKE], tmp_path)
     assert again.returncode == 0, again.stderr
-    check_consistent(*trials_and_runs(storage_url, "stopped", uri), 4)
+    # Killed mid-trial, the trial may be left running: then it is lost, retried, and not counted.
+    check_consistent(*trials_and_runs(storage_url, "stopped", uri), 4, lost=None)
 
 
 # --- PostgreSQL ---------------------------------------------------------------------------
@@ -218,14 +245,16 @@ def test_kill_9_of_a_worker_on_postgresql_is_recovered(postgres, tmp_path):
     process = start(argv, tmp_path)
     victim = running_trial(storage, "crash", process)
     os.kill(int(victim.user_attrs["worker"].rsplit(":", 1)[1]), signal.SIGKILL)  # the worker only
-    out, err = process.communicate(timeout=120)
-    assert process.returncode == 1 and "exited abnormally" in err
-    assert f"Ended trial(s) {victim.number}" in out  # at once, by the command whose worker died
-    again = rerun(argv, tmp_path)
-    assert again.returncode == 0, again.stderr
+    out, err = process.communicate(timeout=300)
+    # At once, by the command whose worker died: the trial ended, retried, and the sweep goes on.
+    assert process.returncode == 0 and "1 worker(s) exited abnormally" in err and "error" not in err
+    assert f"Ended trial(s) {victim.number}" in out and f"Queued a retry of trial(s) {victim.number}" in out
+    assert "1 trials lost with their worker" in out
     study, runs = trials_and_runs(storage, "crash", uri)
-    check_consistent(study, runs, 2)
+    check_consistent(study, runs, 2, lost=1)
     assert study.trials[victim.number].state == TrialState.FAIL
+    [retry] = [t for t in study.trials if t.user_attrs.get("retry_of") == victim.number]
+    assert retry.params == study.trials[victim.number].params
 
 
 def test_a_wrong_database_password_is_one_line_without_the_password(postgres, tmp_path, run_command, monkeypatch):

@@ -20,7 +20,7 @@ import search_space
 from conftest import SMOKE
 from harness.backend import keras
 from harness.budgets import BUDGETS
-from sweeps import objective, records, run as sweep_run, study as sweep_study
+from sweeps import objective, records, recovery, run as sweep_run, study as sweep_study
 from sweeps.records import StopCause
 from sweeps.settings import SweepSettings
 
@@ -348,3 +348,28 @@ def test_a_sweeps_terminal_output_carries_no_library_warning(tmp_path):
     assert noise == []
     assert any("left, pruned" in line for line in lines)  # the progress bar's own time-left estimate
     assert "3 trials" in result.stdout and "cores busy" in result.stdout
+
+
+def test_only_a_trial_lost_with_its_worker_is_retried_and_only_once(tmp_path):
+    storage = sweep_study.open_storage(f"journal:{tmp_path}/optuna.journal")
+    study = optuna.create_study(study_name="retry", storage=storage, direction="maximize")
+    space = {"x": optuna.distributions.FloatDistribution(0, 1)}
+
+    def add(state, x, value=None, **attributes):
+        study.add_trial(optuna.trial.create_trial(state=state, params={"x": x}, distributions=space, value=value,
+                                                  user_attrs=attributes))
+
+    add(TrialState.COMPLETE, 0.1, 0.9, stop_cause="completed")
+    add(TrialState.FAIL, 0.2, stop_cause="error", reason="it raised")  # failed by itself
+    add(TrialState.FAIL, 0.3, stop_cause="worker_lost", reason="killed", baseline="lenet5")
+    add(TrialState.FAIL, 0.4, stop_cause="worker_lost", reason="killed again", retry_of=0)  # a lost retry
+    lock = str(tmp_path / "ask.lock")
+    assert recovery.retry_lost_trials(study, storage, lock) == [2]
+    assert recovery.retry_lost_trials(study, storage, lock) == []  # once, however often recovery runs
+    [queued] = study.get_trials(states=[TrialState.WAITING])
+    assert queued.system_attrs["fixed_params"] == {"x": 0.3}  # where Optuna keeps an enqueued trial's params
+    assert queued.user_attrs == {"retry_of": 2, "baseline": "lenet5"}
+    # Counted: the completed one, the one that failed by itself, the lost retry; not the first
+    # loss, nor its retry until it starts.
+    assert records.counted_trials(study.get_trials(), 10) == 3
+    assert sweep_run.counts(study.get_trials())["lost"] == 1
