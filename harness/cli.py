@@ -1,5 +1,5 @@
-"""The edge every command shares: the common flags, and one line plus exit code 2 for a
-user's mistake instead of a traceback."""
+"""The edge every command shares: the common flags, and one line instead of a traceback for
+a user's mistake (exit code 2) or a store that cannot be written (exit code 1)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from harness.budgets import BUDGETS
-from harness.errors import UserError
+from harness.errors import StoreUnwritable, UserError, store_failure
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -69,14 +69,27 @@ def add_store_arguments(parser: argparse.ArgumentParser) -> None:
                              "else sqlite:///mlruns/mlflow.db)")
 
 
+STORE_ADVICE = ("free some space (or raise the limit), then run the same command again: what was "
+                "recorded before is kept")
+
+
 def run(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None):
-    """Run a command's main; a UserError becomes one line on stderr and exit code 2."""
+    """Run a command's main; a UserError becomes one line on stderr and exit code 2, a store
+    that cannot be written (full disk, size limit, I/O error) one line and exit code 1."""
     try:
         status = main(argv)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    except StoreUnwritable as error:
+        print(f"error: {error}; {STORE_ADVICE}", file=sys.stderr)
+        sys.exit(1)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except Exception as error:
+        if (failure := store_failure(error)) is None:
+            raise
+        print(f"error: cannot write {failure}; {STORE_ADVICE}", file=sys.stderr)
+        sys.exit(1)
     sys.exit(status or 0)

@@ -57,19 +57,30 @@ def use_store(uri: str) -> None:
     MLflow 3.17.)"""
     import mlflow
 
+    quiet_store_logs()
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)  # models are registered in the same store as their runs
 
 
-def client(uri: str):
-    """An MLflow client of this store, for its runs and its Model Registry."""
+def quiet_store_logs() -> None:
+    """MLflow's SQL store announces a new database's schema at INFO, and logs each database
+    error with its traceback before raising it; the commands report the raised error in one
+    line, so neither belongs on the console."""
     import logging
 
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+
+
+def database_file(uri: str) -> str:
+    """How a store's database is named in messages: its file for SQLite."""
+    return uri.removeprefix("sqlite:///") if uri.startswith("sqlite:///") else "the MLflow database"
+
+
+def client(uri: str):
+    """An MLflow client of this store, for its runs and its Model Registry."""
     import mlflow
 
-    # A new SQLite store announces its schema creation at INFO on the console; only its
-    # warnings and errors belong in a command's output.
-    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+    quiet_store_logs()
 
     return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
 

@@ -23,8 +23,9 @@ from harness.errors import UserError
 
 def set_aside_torn_tail(path: Path) -> Path | None:
     """Move a torn last record out of the journal into a file beside it, under the journal's
-    lock; say so on stderr and return that file (None when the tail is whole). A journal
-    with a bad record before its last line is refused, untouched."""
+    lock; say so on stderr and return that file (None when the tail is whole, or when there
+    was no room to keep it: the journal is cut back to its last whole record all the same).
+    A journal with a bad record before its last line is refused, untouched."""
     if not path.is_file():
         return None
     lock = optuna.storages.journal.JournalFileSymlinkLock(str(path))  # what JournalFileBackend appends under
@@ -40,17 +41,17 @@ def set_aside_torn_tail(path: Path) -> Path | None:
         try:
             with open(aside, "ab") as handle:
                 handle.write(fragment)
-            with open(path, "r+b") as handle:
-                handle.truncate(whole)
-        except OSError as error:
-            raise UserError(f"{path} ends in a torn record ({len(fragment)} bytes) that could not be set "
-                            f"aside in {aside}: {error.strerror}; free some space, then run the same command "
-                            "again") from None
+            kept = f"are set aside in {aside}"
+        except OSError as error:  # a full disk: the fragment was never a record; the journal comes first
+            aside.unlink(missing_ok=True)
+            kept = f"could not be kept ({error.strerror})"
+        with open(path, "r+b") as handle:
+            handle.truncate(whole)
     finally:
         lock.release()
     print(f"{path}: its last record was cut short (by a crash, a full disk or a size limit); its "
-          f"{len(fragment)} bytes are set aside in {aside} and every complete record is kept", file=sys.stderr)
-    return aside
+          f"{len(fragment)} bytes {kept} and every complete record is kept", file=sys.stderr)
+    return aside if aside.exists() else None
 
 
 def refuse_if_unreadable(path: Path, content: bytes | None = None) -> None:

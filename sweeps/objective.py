@@ -7,14 +7,15 @@ Only this module of the sweep loads TensorFlow; the parent process starts it in 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
 import signal
 import socket
+import sys
 import threading
 import time
-from contextlib import contextmanager
 
 import mlflow
 import optuna
@@ -25,9 +26,10 @@ import train_trial
 from harness import backend, data, run_logging, tracking
 from harness.backend import keras
 from harness.budgets import Budget
+from harness.errors import StoreUnwritable, store_failure
 from sweeps import records, study as sweep_study
 from sweeps.records import StopCause
-from sweeps.settings import SweepSettings
+from sweeps.settings import STORE_FAILED_EXIT, SweepSettings
 
 # Set by SIGTERM (the parent's "stop": Ctrl-C, or the parent itself being stopped). A flag,
 # not an exception raised from the handler: the handler may run in the middle of a journal
@@ -101,7 +103,9 @@ def price(params: dict, train_images: int, budget: Budget) -> dict[str, float]:
             "training_tflop": 6 * train_trial.forward_multiply_adds(model) * train_images * epochs / 1e12}
 
 
-def worker_main(settings: SweepSettings, worker_index: int) -> None:
+def worker_main(settings: SweepSettings, worker_index: int, failures=None) -> None:
+    """A worker's life. ``failures``: a queue on which a store that cannot be written is
+    reported to the parent before the worker exits with STORE_FAILED_EXIT (None: raised)."""
     # Ctrl-C reaches every process of the terminal's group; the parent decides what it means
     # and asks workers to stop with SIGTERM, so one Ctrl-C is not taken twice.
     stop_requested.clear()
@@ -109,6 +113,11 @@ def worker_main(settings: SweepSettings, worker_index: int) -> None:
                 ((signal.SIGINT, signal.SIG_IGN), (signal.SIGTERM, lambda signum, frame: stop_requested.set()))}
     try:
         _work(settings, worker_index)
+    except StoreUnwritable as failure:
+        if failures is None:
+            raise
+        failures.put(str(failure))
+        sys.exit(STORE_FAILED_EXIT)
     finally:  # as they were, for a worker run in-process (tests)
         for number, handler in previous.items():
             signal.signal(number, handler)
@@ -134,7 +143,12 @@ def _work(settings: SweepSettings, worker_index: int) -> None:
         trial = next_trial(study, storage, settings)
         if trial is None:
             return
-        run_trial(study, storage, trial, settings, dataset, split)
+        try:
+            run_trial(study, storage, trial, settings, dataset, split)
+        except Exception as error:
+            if (failure := store_failure(error, tracking.database_file(settings.tracking_uri))) is None:
+                raise
+            raise StoreUnwritable(failure) from None
         keras.backend.clear_session()  # the next trial's layer names and graph start afresh
 
 
@@ -182,6 +196,11 @@ def run_trial(study: optuna.Study, storage: optuna.storages.BaseStorage, trial: 
         except optuna.TrialPruned as pruned:
             _finish(study, trial, params, StopCause.PRUNED, str(pruned) or "pruned")
         except Exception as error:  # the sweep goes on; the reason stays with the trial
+            if (failure := store_failure(error, tracking.database_file(settings.tracking_uri))) is not None:
+                # As far as the store still lets it; what it does not, the parent's recovery does.
+                with contextlib.suppress(Exception):
+                    _finish(study, trial, params, StopCause.STORE_FAILED, f"could not write {failure}")
+                raise
             _finish(study, trial, params, StopCause.ERROR,
                     f"{type(error).__name__}: {error}".splitlines()[0][:500])
         else:
@@ -206,6 +225,7 @@ _OUTCOMES = {
     StopCause.DIVERGED: (TrialState.FAIL, "FAILED"),
     StopCause.INTERRUPTED: (TrialState.FAIL, "KILLED"),
     StopCause.ERROR: (TrialState.FAIL, "FAILED"),
+    StopCause.STORE_FAILED: (TrialState.FAIL, "FAILED"),
 }
 
 
@@ -229,7 +249,7 @@ def _finish(study: optuna.Study, trial: optuna.Trial, params: dict, cause: StopC
         study.tell(trial, state=state)
 
 
-@contextmanager
+@contextlib.contextmanager
 def heartbeat(storage: optuna.storages.BaseStorage, study: optuna.Study, trial: optuna.Trial):
     """While the trial runs, tell a storage that tracks heartbeats (RDB) that its worker is
     alive, so a worker that dies on another machine has its trial failed once it falls silent."""

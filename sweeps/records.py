@@ -49,6 +49,7 @@ class StopCause(str, enum.Enum):
     DIVERGED = "diverged"  # its loss became NaN or infinite
     INTERRUPTED = "interrupted"  # the user stopped the sweep (Ctrl-C)
     WORKER_LOST = "worker_lost"  # its worker was killed, crashed, or fell silent
+    STORE_FAILED = "store_failed"  # a store could not be written (full disk, size limit, I/O error)
     ERROR = "error"  # anything else raised while it ran
 
 
@@ -81,10 +82,14 @@ def priced_out(trials: list[FrozenTrial]) -> list[FrozenTrial]:
     return [t for t in trials if stop_cause(t) == StopCause.PRICED_OUT]
 
 
+# Causes outside a trial's own code: such a trial is retried once with the same params.
+NOT_THE_TRIALS_FAULT = (StopCause.WORKER_LOST, StopCause.STORE_FAILED)
+
+
 def lost_first_time(trials: list[FrozenTrial]) -> list[FrozenTrial]:
-    """Trials lost with their worker (killed, crashed, silent) that are not themselves retries:
-    each is retried once with the same params (sweeps.recovery)."""
-    return [t for t in trials if stop_cause(t) == StopCause.WORKER_LOST and RETRY_OF not in t.user_attrs]
+    """Trials lost to their worker's end (killed, crashed, silent) or to a store that could not
+    be written, that are not themselves retries: each is retried once (sweeps.recovery)."""
+    return [t for t in trials if stop_cause(t) in NOT_THE_TRIALS_FAULT and RETRY_OF not in t.user_attrs]
 
 
 def counted_trials(trials: list[FrozenTrial], total: int) -> int:

@@ -76,6 +76,30 @@ def retry_lost_trials(study: optuna.Study, storage: optuna.storages.BaseStorage,
     return [trial.number for trial in lost]
 
 
+# Kept free in the stores' folder, and given back when a store fills up, so that the trials
+# in flight and the sweep's parent run can still be closed (SQLite needs room even to update
+# a row) and the command ends with nothing left RUNNING.
+SPACE_RESERVE = ".space-reserve"
+SPACE_RESERVE_BYTES = 1 << 20
+
+
+def reserve_space(folder: Path) -> None:
+    """Make sure the reserve is there; without room for it the sweep goes on without one."""
+    path = folder / SPACE_RESERVE
+    try:
+        if not path.is_file() or path.stat().st_size < SPACE_RESERVE_BYTES:
+            with open(path, "wb") as handle:
+                handle.write(bytes(SPACE_RESERVE_BYTES))  # written, so the blocks are really taken
+                handle.flush()
+                os.fsync(handle.fileno())
+    except OSError:
+        path.unlink(missing_ok=True)
+
+
+def release_space(folder: Path) -> None:
+    (folder / SPACE_RESERVE).unlink(missing_ok=True)
+
+
 def trial_run(client, study: optuna.Study, trial: FrozenTrial, experiment_id: str):
     """The trial's MLflow run, or None if its worker never started one."""
     if records.MLFLOW_RUN_ID in trial.user_attrs:

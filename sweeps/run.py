@@ -7,6 +7,7 @@ up to --trials.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
@@ -28,9 +29,9 @@ from optuna.trial import TrialState
 import search_space
 from harness import cli, data, tracking
 from harness.budgets import BUDGETS
-from harness.errors import UserError
-from sweeps import progress, records, recovery, study as sweep_study
-from sweeps.settings import SweepSettings
+from harness.errors import StoreUnwritable, UserError
+from sweeps import journal, progress, records, recovery, study as sweep_study
+from sweeps.settings import STORE_FAILED_EXIT, SweepSettings
 
 EXPERIMENT = "mnist-sweeps"
 DEFAULT_STUDY = sweep_study.DEFAULT_STUDY
@@ -137,14 +138,15 @@ def finished(states: Counter) -> int:
 class Outcome:
     crashed: list[int] = field(default_factory=list)  # exit codes of workers that died abnormally
     interrupted: bool = False  # stopped by Ctrl-C (or SIGTERM)
+    store_failure: str | None = None  # what a worker could not write, when one could not
 
 
-def _worker_process(settings: SweepSettings, worker_index: int) -> None:
+def _worker_process(settings: SweepSettings, worker_index: int, failures) -> None:
     """A worker process's entry point. Its import of the trial code (and so of TensorFlow)
     happens here, in the worker, never in the parent."""
     from sweeps import objective
 
-    objective.worker_main(settings, worker_index)
+    objective.worker_main(settings, worker_index, failures)
 
 
 def supervise(study: optuna.Study, settings: SweepSettings, worker_count: int,
@@ -163,18 +165,20 @@ def supervise(study: optuna.Study, settings: SweepSettings, worker_count: int,
 
     # Spawned, not forked: each worker gets a fresh TensorFlow runtime of its own.
     context = multiprocessing.get_context("spawn")
+    failures = context.SimpleQueue()  # what a worker could not write, before it exits
     started = 0
 
     def start_worker() -> multiprocessing.Process:
         nonlocal started
         # A new number for every process, so a replacement does not replay its sampler's seed.
-        worker = context.Process(target=_worker_process, args=(settings, started))
+        worker = context.Process(target=_worker_process, args=(settings, started, failures))
         started += 1
         worker.start()
         return worker
 
     def needs_more() -> bool:
-        return (not outcome.interrupted and (settings.last_start is None or time.time() < settings.last_start)
+        return (not outcome.interrupted and outcome.store_failure is None
+                and (settings.last_start is None or time.time() < settings.last_start)
                 and records.counted_trials(study.get_trials(deepcopy=False), total) < total)
 
     stop_signals: list[int] = []
@@ -212,7 +216,13 @@ def supervise(study: optuna.Study, settings: SweepSettings, worker_count: int,
                             os.kill(worker.pid, signal.SIGTERM)
                 for worker in [w for w in workers if not w.is_alive()]:
                     workers.remove(worker)
-                    if worker.exitcode != 0 and not outcome.interrupted:
+                    if worker.exitcode == STORE_FAILED_EXIT:
+                        if outcome.store_failure is None:  # the others stop too, recording what they can
+                            outcome.store_failure = failures.get() if not failures.empty() else "a store"
+                            for other in workers:
+                                if other.is_alive():
+                                    os.kill(other.pid, signal.SIGTERM)
+                    elif worker.exitcode != 0 and not outcome.interrupted and outcome.store_failure is None:
                         outcome.crashed.append(worker.exitcode)
                         on_worker_lost()
                     if needs_more():  # it trained its share of trials, or died
@@ -289,6 +299,15 @@ def summary(study: optuna.Study, args, budget_name: str, best_file: Path | None,
     return "\n".join(lines)
 
 
+def stores_folder_of(storage_url: str, tracking_uri: str) -> Path | None:
+    """The local folder of the sweep's stores (the journal's, else the SQLite database's)."""
+    if storage_url.startswith("journal:"):
+        return Path(storage_url.removeprefix("journal:")).parent
+    if tracking_uri.startswith("sqlite:///"):
+        return Path(tracking_uri.removeprefix("sqlite:///")).parent
+    return None
+
+
 def children_cpu_seconds() -> float:
     """CPU time of this process's finished children (the workers, once joined)."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -321,6 +340,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     storage_url = sweep_study.storage_url(args.storage)
     storage = sweep_study.open_storage(storage_url, appends=True)
     uri = tracking.checked_uri(args.tracking_uri)
+    stores_folder = stores_folder_of(storage_url, uri)
+    if stores_folder is not None:
+        recovery.reserve_space(stores_folder)
     tracking.ensure_experiment(uri, EXPERIMENT)
     fingerprint = records.fingerprint(dataset.sha256, budget, data.DEFAULT_SPLIT_SEED)
     tags = {"optuna_storage": sweep_study.redact(storage_url), "sweep.trials": str(args.trials),
@@ -352,6 +374,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     cpu_before = children_cpu_seconds()
     outcome = supervise(study, settings, workers, on_worker_lost=recover)
     cores_used = (children_cpu_seconds() - cpu_before) / max(time.time() - started, 1e-9)
+    if outcome.store_failure is not None:
+        # The workers are gone; the reserve makes room to close what they left open.
+        if stores_folder is not None:
+            recovery.release_space(stores_folder)
+        with contextlib.suppress(Exception):
+            recover()
+        with contextlib.suppress(Exception):
+            client.set_terminated(run_id, "FAILED")
+        if storage_url.startswith("journal:"):
+            journal.set_aside_torn_tail(Path(storage_url.removeprefix("journal:")))
+        raise StoreUnwritable(f"cannot write {outcome.store_failure}")
     recover()  # workers killed at the end
     counted = records.counted_trials(study.get_trials(deepcopy=False), args.trials)
     failed = bool(outcome.crashed) and counted < args.trials  # else the retries made up for them

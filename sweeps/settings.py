@@ -13,6 +13,9 @@ from harness.budgets import Budget
 # process is the one portable way to give them back. Over 8 smoke trials a worker grew
 # 20-256 MB after its first (RESULTS.md, structure); starting one costs about 15 s here.
 TRIALS_PER_PROCESS = 8
+# A worker that could not write a store (full disk, file-size limit, I/O error) stops with this
+# exit code (sysexits' EX_IOERR), after putting the reason on the queue the parent gave it.
+STORE_FAILED_EXIT = 74
 
 
 @dataclass(frozen=True)
