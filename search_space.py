@@ -91,6 +91,19 @@ def suggest(trial: optuna.trial.BaseTrial) -> dict:
     return params
 
 
+def describe(params: dict) -> str:
+    """A one-line recipe: enough to tell trials apart in a table or a run's name."""
+    if params["family"] == "mlp":
+        body = f"MLP {params['dense_layers']}x{params['dense_units']}"
+    else:
+        blocks = "-".join(f"{params[f'block{b}_convs']}x{params[f'block{b}_filters']}"
+                          for b in range(1, params["conv_blocks"] + 1))
+        body = f"CNN {blocks} {params['downsample']}{' BN' if params['batch_norm'] else ''}"
+    augmented = any(params.get(k) for k in ("rotation", "zoom", "shift"))
+    return (f"{body}, {params['activation']}, {params['optimizer']} {learning_rate(params):.2g} "
+            f"{params['lr_schedule']}, batch {params['batch_size']}{', augmented' if augmented else ''}")
+
+
 def learning_rate(params: dict) -> float:
     """The initial learning rate, whichever optimizer's parameter holds it (before search
     space 3, SGD's was ``learning_rate`` too)."""

@@ -97,6 +97,21 @@ def _add(model: keras.Sequential, layer, block: int) -> None:
                           f"({str(error).splitlines()[0]})") from None
 
 
+def layer_table(model: keras.Model) -> list[tuple[str, str]]:
+    """Each layer's kind and what it puts out (per image), for a run's description."""
+    rows = []
+    for layer in model.layers:
+        kind = type(layer).__name__
+        if isinstance(layer, keras.layers.Conv2D):
+            kind += f" {layer.filters} {'x'.join(map(str, layer.kernel_size))} {layer.padding}"
+        elif isinstance(layer, keras.layers.Dense):
+            kind += f" {layer.units}"
+        elif isinstance(layer, keras.layers.Dropout):
+            kind += f" {layer.rate:g}"
+        rows.append((kind, "x".join(str(d) for d in layer.output.shape[1:])))
+    return rows
+
+
 def forward_multiply_adds(model: keras.Model) -> int:
     """Multiply-adds of one image's forward pass through the convolutions and dense layers,
     which carry nearly all the arithmetic (training costs about three times this, times two
@@ -248,6 +263,7 @@ def log_trial(params: dict, dataset: data.Dataset, split: data.Split, budget: Bu
 
     mlflow.log_params({k: json.dumps(v) if isinstance(v, dict) else v for k, v in params.items()})
     mlflow.log_dict(params, "params.json")
+    run_logging.log_training_inputs(dataset, split)
     result = train(params, split, budget, seed=seed, verbose=verbose,
                    callbacks=[run_logging.MlflowEpochLogger(), *callbacks])
     metrics = {
@@ -263,6 +279,7 @@ def log_trial(params: dict, dataset: data.Dataset, split: data.Split, budget: Bu
         return result, metrics
     if evaluate_on_test:
         metrics.update(evaluate_test(result.model, dataset))
+        run_logging.log_test_input(dataset)
     mlflow.log_metrics(metrics)
     run_logging.log_artifacts(result.model, result.history, result.validation_probabilities, split, title)
     return result, metrics

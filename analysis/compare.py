@@ -128,19 +128,6 @@ def measured_test_accuracy(client: mlflow.MlflowClient, name: str) -> str:
     return f"{statistics.mean(values):.4f}{spread} ({budget}, {len(values)} seed{'s' * (len(values) > 1)})"
 
 
-def describe(params: dict) -> str:
-    """A one-line recipe: enough to tell trials apart in a table."""
-    if params["family"] == "mlp":
-        body = f"MLP {params['dense_layers']}x{params['dense_units']}"
-    else:
-        blocks = "-".join(f"{params[f'block{b}_convs']}x{params[f'block{b}_filters']}"
-                          for b in range(1, params["conv_blocks"] + 1))
-        body = f"CNN {blocks} {params['downsample']}{' BN' if params['batch_norm'] else ''}"
-    augmented = any(params.get(k) for k in ("rotation", "zoom", "shift"))
-    return (f"{body}, {params['activation']}, {params['optimizer']} {search_space.learning_rate(params):.2g} "
-            f"{params['lr_schedule']}, batch {params['batch_size']}{', augmented' if augmented else ''}")
-
-
 def cell(value, digits: int = 0) -> str:
     if value is None:
         return "-"
@@ -169,7 +156,7 @@ def top_table(top: list[Row], best_baseline: Row | None) -> list[str]:
     for rank, row in enumerate(top, 1):
         difference = (f"{(row.trial.value - best_baseline.trial.value) * 100:+.2f}"
                       if best_baseline else "-")
-        lines.append(f"| {rank} | {row.label} | {row.trial.value:.4f} | {difference} | {describe(row.trial.params)} | "
+        lines.append(f"| {rank} | {row.label} | {row.trial.value:.4f} | {difference} | {search_space.describe(row.trial.params)} | "
                      f"{cell(row.metric('param_count'))} | {cell(row.training_seconds)} | {row.epochs} | "
                      f"{row.run.info.run_id if row.run else '-'} |")
     return lines

@@ -61,6 +61,7 @@ class Split:
     y_val: np.ndarray
     seed: int
     validation_sha256: str  # digest of the validation indices: proves two runs used one split
+    train_sha256: str  # digest of the training indices (a --train-size subset differs from all)
     pixel_mean: float  # of the training images, for standardized inputs
     pixel_std: float
 
@@ -240,8 +241,9 @@ def split(dataset: Dataset, seed: int = DEFAULT_SPLIT_SEED, train_size: int | No
                             "(the training images left after the validation split)")
         rest = rest[stratified_sample(labels[rest], train_size, rng)]
     x_train = dataset.x_train[rest]
-    return Split(x_train, labels[rest], dataset.x_train[validation], labels[validation],
-                 seed, _sha256(validation.astype(np.int64)), float(x_train.mean()), float(x_train.std()))
+    return Split(x_train, labels[rest], dataset.x_train[validation], labels[validation], seed,
+                 _sha256(validation.astype(np.int64)), _sha256(rest.astype(np.int64)),
+                 float(x_train.mean()), float(x_train.std()))
 
 
 def stratified_sample(labels: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:

@@ -8,7 +8,7 @@ import platform
 import subprocess
 from importlib import metadata
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import quote, urlparse
 
 from harness.errors import UserError
 
@@ -17,6 +17,8 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # The Model Registry entry the sweep registers its winner under, and what predict and serve load.
 REGISTERED_MODEL = "mnist-digits"
 CHAMPION_ALIAS = "champion"
+# The address the README's `mlflow ui` command serves a local store on.
+LOCAL_UI = "http://127.0.0.1:5000"
 VERSIONED_PACKAGES = ("tensorflow", "keras", "optuna", "mlflow", "numpy")
 # Read once, at import: mlflow.set_tracking_uri() writes this variable too, and a later
 # command in the same process must not inherit the previous one's store.
@@ -60,6 +62,21 @@ def use_store(uri: str) -> None:
     quiet_store_logs()
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)  # models are registered in the same store as their runs
+
+
+def ui_base(tracking_uri: str) -> str:
+    """Where the MLflow UI of this store is: the server itself, or the README's `mlflow ui`."""
+    return tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else LOCAL_UI
+
+
+def run_link(tracking_uri: str, experiment_id: str, run_id: str) -> str:
+    return f"{ui_base(tracking_uri)}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def ranked_link(tracking_uri: str, experiment_id: str) -> str:
+    """The experiment's runs, best validation accuracy first (every trial, and the baselines)."""
+    key = quote("metrics.`validation_accuracy`", safe=".")
+    return f"{ui_base(tracking_uri)}/#/experiments/{experiment_id}/runs?orderByKey={key}&orderByAsc=false"
 
 
 def quiet_store_logs() -> None:

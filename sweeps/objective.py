@@ -95,9 +95,8 @@ class TimeShare(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-def price(params: dict, train_images: int, budget: Budget) -> dict[str, float]:
+def price(model: keras.Model, params: dict, train_images: int, budget: Budget) -> dict[str, float]:
     """The network's size and its training arithmetic at this budget, before any training."""
-    model = train_trial.build_model(params)
     epochs = min(params["epochs"], budget.max_epochs)
     return {"param_count": model.count_params(),
             "training_tflop": 6 * train_trial.forward_multiply_adds(model) * train_images * epochs / 1e12}
@@ -168,21 +167,28 @@ def run_trial(study: optuna.Study, storage: optuna.storages.BaseStorage, trial: 
     params = search_space.suggest(trial)
     baseline = trial.user_attrs.get(records.BASELINE)
     name = records.label(trial)
+    recipe = search_space.describe(params)
     tags = {**run_logging.run_tags(dataset, split, settings.budget, seed=settings.seed, baseline=baseline),
-            **records.trial_run_tags(settings.study_name, trial.number, settings.parent_run_id)}
+            **records.trial_run_tags(settings.study_name, trial.number, settings.parent_run_id),
+            # The runs table's Source column (a worker's own command line is multiprocessing's).
+            "mlflow.source.name": "python -m sweeps.run", "mlflow.source.type": "LOCAL"}
     trial.set_user_attr(records.WORKER, f"{socket.gethostname()}:{os.getpid()}")  # first: recovery reads it
-    with mlflow.start_run(run_name=name, tags=tags) as run, heartbeat(storage, study, trial):
+    with mlflow.start_run(run_name=f"{name}: {recipe}", tags=tags) as run, heartbeat(storage, study, trial):
         trial.set_user_attr(records.MLFLOW_RUN_ID, run.info.run_id)
         if (resident := resident_megabytes()) is not None:
             trial.set_user_attr(records.WORKER_RSS_MB, resident)
+        note = ""
         try:
-            priced = price(params, len(split.y_train), settings.budget)
+            model = train_trial.build_model(params)
+            note = records.trial_note(name, settings.study_name, recipe, train_trial.layer_table(model))
+            priced = price(model, params, len(split.y_train), settings.budget)
+            del model
             mlflow.log_metrics(priced)
             cost = priced["training_tflop"]
             # Baselines are the sweep's comparison points, so they train even when priced over
             # the cap; the time share still bounds them.
             if cost > settings.budget.max_training_tflop and not baseline:
-                _finish(study, trial, params, StopCause.PRICED_OUT,  # told PRUNED: TPE learns to avoid the region
+                _finish(study, trial, params, note, StopCause.PRICED_OUT,  # told PRUNED: TPE learns to avoid the region
                         f"priced at {cost:.1f} TFLOP of training, over the {settings.budget.name} "
                         f"budget's {settings.budget.max_training_tflop:g}; not trained")
                 return
@@ -192,36 +198,38 @@ def run_trial(study: optuna.Study, storage: optuna.storages.BaseStorage, trial: 
                 params, dataset, split, settings.budget, seed=settings.seed, title=name,
                 callbacks=[StopWhenAsked(), ReportToPruner(trial, epochs), time_share])
         except Interrupted:
-            _finish(study, trial, params, StopCause.INTERRUPTED, "interrupted by the user (Ctrl-C)")
+            _finish(study, trial, params, note, StopCause.INTERRUPTED, "interrupted by the user (Ctrl-C)")
         except optuna.TrialPruned as pruned:
-            _finish(study, trial, params, StopCause.PRUNED, str(pruned) or "pruned")
+            _finish(study, trial, params, note, StopCause.PRUNED, str(pruned) or "pruned")
         except Exception as error:  # the sweep goes on; the reason stays with the trial
             if (failure := store_failure(error, tracking.database_file(settings.tracking_uri))) is not None:
                 # As far as the store still lets it; what it does not, the parent's recovery does.
                 with contextlib.suppress(Exception):
-                    _finish(study, trial, params, StopCause.STORE_FAILED, f"could not write {failure}")
+                    _finish(study, trial, params, note, StopCause.STORE_FAILED, f"could not write {failure}")
                 raise
-            _finish(study, trial, params, StopCause.ERROR,
+            _finish(study, trial, params, note, StopCause.ERROR,
                     f"{type(error).__name__}: {error}".splitlines()[0][:500])
         else:
             if result.diverged:
-                _finish(study, trial, params, StopCause.DIVERGED,
+                _finish(study, trial, params, note, StopCause.DIVERGED,
                         f"loss diverged (NaN or inf) in epoch {result.epochs_run}")
             elif time_share.stopped_after is not None:
-                _finish(study, trial, params, StopCause.TIME_SHARE,
+                _finish(study, trial, params, note, StopCause.TIME_SHARE,
                         f"stopped in epoch {result.epochs_run} at its time share of "
                         f"{time_share.seconds:.0f} s; best epoch {result.best_epoch} kept",
                         value=metrics["validation_accuracy"])
             else:
-                _finish(study, trial, params, StopCause.COMPLETED, None, value=metrics["validation_accuracy"])
+                _finish(study, trial, params, note, StopCause.COMPLETED, None, value=metrics["validation_accuracy"])
 
 
-# The Optuna state and MLflow run status each stop cause is recorded with.
+# The Optuna state and MLflow run status each stop cause is recorded with. A pruned trial's
+# run ends FINISHED: it did what the sweep asked of it, and the MLflow UI draws KILLED with the
+# same red cross as a crash (its optuna_state tag says PRUNED).
 _OUTCOMES = {
     StopCause.COMPLETED: (TrialState.COMPLETE, "FINISHED"),
     StopCause.TIME_SHARE: (TrialState.COMPLETE, "FINISHED"),
-    StopCause.PRUNED: (TrialState.PRUNED, "KILLED"),
-    StopCause.PRICED_OUT: (TrialState.PRUNED, "KILLED"),
+    StopCause.PRUNED: (TrialState.PRUNED, "FINISHED"),
+    StopCause.PRICED_OUT: (TrialState.PRUNED, "FINISHED"),
     StopCause.DIVERGED: (TrialState.FAIL, "FAILED"),
     StopCause.INTERRUPTED: (TrialState.FAIL, "KILLED"),
     StopCause.ERROR: (TrialState.FAIL, "FAILED"),
@@ -229,15 +237,17 @@ _OUTCOMES = {
 }
 
 
-def _finish(study: optuna.Study, trial: optuna.Trial, params: dict, cause: StopCause,
+def _finish(study: optuna.Study, trial: optuna.Trial, params: dict, note: str, cause: StopCause,
             reason: str | None, value: float | None = None) -> None:
-    """Record how the trial ended: its cause and reason on both sides, its MLflow run closed,
-    then Optuna told (last, so a trial is never finished in Optuna with its run still open)."""
+    """Record how the trial ended: its cause and reason on both sides, the run's description
+    completed, its MLflow run closed, then Optuna told (last, so a trial is never finished in
+    Optuna with its run still open)."""
     state, run_status = _OUTCOMES[cause]
     if state != TrialState.COMPLETE:  # also for trials stopped before log_trial logged their params
         mlflow.log_params(params)  # (re-logging equal values is allowed)
     trial.set_user_attr(records.STOP_CAUSE, cause.value)
-    tags = {records.STATE_TAG: state.name, records.STOP_CAUSE: cause.value}
+    tags = {records.STATE_TAG: state.name, records.STOP_CAUSE: cause.value,
+            records.NOTE_TAG: records.trial_note_ending(note, cause, reason, value)}
     if reason is not None:
         trial.set_user_attr(records.REASON, reason)
         tags[records.REASON] = reason

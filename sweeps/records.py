@@ -36,8 +36,10 @@ RETRY_OF = "retry_of"  # on a retry: the number of the trial lost with its worke
 STUDY_TAG = "optuna_study"
 TRIAL_NUMBER_TAG = "optuna_trial_number"
 STATE_TAG = "optuna_state"
-# MLflow's own tag that nests a run under another in the UI (mlflow.utils.mlflow_tags).
+# MLflow's own tags (mlflow.utils.mlflow_tags): the one that nests a run under another in the
+# UI, and the run's Description (markdown).
 PARENT_RUN_TAG = "mlflow.parentRunId"
+NOTE_TAG = "mlflow.note.content"
 
 
 class StopCause(str, enum.Enum):
@@ -74,6 +76,19 @@ def label(trial: FrozenTrial | optuna.Trial) -> str:
 def trial_run_tags(study_name: str, trial_number: int, parent_run_id: str) -> dict[str, str]:
     """The tags that tie a trial's MLflow run to its study, its trial and the parent run."""
     return {PARENT_RUN_TAG: parent_run_id, STUDY_TAG: study_name, TRIAL_NUMBER_TAG: str(trial_number)}
+
+
+def trial_note(label_: str, study_name: str, recipe: str, layers: list[tuple[str, str]]) -> str:
+    """The head of a trial run's Description: what the network is, layer by layer."""
+    rows = "\n".join(f"| {layer} | {shape} |" for layer, shape in layers)
+    return (f"**{label_}** of study `{study_name}`: {recipe}\n\n"
+            f"| layer | output |\n| --- | --- |\n{rows}\n")
+
+
+def trial_note_ending(note: str, cause: StopCause, reason: str | None, value: float | None) -> str:
+    """The Description once the trial has ended: how it stopped, with the reason."""
+    result = f"; validation accuracy {value:.4f}" if value is not None else ""
+    return f"{note}\n**How it stopped:** `{cause.value}`{result}" + (f": {reason}" if reason else "") + "\n"
 
 
 # --- Counting ------------------------------------------------------------------------------

@@ -160,7 +160,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     client = tracking.client(uri)
     for seed_run in runs:  # once per model, after every decision that uses validation
         seed_run.test_accuracy = train_trial.evaluate_test(seed_run.result.model, dataset)["test_accuracy"]
-        client.log_metric(seed_run.run_id, "test_accuracy", seed_run.test_accuracy)
+        with mlflow.start_run(run_id=seed_run.run_id):  # reopened to record what it was tested on
+            mlflow.log_metric("test_accuracy", seed_run.test_accuracy)
+            run_logging.log_test_input(dataset)
     tests = [r.test_accuracy for r in runs]
     print(f"Test accuracy over {len(runs)} seed(s), evaluated once each: {mean_and_sd(tests)}")
 
@@ -171,6 +173,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "test_accuracy": f"{best.test_accuracy:.4f}"})
     print(f"Registered seed {best.seed} (best validation accuracy) as {args.model_name} version {version}, "
           f"alias @{ALIAS}: mlflow.keras.load_model(\"models:/{args.model_name}@{ALIAS}\")")
+    experiment_id = client.get_run(best.run_id).info.experiment_id
+    print(f"MLflow: the seeds' runs, best validation accuracy first: {tracking.ranked_link(uri, experiment_id)}; "
+          f"the registered model: {tracking.ui_base(uri)}/#/models/{args.model_name}")
     return 0
 
 

@@ -30,7 +30,7 @@ import search_space
 from harness import cli, data, tracking
 from harness.budgets import BUDGETS
 from harness.errors import StoreUnwritable, UserError
-from sweeps import journal, progress, records, recovery, study as sweep_study
+from sweeps import front_page, journal, progress, records, recovery, study as sweep_study
 from sweeps.settings import STORE_FAILED_EXIT, SweepSettings
 
 EXPERIMENT = "mnist-sweeps"
@@ -293,9 +293,11 @@ def summary(study: optuna.Study, args, budget_name: str, best_file: Path | None,
         storage += f" --tracking-uri {args.tracking_uri}" if args.tracking_uri else ""
         lines.append(f"Check it over seeds and register it: python -m sweeps.reproduce --study {args.study}{storage}")
         lines.append(f"Compare it with the baselines: python -m analysis.compare --study {args.study}{storage}")
-    lines.append(f"MLflow: experiment {EXPERIMENT!r}, parent run {parent_run_id} at {uri}; "
-                 + (f"open {uri} in a browser" if uri.startswith(("http://", "https://")) else
-                    f"browse with: mlflow ui --backend-store-uri {uri} --host 127.0.0.1"))
+    experiment_id = tracking.client(uri).get_run(parent_run_id).info.experiment_id
+    if not uri.startswith(("http://", "https://")):
+        lines.append(f"MLflow: start its UI with  mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000")
+    lines.append(f"  the sweep's page (leaderboard, plots): {tracking.run_link(uri, experiment_id, parent_run_id)}")
+    lines.append(f"  every run, best validation accuracy first: {tracking.ranked_link(uri, experiment_id)}")
     return "\n".join(lines)
 
 
@@ -400,6 +402,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         client.set_terminated(run_id, "FAILED")
     elif not study.get_trials(deepcopy=False, states=[TrialState.RUNNING]):
         client.set_terminated(run_id, "FINISHED")  # else another invocation's workers are still at it
+    front_page.write(study, client, run_id, uri, experiment_id)
     print(summary(study, args, budget.name, write_best_params(study), uri, run_id, time.time() - started, cores_used))
     if (not outcome.interrupted and counted < args.trials and settings.last_start is not None
             and time.time() > settings.last_start):

@@ -24,7 +24,7 @@ from sweeps import objective, records, recovery, run as sweep_run, study as swee
 from sweeps.records import StopCause
 from sweeps.settings import SweepSettings
 
-MLFLOW_STATUS = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "KILLED", TrialState.FAIL: "FAILED"}
+MLFLOW_STATUS = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "FINISHED", TrialState.FAIL: "FAILED"}
 
 
 def load(folder, name="mnist-sweep"):

@@ -1,0 +1,114 @@
+"""The sweep's parent run as its front page in the MLflow UI: a leaderboard as the run's
+Description (with links to the best runs and to all runs ranked), and Optuna's plots
+(interactive HTML and PNG) as its artifacts.
+
+Written at the end of every invocation, so a resumed sweep's page is current.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+import search_space
+from harness import tracking
+from sweeps import records
+
+LEADERS = 10
+PLOTS_FOLDER = "sweep_plots"
+def leaderboard(study: optuna.Study, tracking_uri: str, experiment_id: str) -> str:
+    """The Description: best trials, the baselines, the stop causes counted, and links."""
+    trials = study.get_trials(deepcopy=False)
+    complete = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value, reverse=True)
+
+    def linked(trial: optuna.trial.FrozenTrial) -> str:
+        run_id = trial.user_attrs.get(records.MLFLOW_RUN_ID)
+        name = records.label(trial)
+        return f"[{name}]({tracking.run_link(tracking_uri, experiment_id, run_id)})" if run_id else name
+
+    lines = [f"# Sweep `{study.study_name}`", ""]
+    if complete:
+        best = complete[0]
+        lines += [f"**Best: {records.label(best)}, validation accuracy {best.value:.4f}** "
+                  f"({search_space.describe(best.params)}). "
+                  f"[All runs ranked by validation accuracy]({tracking.ranked_link(tracking_uri, experiment_id)}); "
+                  f"the best retrained over seeds and registered: `python -m sweeps.reproduce --study "
+                  f"{study.study_name}` ([models]({tracking.ui_base(tracking_uri)}/#/models/{tracking.REGISTERED_MODEL})).", ""]
+        lines += ["| rank | trial | validation accuracy | network and training |", "| --- | --- | --- | --- |"]
+        lines += [f"| {rank} | {linked(t)} | {t.value:.4f} | {search_space.describe(t.params)} |"
+                  for rank, t in enumerate(complete[:LEADERS], start=1)]
+    else:
+        lines.append("No trial has completed yet.")
+    baselines = {t.user_attrs[records.BASELINE]: t for t in trials if records.BASELINE in t.user_attrs}
+    if baselines:
+        lines += ["", "| baseline | validation accuracy | how it stopped |", "| --- | --- | --- |"]
+        for name in search_space.BASELINES:
+            if (trial := baselines.get(name)) is not None:
+                value = f"{trial.value:.4f}" if trial.value is not None else "-"
+                cause = records.stop_cause(trial)
+                lines.append(f"| {linked(trial)} | {value} | {cause.value if cause else trial.state.name.lower()} |")
+    causes = Counter(cause.value for t in trials if (cause := records.stop_cause(t)) is not None)
+    lines += ["", "Trials by how they stopped: " + ", ".join(f"{cause} {count}" for cause, count in causes.most_common())
+              + f". Plots: the `{PLOTS_FOLDER}` artifacts (open `optuna_plots.html`)."]
+    return "\n".join(lines) + "\n"
+
+
+def write(study: optuna.Study, client, run_id: str, tracking_uri: str, experiment_id: str) -> None:
+    """Set the parent run's Description and replace its plots."""
+    client.set_tag(run_id, records.NOTE_TAG, leaderboard(study, tracking_uri, experiment_id))
+    with tempfile.TemporaryDirectory() as folder:
+        if save_plots(study, Path(folder)):
+            client.log_artifacts(run_id, folder, PLOTS_FOLDER)
+
+
+def save_plots(study: optuna.Study, folder: Path) -> bool:
+    """Optuna's four plots of the study: one interactive HTML page (plotly.js embedded once, so it
+    opens without a network) and a PNG each. False when no trial has completed."""
+    if not study.get_trials(deepcopy=False, states=[TrialState.COMPLETE]):
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna import visualization
+    from optuna.visualization import matplotlib as static
+
+    complete = study.get_trials(deepcopy=False, states=[TrialState.COMPLETE])
+    # Parallel coordinates over the settings every completed trial has (the space is conditional).
+    shared = [name for name in complete[0].params if all(name in t.params for t in complete)]
+    sections = []
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # its plots log a warning per conditional parameter
+    # Optuna marks its matplotlib plots experimental; its matplotlib style stays inside the context.
+    with warnings.catch_warnings(), plt.style.context("default"):
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        # Matplotlib's note when an axis spans one value (one rung, one trial): the plot is right.
+        warnings.filterwarnings("ignore", "Attempting to set identical low and high", UserWarning)
+        evaluator = optuna.importance.PedAnovaImportanceEvaluator()  # as analysis.compare reports
+        plots = {
+            "optimization_history": (visualization.plot_optimization_history, static.plot_optimization_history, {}),
+            "param_importances": (visualization.plot_param_importances, static.plot_param_importances,
+                                  {"evaluator": evaluator}),
+            "parallel_coordinate": (visualization.plot_parallel_coordinate, static.plot_parallel_coordinate,
+                                    {"params": shared}),
+            "intermediate_values": (visualization.plot_intermediate_values, static.plot_intermediate_values, {}),
+        }
+        for name, (interactive, still, options) in plots.items():
+            try:
+                figure = interactive(study, **options)
+                axes = still(study, **options)
+            except Exception:  # e.g. importances of too few trials: the page goes without that plot
+                continue
+            sections.append(figure.to_html(full_html=False, include_plotlyjs=not sections))
+            axes.figure.savefig(folder / f"{name}.png", dpi=100, bbox_inches="tight")
+            plt.close(axes.figure)
+    optuna.logging.set_verbosity(verbosity)
+    (folder / "optuna_plots.html").write_text(
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{study.study_name}: Optuna plots</title>"
+        f"</head><body>{''.join(sections)}</body></html>\n")
+    return True
