@@ -81,11 +81,14 @@ def ranked_link(tracking_uri: str, experiment_id: str) -> str:
 
 def quiet_store_logs() -> None:
     """MLflow's SQL store announces a new database's schema at INFO, and logs each database
-    error with its traceback before raising it; the commands report the raised error in one
-    line, so neither belongs on the console."""
+    error with its traceback before raising it (the commands report the raised error in one
+    line); its system-metrics monitor announces itself for every run: none of it belongs on
+    the console."""
     import logging
 
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+    # The system-metrics monitor announces its start and stop at INFO for every run.
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
 
 
 def database_file(uri: str) -> str:
