@@ -230,6 +230,13 @@ def test_three_invocations_share_one_study_on_postgresql_and_an_mlflow_server(po
     assert [t.user_attrs.get("baseline") for t in study.trials[:5]] == list(sweep_run.search_space.BASELINES)
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    # The UI's pages hold on a tracking server too: the front page, its plots, the datasets.
+    client = mlflow.MlflowClient(tracking)
+    assert "Best: " in parents[0].data.tags["mlflow.note.content"]
+    assert "sweep_plots/optuna_plots.html" in [a.path for a in client.list_artifacts(parents[0].info.run_id, "sweep_plots")]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert all({i.dataset.name for i in r.inputs.dataset_inputs} >= {"mnist-train", "mnist-validation"} for r in children)
+    assert f"{tracking}/#/experiments/" in outputs[0][0]  # the printed links point at the server
     # The password is in none of what was printed or recorded.
     password = storage.split("://", 1)[1].split("@")[0].split(":", 1)[1]
     recorded = [str(v) for r in runs for v in (*r.data.tags.values(), *r.data.params.values())]
