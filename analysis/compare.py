@@ -26,7 +26,7 @@ from optuna.trial import FrozenTrial, TrialState
 import search_space
 from harness import cli, figures, tracking
 from harness.errors import UserError
-from sweeps import records, study as sweep_study
+from sweeps import front_page, records, study as sweep_study
 from sweeps.records import StopCause
 
 # Where measured test accuracies of the baselines live: sweeps.baselines, train_trial.py.
@@ -183,15 +183,7 @@ def plot_history(study: optuna.Study, baselines: dict[str, Row]):
 def plot_importances(study: optuna.Study):
     from optuna.visualization.matplotlib import plot_param_importances
 
-    return plot_param_importances(study, evaluator=importance_evaluator()).figure
-
-
-def importance_evaluator():
-    """PED-ANOVA: how much each setting separates the best tenth of the trials from the rest.
-    That is the question a sweep asks ("what do the winners share?"), and unlike fANOVA it
-    also weighs the settings only some networks have (a second block's filters); Optuna 5's
-    default, named so the report means the same whichever Optuna reads it."""
-    return optuna.importance.PedAnovaImportanceEvaluator()
+    return plot_param_importances(study, evaluator=front_page.importance_evaluator()).figure
 
 
 def plot_parallel(study: optuna.Study, params: list[str]):
@@ -284,10 +276,11 @@ def build_report(study: optuna.Study, tracking_uri: str, storage: str, out: Path
     # Optuna's plots switch matplotlib to its ggplot style for good; the context restores ours.
     with warnings.catch_warnings(), plt.style.context("default"):
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # its matplotlib plots are
+        warnings.filterwarnings("ignore", front_page.PED_ANOVA_FEW_TRIALS, UserWarning)
         plots["optimization_history.png"] = plot_history(study, baselines)
         importances = {}
         try:
-            importances = optuna.importance.get_param_importances(study, evaluator=importance_evaluator())
+            importances = optuna.importance.get_param_importances(study, evaluator=front_page.importance_evaluator())
             plots["param_importances.png"] = plot_importances(study)
         except (ValueError, RuntimeError) as error:
             notes.append(f"Hyperparameter importances: not computed ({error}).")

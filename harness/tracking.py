@@ -86,6 +86,8 @@ def quiet_store_logs() -> None:
     the console."""
     import logging
 
+    # Nor do its progress bars for each artifact download (a user's own setting wins).
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     # The system-metrics monitor announces its start and stop at INFO for every run.
     logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)

@@ -2,6 +2,7 @@
 an MLflow run, the files beside the study's parent run; missing studies refused."""
 
 import re
+import warnings
 
 import mlflow
 import pytest
@@ -28,9 +29,12 @@ def report(sweep, tmp_path_factory):
                                  "--max-epochs", "1", "--tracking-uri", f"sqlite:///{sweep}/mlruns/mlflow.db"])
     assert evaluated.value.code == 0
     out = tmp_path_factory.mktemp("report")
-    with pytest.raises(SystemExit) as compared:
+    with pytest.raises(SystemExit) as compared, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")  # what a user's terminal would show, once each
         cli.run(compare.main, ["--study", "mnist-sweep", "--out", str(out), *stores(sweep)])
     assert compared.value.code == 0
+    # No library warning in the command's output (deprecations are hidden from users by Python).
+    assert [str(w.message) for w in caught if not issubclass(w.category, DeprecationWarning)] == []
     return out
 
 
