@@ -189,9 +189,12 @@ def run_trial(study: optuna.Study, storage: optuna.storages.BaseStorage, trial: 
             mlflow.log_metrics(priced)
             cost = priced["training_tflop"]
             # Baselines are the sweep's comparison points, so they train even when priced over
-            # the cap; the time share still bounds them.
+            # the cap; the time share still bounds them. An over-cap sample is told PRUNED, which
+            # TPE ranks below every trained trial, so it learns to avoid the region. Not Optuna's
+            # trial.set_constraint: constraints mark a trial that has a value as infeasible, and
+            # an untrained sample has no value to keep or rank.
             if cost > settings.budget.max_training_tflop and not baseline:
-                _finish(study, trial, params, note, StopCause.PRICED_OUT,  # told PRUNED: TPE learns to avoid the region
+                _finish(study, trial, params, note, StopCause.PRICED_OUT,
                         f"priced at {cost:.1f} TFLOP of training, over the {settings.budget.name} "
                         f"budget's {settings.budget.max_training_tflop:g}; not trained")
                 return
