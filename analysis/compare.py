@@ -174,7 +174,8 @@ def plot_history(study: optuna.Study, baselines: dict[str, Row]):
             axes.axhline(row.trial.value, linestyle=style, color="gray", linewidth=1,
                          label=f"{name} ({row.trial.value:.4f})")
     best = study.best_value
-    axes.set_ylim(max(0.8, min(values + [best]) - 0.005), min(1.0, best + 0.003))
+    top = min(1.0, best + 0.003)  # the floor zooms in on the good trials, but stays below the best
+    axes.set_ylim(min(max(0.8, min(values + [best]) - 0.005), top - 0.01), top)
     axes.legend(loc="lower right", fontsize=7)
     axes.set_title(f"{study.study_name}: validation accuracy by trial; baselines at this budget")
     return axes.figure

@@ -24,7 +24,7 @@ LEADERS = 10
 # setting; a sweep's conditional space always has some. The plot's title says how it was made.
 PED_ANOVA_FEW_TRIALS = "Some regimes for parameter"
 PLOTS_FOLDER = "sweep_plots"
-def leaderboard(study: optuna.Study, tracking_uri: str, experiment_id: str) -> str:
+def leaderboard(study: optuna.Study, tracking_uri: str, experiment_id: str, run_id: str) -> str:
     """The Description: best trials, the baselines, the stop causes counted, and links."""
     trials = study.get_trials(deepcopy=False)
     complete = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value, reverse=True)
@@ -57,7 +57,8 @@ def leaderboard(study: optuna.Study, tracking_uri: str, experiment_id: str) -> s
                 lines.append(f"| {linked(trial)} | {value} | {cause.value if cause else trial.state.name.lower()} |")
     causes = Counter(cause.value for t in trials if (cause := records.stop_cause(t)) is not None)
     lines += ["", "Trials by how they stopped: " + ", ".join(f"{cause} {count}" for cause, count in causes.most_common())
-              + f". Plots: the `{PLOTS_FOLDER}` artifacts (open `optuna_plots.html`)."]
+              + f". [Optuna's plots]({tracking.run_link(tracking_uri, experiment_id, run_id)}/artifacts/"
+              f"{PLOTS_FOLDER}/optuna_plots.html) (interactive; PNGs beside it in `{PLOTS_FOLDER}/`)."]
     return "\n".join(lines) + "\n"
 
 
@@ -71,7 +72,7 @@ def importance_evaluator():
 
 def write(study: optuna.Study, client, run_id: str, tracking_uri: str, experiment_id: str) -> None:
     """Set the parent run's Description and replace its plots."""
-    client.set_tag(run_id, records.NOTE_TAG, leaderboard(study, tracking_uri, experiment_id))
+    client.set_tag(run_id, records.NOTE_TAG, leaderboard(study, tracking_uri, experiment_id, run_id))
     with tempfile.TemporaryDirectory() as folder:
         if save_plots(study, Path(folder)):
             client.log_artifacts(run_id, folder, PLOTS_FOLDER)

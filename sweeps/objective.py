@@ -131,10 +131,12 @@ def _work(settings: SweepSettings, worker_index: int) -> None:
     split = data.split(dataset, settings.split_seed, settings.budget.train_size)  # once per worker
     tracking.use_experiment(settings.experiment, settings.tracking_uri)
     storage = sweep_study.open_storage(settings.storage_url)
-    study = optuna.load_study(
-        study_name=settings.study_name, storage=storage,
-        sampler=sweep_study.make_sampler(settings.sampler, settings.seed + worker_index),
-        pruner=sweep_study.make_pruner(settings.pruner, settings.budget))
+    study = optuna.load_study(study_name=settings.study_name, storage=storage,
+                              pruner=sweep_study.make_pruner(settings.pruner, settings.budget))
+    # Seeded by the study's size too: worker numbers start from 0 in every invocation, and a
+    # resumed sweep's first worker would otherwise draw the first sweep's random samples again.
+    study.sampler = sweep_study.make_sampler(
+        settings.sampler, settings.seed + worker_index + 1000 * len(study.get_trials(deepcopy=False)))
     parent = multiprocessing.parent_process()
     for _ in range(settings.trials_per_process):
         if stop_requested.is_set() or (parent is not None and not parent.is_alive()):

@@ -373,3 +373,11 @@ def test_only_a_trial_lost_with_its_worker_is_retried_and_only_once(tmp_path):
     # loss, nor its retry until it starts.
     assert records.counted_trials(study.get_trials(), 10) == 3
     assert sweep_run.counts(study.get_trials())["lost"] == 1
+
+
+@pytest.mark.slow
+def test_a_resumed_sweep_does_not_draw_the_first_invocations_samples_again(sweep):
+    """Worker numbers restart at 0 in each invocation; the sampler's seed must not."""
+    sampled = [t for t in load(sweep).trials if "baseline" not in t.user_attrs and t.params]
+    assert len(sampled) >= 2
+    assert len({json.dumps(t.params, sort_keys=True) for t in sampled}) == len(sampled)
