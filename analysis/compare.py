@@ -278,6 +278,7 @@ def build_report(study: optuna.Study, tracking_uri: str, storage: str, out: Path
     with warnings.catch_warnings(), plt.style.context("default"):
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # its matplotlib plots are
         warnings.filterwarnings("ignore", front_page.PED_ANOVA_FEW_TRIALS, UserWarning)
+        warnings.filterwarnings("ignore", front_page.MATPLOTLIB_ONE_VALUE, UserWarning)
         plots["optimization_history.png"] = plot_history(study, baselines)
         importances = {}
         try:
@@ -295,9 +296,9 @@ def build_report(study: optuna.Study, tracking_uri: str, storage: str, out: Path
         confusion = plot_confusions(client, finished[0], kaggle)
         if confusion is not None:
             plots["confusion_matrices.png"] = confusion
-    for name, figure in plots.items():
-        figure.savefig(out / name, dpi=110, bbox_inches="tight")
-        plt.close(figure)
+        for name, figure in plots.items():  # drawn here, where the filters above still hold
+            figure.savefig(out / name, dpi=110, bbox_inches="tight")
+            plt.close(figure)
 
     parent = study.user_attrs.get(records.PARENT_RUN_ID, "unknown")
     best = finished[0]

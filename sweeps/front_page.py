@@ -23,6 +23,9 @@ LEADERS = 10
 # PED-ANOVA's caveat for each setting some of whose values only one trial tried, a line per
 # setting; a sweep's conditional space always has some. The plot's title says how it was made.
 PED_ANOVA_FEW_TRIALS = "Some regimes for parameter"
+# Matplotlib's note when an Optuna plot's axis spans one value (one rung, one trial): the plot
+# is right as drawn.
+MATPLOTLIB_ONE_VALUE = "Attempting to set identical low and high"
 PLOTS_FOLDER = "sweep_plots"
 def leaderboard(study: optuna.Study, tracking_uri: str, experiment_id: str, run_id: str) -> str:
     """The Description: best trials, the baselines, the stop causes counted, and links."""
@@ -99,8 +102,7 @@ def save_plots(study: optuna.Study, folder: Path) -> bool:
     # Optuna marks its matplotlib plots experimental; its matplotlib style stays inside the context.
     with warnings.catch_warnings(), plt.style.context("default"):
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        # Matplotlib's note when an axis spans one value (one rung, one trial): the plot is right.
-        warnings.filterwarnings("ignore", "Attempting to set identical low and high", UserWarning)
+        warnings.filterwarnings("ignore", MATPLOTLIB_ONE_VALUE, UserWarning)
         warnings.filterwarnings("ignore", PED_ANOVA_FEW_TRIALS, UserWarning)
         evaluator = importance_evaluator()
         plots = {
