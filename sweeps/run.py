@@ -231,11 +231,11 @@ def supervise(study: optuna.Study, settings: SweepSettings, worker_count: int,
                 states = counts(trials)
                 values = [t.value for t in trials if t.state == TrialState.COMPLETE]
                 best = f", best {max(values):.4f}" if values else ""
-                over_cap = f", over cap {states['over cap']}" if states["over cap"] else ""
-                over_cap += f", lost and retried {states['lost']}" if states["lost"] else ""
+                apart = f", over cap {states['over cap']}" if states["over cap"] else ""
+                apart += f", lost and retried {states['lost']}" if states["lost"] else ""
                 done = min(finished(states), total)
                 bar.set_postfix_str(f"{time_left.describe(done)}, pruned {states[TrialState.PRUNED]}, "
-                                    f"failed {states[TrialState.FAIL]}{over_cap}{best}", refresh=False)
+                                    f"failed {states[TrialState.FAIL]}{apart}{best}", refresh=False)
                 bar.refresh()  # elapsed time and time left tick on while long trials run
                 bar.update(done - bar.n)
     finally:
@@ -255,7 +255,7 @@ def write_best_params(study: optuna.Study) -> Path | None:
 
 
 def summary(study: optuna.Study, args, budget_name: str, best_file: Path | None, uri: str,
-            parent_run_id: str, seconds: float, cores_used: float) -> str:
+            parent_run_id: str, experiment_id: str, seconds: float, cores_used: float) -> str:
     trials = study.get_trials(deepcopy=False)
     states = counts(trials)
     over_cap = states.pop("over cap")
@@ -293,7 +293,6 @@ def summary(study: optuna.Study, args, budget_name: str, best_file: Path | None,
         storage += f" --tracking-uri {args.tracking_uri}" if args.tracking_uri else ""
         lines.append(f"Check it over seeds and register it: python -m sweeps.reproduce --study {args.study}{storage}")
         lines.append(f"Compare it with the baselines: python -m analysis.compare --study {args.study}{storage}")
-    experiment_id = tracking.client(uri).get_run(parent_run_id).info.experiment_id
     if not uri.startswith(("http://", "https://")):
         lines.append(f"MLflow: start its UI with  mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000")
     lines.append(f"  the sweep's page (leaderboard, plots): {tracking.run_link(uri, experiment_id, parent_run_id)}")
@@ -403,7 +402,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif not study.get_trials(deepcopy=False, states=[TrialState.RUNNING]):
         client.set_terminated(run_id, "FINISHED")  # else another invocation's workers are still at it
     front_page.write(study, client, run_id, uri, experiment_id)
-    print(summary(study, args, budget.name, write_best_params(study), uri, run_id, time.time() - started, cores_used))
+    print(summary(study, args, budget.name, write_best_params(study), uri, run_id, experiment_id,
+                  time.time() - started, cores_used))
     if (not outcome.interrupted and counted < args.trials and settings.last_start is not None
             and time.time() > settings.last_start):
         limit = (f"the {budget.name} budget's {budget.sweep_seconds / 60:g}-minute wall-clock"

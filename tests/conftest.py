@@ -6,6 +6,7 @@ import contextlib
 import io
 import os
 import shutil
+import socket
 
 import pytest
 
@@ -114,3 +115,10 @@ def chromium(tmp_path):
     browser = webdriver.Chrome(options=options, service=Service(executable_path=driver))
     yield browser
     browser.quit()
+
+
+def free_port() -> int:
+    """A port nothing listens on now, for a server a test starts on 127.0.0.1."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

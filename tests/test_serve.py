@@ -16,16 +16,12 @@ import urllib.request
 
 import numpy as np
 import pytest
+from conftest import free_port
 from PIL import Image
 
 from digits import serve
 
 pytestmark = pytest.mark.slow  # every test serves a trained model
-
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

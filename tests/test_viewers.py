@@ -5,7 +5,6 @@ run expanding to its trials, in headless Chromium)."""
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -15,17 +14,13 @@ from pathlib import Path
 import mlflow
 import optuna
 import pytest
+from conftest import free_port
 
 from sweeps import run as sweep_run, study as sweep_study
 
 pytestmark = pytest.mark.slow  # servers and a browser on the smoke sweep's stores
 STUDY = sweep_study.DEFAULT_STUDY
 
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def journal(sweep) -> Path:
