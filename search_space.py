@@ -18,9 +18,10 @@ import optuna
 from harness.errors import ParamsError
 
 # Bumped whenever suggest() changes what it can return; sweeps record it in their fingerprint.
-SEARCH_SPACE_VERSION = 4  # 2: no padding choice where 'valid' leaves no feature map
+SEARCH_SPACE_VERSION = 5  # 2: no padding choice where 'valid' leaves no feature map
 # 3: per-block filter ranges; SGD's learning rate is its own parameter with its own range
 # 4: augmentation is switched on or off first; its ranges apply only when it is on
+# 5: no epochs: they are the fidelity, set by the ladder's rung (a baseline keeps its seed's)
 
 # Filters per block: later blocks see smaller maps, so they may be wider for the same cost.
 FILTER_RANGES = {1: (4, 64), 2: (8, 128), 3: (8, 128)}
@@ -86,7 +87,8 @@ def suggest(trial: optuna.trial.BaseTrial) -> dict:
         params["shift"] = trial.suggest_float("shift", 0.0, 0.2, step=0.01)  # width and height
 
     params["batch_size"] = trial.suggest_categorical("batch_size", [32, 64, 86, 128, 256])
-    params["epochs"] = trial.suggest_categorical("epochs", [5, 10, 20, 30])
+    # No epochs: they are a fidelity, which the sweep's ladder raises rung by rung (a budget's
+    # max_epochs), and an epoch count sampled at 4-epoch exploration could never act there.
     params["label_smoothing"] = trial.suggest_float("label_smoothing", 0.0, 0.2, step=0.05)
     return params
 
@@ -213,14 +215,26 @@ DOCUMENTED_ACCURACY = {
     "lenet5": "0.9905 test (0.95% error, LeNet-5 paper)",
 }
 
-# Keys train_trial understands that the sweep does not search.
-OPTIONAL_KEYS = {"class_weights"}  # {"9": 2.0}: seed 003's "optimised" variant
+# Keys train_trial understands that the sweep does not search: class_weights {"9": 2.0} is
+# seed 003's "optimised" variant; epochs is a seed's own count (a budget caps it; without it a
+# recipe trains the budget's epochs).
+OPTIONAL_KEYS = {"class_weights", "epochs"}
+MAX_EPOCHS = 1000
 
 
 def baseline(name: str) -> dict:
     if name not in BASELINES:
         raise ParamsError(f"unknown baseline {name!r}; choose one of {', '.join(BASELINES)}")
     return copy.deepcopy(BASELINES[name])
+
+
+def with_recipe_keys(params: dict, baseline_name: str | None) -> dict:
+    """A sampled trial's params, plus the keys its baseline's recipe has beyond what is
+    searched (its seed's epochs); unchanged for a sampled recipe."""
+    if baseline_name is None:
+        return params
+    extras = {k: v for k, v in baseline(baseline_name).items() if k in OPTIONAL_KEYS}
+    return {**params, **extras}
 
 
 def validate(params: dict, source: str = "params") -> dict:
@@ -239,6 +253,11 @@ def validate(params: dict, source: str = "params") -> dict:
         raise ParamsError(f"{source}: unknown or inapplicable parameter(s) {', '.join(unknown)}")
     if "class_weights" in params:
         replayed["class_weights"] = _validated_class_weights(params["class_weights"], source)
+    if "epochs" in params:
+        epochs = params["epochs"]
+        if not _is_number(epochs) or epochs != int(epochs) or not 1 <= epochs <= MAX_EPOCHS:
+            raise ParamsError(f"{source}: epochs={epochs!r} should be a whole number from 1 to {MAX_EPOCHS}")
+        replayed["epochs"] = int(epochs)
     return replayed
 
 

@@ -128,15 +128,15 @@ def forward_multiply_adds(model: keras.Model) -> int:
 
 # --- Optimizer and learning-rate schedule -------------------------------------------------
 
-def make_optimizer(params: dict, epochs: int, steps_per_epoch: int):
+def make_optimizer(params: dict, epochs: int, steps_per_epoch: int, plateau_patience: int = 3):
     """The optimizer, and the callbacks its schedule needs (epoch-wise schedules)."""
     rate = search_space.learning_rate(params)
     total_steps = epochs * steps_per_epoch
     callbacks = []
     schedule = params["lr_schedule"]
-    if schedule == "plateau":  # seed 000's annealer
+    if schedule == "plateau":  # seed 000's annealer (patience 3; shorter where early stopping is)
         callbacks.append(keras.callbacks.ReduceLROnPlateau(
-            monitor="val_accuracy", mode="max", patience=3, factor=0.5, min_lr=1e-5))
+            monitor="val_accuracy", mode="max", patience=plateau_patience, factor=0.5, min_lr=1e-5))
     elif schedule == "step":
         callbacks.append(keras.callbacks.LearningRateScheduler(
             lambda epoch: rate * next(f for end, f in STEP_SCHEDULE if epoch < end)))
@@ -202,9 +202,9 @@ def train(params: dict, split: data.Split, budget: Budget, *, seed: int = 0,
           callbacks: Sequence[keras.callbacks.Callback] = (), verbose: int = 0) -> TrainingResult:
     keras.utils.set_random_seed(seed)
     model = build_model(params, split.pixel_mean, split.pixel_std)
-    epochs = min(params["epochs"], budget.max_epochs)
+    epochs = budget.epochs_for(params)
     steps_per_epoch = math.ceil(len(split.x_train) / params["batch_size"])
-    optimizer, schedule_callbacks = make_optimizer(params, epochs, steps_per_epoch)
+    optimizer, schedule_callbacks = make_optimizer(params, epochs, steps_per_epoch, budget.plateau_patience)
     model.compile(optimizer=optimizer,
                   loss=keras.losses.CategoricalCrossentropy(label_smoothing=params["label_smoothing"]),
                   metrics=["accuracy"])
@@ -240,14 +240,15 @@ def _class_weights(params: dict) -> dict[int, float] | None:
 # --- Evaluation ---------------------------------------------------------------------------
 
 def evaluate_test(model: keras.Model, dataset: data.Dataset) -> dict[str, float]:
-    """The one place the test set is used."""
+    """The one place the test set is used. From the model's probabilities, so any model that
+    gives them (an uncompiled ensemble too) is measured the same way."""
     if dataset.x_test is None:
         raise UserError(f"{dataset.source} has no labelled test set ({dataset.format}); "
                         "drop --evaluate-test or use data with test labels")
-    loss, accuracy = model.evaluate(dataset.x_test[..., None],
-                                    keras.utils.to_categorical(dataset.y_test, 10),
-                                    batch_size=1000, verbose=0)
-    return {"test_accuracy": float(accuracy), "test_loss": float(loss)}
+    probabilities = model.predict(dataset.x_test[..., None], batch_size=1000, verbose=0)
+    chosen = probabilities[np.arange(len(dataset.y_test)), dataset.y_test]
+    return {"test_accuracy": float((probabilities.argmax(axis=1) == dataset.y_test).mean()),
+            "test_loss": float(-np.log(np.clip(chosen, 1e-7, 1.0)).mean())}
 
 
 # --- The MLflow run ------------------------------------------------------------------------
@@ -342,7 +343,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     uri = tracking.use_experiment(args.experiment, args.tracking_uri)
     name = baseline or os.path.splitext(os.path.basename(args.params))[0]
     print(f"{name}: budget {budget.name} (train images: {budget.train_size or 'all'}, "
-          f"epochs: {min(params['epochs'], budget.max_epochs)}, patience {budget.patience}), "
+          f"epochs: {budget.epochs_for(params)}, patience {budget.patience}), "
           f"data {dataset.source}", flush=True)
     result, metrics, run_id = run_logged_trial(
         params, dataset, split, budget, seed=args.seed, baseline=baseline,

@@ -28,7 +28,7 @@ from benchmarks import results
 from harness import cli
 from sweeps import records, run as sweep_run, study as sweep_study
 
-SMOKE = ["--budget", "smoke", "--train-size", "1000", "--max-epochs", "2", "--no-baselines"]
+SMOKE = ["--budget", "smoke", "--train-size", "1000", "--max-epochs", "2", "--no-baselines", "--finalists", "0"]
 
 
 def parse_args(argv: Sequence[str] | None):

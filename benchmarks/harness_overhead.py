@@ -98,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Neither the cap nor the time share may end the harness's trial early: same work both ways.
     budget = dataclasses.replace(budget, max_training_tflop=math.inf, trial_seconds=math.inf,
                                  patience=budget.max_epochs)
-    epochs = min(params["epochs"], budget.max_epochs)
+    epochs = budget.epochs_for(params)
     dataset = data.load(args.data)
     split = data.split(dataset, data.DEFAULT_SPLIT_SEED, budget.train_size)
     with tempfile.TemporaryDirectory(prefix="harness-benchmark-") as folder:

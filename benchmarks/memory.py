@@ -75,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cpu: dict[int, float] = defaultdict(float)  # each process's CPU seconds when last seen
     with tempfile.TemporaryDirectory(prefix="memory-benchmark-") as folder:
         command = [sys.executable, "-m", "sweeps.run", "--trials", str(args.trials), "--budget", "smoke",
-                   "--study", "memory", *(["--workers", str(args.workers)] if args.workers else [])]
+                   "--study", "memory", "--finalists", "0", *(["--workers", str(args.workers)] if args.workers else [])]
         root = Path(__file__).resolve().parent.parent
         started = time.monotonic()
         errors = open(Path(folder) / "stderr.txt", "w+")

@@ -65,7 +65,7 @@ def parse_args(argv: Sequence[str] | None):
 def run_arm(study_name: str, flags: list[str], args) -> None:
     """One sweep, as a user runs it; stopped with Ctrl-C once it reaches the last threshold."""
     command = [sys.executable, "-m", "sweeps.run", "--trials", str(args.trials), "--study", study_name,
-               "--budget", args.budget, "--timeout", str(args.timeout), *flags]
+               "--budget", args.budget, "--timeout", str(args.timeout), "--finalists", "0", *flags]
     print("$", " ".join(command[1:]), flush=True)
     sweep = subprocess.Popen(command, start_new_session=True)
     storage = sweep_study.open_storage(sweep_study.storage_url(None))

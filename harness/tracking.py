@@ -16,7 +16,8 @@ DEFAULT_STORE = Path("mlruns")  # in the current directory
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # The Model Registry entry the sweep registers its winner under, and what predict and serve load.
 REGISTERED_MODEL = "mnist-digits"
-CHAMPION_ALIAS = "champion"
+CHAMPION_ALIAS = "champion"  # the best single model
+ENSEMBLE_ALIAS = "ensemble"  # a sweep's top-rung models averaged (sweeps/ensemble.py)
 # The address the README's `mlflow ui` command serves a local store on.
 LOCAL_UI = "http://127.0.0.1:5000"
 VERSIONED_PACKAGES = ("tensorflow", "keras", "optuna", "mlflow", "numpy")

@@ -27,8 +27,10 @@ PED_ANOVA_FEW_TRIALS = "Some regimes for parameter"
 # is right as drawn.
 MATPLOTLIB_ONE_VALUE = "Attempting to set identical low and high"
 PLOTS_FOLDER = "sweep_plots"
-def leaderboard(study: optuna.Study, tracking_uri: str, experiment_id: str, run_id: str) -> str:
-    """The Description: best trials, the baselines, the stop causes counted, and links."""
+def leaderboard(study: optuna.Study, tracking_uri: str, experiment_id: str, run_id: str,
+                rungs: list[optuna.Study] = ()) -> str:
+    """The Description: the ladder's answer (top rung and ensemble), the best explored
+    trials, the baselines, the stop causes counted, and links."""
     trials = study.get_trials(deepcopy=False)
     complete = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value, reverse=True)
 
@@ -38,6 +40,26 @@ def leaderboard(study: optuna.Study, tracking_uri: str, experiment_id: str, run_
         return f"[{name}]({tracking.run_link(tracking_uri, experiment_id, run_id)})" if run_id else name
 
     lines = [f"# Sweep `{study.study_name}`", ""]
+    result = study.user_attrs.get(records.LADDER_RESULT)
+    if result:
+        champion, averaged = result["champion"], result["ensemble"]
+        lines += [f"**Answer (the top rung, every model at one full budget): {champion['label']}, validation "
+                  f"{champion['validation_accuracy']:.4f}, test {champion['test_accuracy']:.4f}** "
+                  f"(`{champion['model']}`); the [ensemble]({tracking.run_link(tracking_uri, experiment_id, averaged['run_id'])}) "
+                  f"of {', '.join(averaged['members'])}: validation {averaged['validation_accuracy']:.4f}, "
+                  f"test {averaged['test_accuracy']:.4f} (`{averaged['model']}`). Each test figure was read once, "
+                  "after every choice.", ""]
+    for rung in reversed(list(rungs)):
+        finished = sorted((t for t in rung.get_trials(deepcopy=False) if t.value is not None),
+                          key=lambda t: t.value, reverse=True)
+        if finished:
+            lines += [f"| rung `{rung.study_name.rpartition('@')[2]}` | validation accuracy | how it stopped | network and training |",
+                      "| --- | --- | --- | --- |"]
+            lines += [f"| {linked(t)} | {t.value:.4f} | {records.stop_cause(t).value} | {search_space.describe(t.params)} |"
+                      for t in finished]
+            lines.append("")
+    if rungs:
+        lines += [f"Exploration (budget `{records.recorded_fingerprint(study).get('budget', {}).get('name', '?')}`):", ""]
     if complete:
         best = complete[0]
         lines += [f"**Best: {records.label(best)}, validation accuracy {best.value:.4f}** "
@@ -73,9 +95,10 @@ def importance_evaluator():
     return optuna.importance.PedAnovaImportanceEvaluator()
 
 
-def write(study: optuna.Study, client, run_id: str, tracking_uri: str, experiment_id: str) -> None:
+def write(study: optuna.Study, client, run_id: str, tracking_uri: str, experiment_id: str,
+          rungs: list[optuna.Study] = ()) -> None:
     """Set the parent run's Description and replace its plots."""
-    client.set_tag(run_id, records.NOTE_TAG, leaderboard(study, tracking_uri, experiment_id, run_id))
+    client.set_tag(run_id, records.NOTE_TAG, leaderboard(study, tracking_uri, experiment_id, run_id, rungs))
     with tempfile.TemporaryDirectory() as folder:
         if save_plots(study, Path(folder)):
             client.log_artifacts(run_id, folder, PLOTS_FOLDER)

@@ -97,7 +97,7 @@ class TimeShare(keras.callbacks.Callback):
 
 def price(model: keras.Model, params: dict, train_images: int, budget: Budget) -> dict[str, float]:
     """The network's size and its training arithmetic at this budget, before any training."""
-    epochs = min(params["epochs"], budget.max_epochs)
+    epochs = budget.epochs_for(params)
     return {"param_count": model.count_params(),
             "training_tflop": 6 * train_trial.forward_multiply_adds(model) * train_images * epochs / 1e12}
 
@@ -166,18 +166,24 @@ def next_trial(study: optuna.Study, storage: optuna.storages.BaseStorage,
 
 def run_trial(study: optuna.Study, storage: optuna.storages.BaseStorage, trial: optuna.Trial,
               settings: SweepSettings, dataset: data.Dataset, split: data.Split) -> None:
-    params = search_space.suggest(trial)
     baseline = trial.user_attrs.get(records.BASELINE)
+    params = search_space.with_recipe_keys(search_space.suggest(trial), baseline)
     name = records.label(trial)
     recipe = search_space.describe(params)
     tags = {**run_logging.run_tags(dataset, split, settings.budget, seed=settings.seed, baseline=baseline),
             **records.trial_run_tags(settings.study_name, trial.number, settings.parent_run_id),
+            # The ladder's rung this run trained at, and the exploring trial it carries up.
+            records.FIDELITY: settings.budget.name,
             # The runs table's Source column (a worker's own command line is multiprocessing's).
             "mlflow.source.name": "python -m sweeps.run", "mlflow.source.type": "LOCAL"}
+    promoted = records.SOURCE_TRIAL in trial.user_attrs
+    if promoted:
+        tags[records.SOURCE_TRIAL] = str(trial.user_attrs[records.SOURCE_TRIAL])
+    run_name = f"{name} @ {settings.budget.name}: {recipe}" if promoted else f"{name}: {recipe}"
     trial.set_user_attr(records.WORKER, f"{socket.gethostname()}:{os.getpid()}")  # first: recovery reads it
     # System metrics (CPU, memory, disk every 10 s, as the run's system/ charts): their sampling
     # thread took 0.18 s of CPU in a minute here, under 0.3 % of a core (RESULTS.md).
-    with mlflow.start_run(run_name=f"{name}: {recipe}", tags=tags, log_system_metrics=True) as run, \
+    with mlflow.start_run(run_name=run_name, tags=tags, log_system_metrics=True) as run, \
             heartbeat(storage, study, trial):
         trial.set_user_attr(records.MLFLOW_RUN_ID, run.info.run_id)
         if (resident := resident_megabytes()) is not None:
@@ -200,8 +206,8 @@ def run_trial(study: optuna.Study, storage: optuna.storages.BaseStorage, trial: 
                         f"priced at {cost:.1f} TFLOP of training, over the {settings.budget.name} "
                         f"budget's {settings.budget.max_training_tflop:g}; not trained")
                 return
-            time_share = TimeShare(settings.budget.trial_seconds)
-            epochs = min(params["epochs"], settings.budget.max_epochs)
+            time_share = TimeShare(settings.time_share(time.time()))
+            epochs = settings.budget.epochs_for(params)
             result, metrics = train_trial.log_trial(
                 params, dataset, split, settings.budget, seed=settings.seed, title=name,
                 callbacks=[StopWhenAsked(), ReportToPruner(trial, epochs), time_share])

@@ -31,6 +31,15 @@ STOP_CAUSE = "stop_cause"  # a StopCause value
 REASON = "reason"  # the same, in words, with the numbers (also an MLflow tag)
 LEGACY_PRICED_OUT = "priced_out"  # studies before stop_cause marked priced-out samples so
 RETRY_OF = "retry_of"  # on a retry: the number of the trial lost with its worker that it repeats
+# The ladder: a promoted trial's rung (its budget's name; also an MLflow tag) and the trial of
+# the exploring study it carries up (also an MLflow tag). A rung study's user attributes name
+# the exploring study it belongs to.
+FIDELITY = "fidelity"
+SOURCE_TRIAL = "source_trial"
+EXPLORING_STUDY = "exploring_study"
+# The exploring study's user attribute once the ladder has ended: the top rung's champion and
+# ensemble, with their validation and (read once) test accuracies and registered versions.
+LADDER_RESULT = "ladder_result"
 
 # A trial's MLflow run tags (REASON and STOP_CAUSE too).
 STUDY_TAG = "optuna_study"
@@ -69,8 +78,16 @@ def stop_cause(trial: FrozenTrial) -> StopCause | None:
 
 
 def label(trial: FrozenTrial | optuna.Trial) -> str:
-    """How a trial is named in runs, tables and messages: a baseline by its name."""
-    return trial.user_attrs.get(BASELINE) or f"trial {trial.number}"
+    """How a trial is named in runs, tables and messages: a baseline by its name, a promoted
+    trial by the exploring trial it carries up."""
+    if BASELINE in trial.user_attrs:
+        return trial.user_attrs[BASELINE]
+    return f"trial {trial.user_attrs.get(SOURCE_TRIAL, trial.number)}"
+
+
+def rung_study_name(exploring_study: str, budget_name: str) -> str:
+    """The Optuna study that holds one upper rung of a sweep's ladder."""
+    return f"{exploring_study}@{budget_name}"
 
 
 def trial_run_tags(study_name: str, trial_number: int, parent_run_id: str) -> dict[str, str]:
@@ -122,8 +139,9 @@ def counted_trials(trials: list[FrozenTrial], total: int) -> int:
 
 def fingerprint(data_sha256: str, budget: Budget, split_seed: int) -> dict:
     """What must not change between invocations that add trials to one study."""
-    # sweep_seconds bounds one invocation's wall-clock, not what its trials are: left out.
-    trials_budget = {k: v for k, v in dataclasses.asdict(budget).items() if k != "sweep_seconds"}
+    # The wall-clocks bound one invocation, not what its trials are: left out.
+    trials_budget = {k: v for k, v in dataclasses.asdict(budget).items()
+                     if k not in ("sweep_seconds", "ladder_seconds")}
     return {"search_space_version": search_space.SEARCH_SPACE_VERSION, "data_sha256": data_sha256,
             "split_seed": split_seed, "budget": trials_budget}
 

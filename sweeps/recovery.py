@@ -70,8 +70,9 @@ def retry_lost_trials(study: optuna.Study, storage: optuna.storages.BaseStorage,
         lost = [t for t in records.lost_first_time(trials) if t.number not in retried]
         for trial in lost:
             attributes = {records.RETRY_OF: trial.number}
-            if records.BASELINE in trial.user_attrs:
-                attributes[records.BASELINE] = trial.user_attrs[records.BASELINE]
+            for key in (records.BASELINE, records.SOURCE_TRIAL, records.FIDELITY):  # what it was enqueued as
+                if key in trial.user_attrs:
+                    attributes[key] = trial.user_attrs[key]
             study.enqueue_trial(trial.params, user_attrs=attributes)
     return [trial.number for trial in lost]
 

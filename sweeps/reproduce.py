@@ -10,6 +10,8 @@ Selection uses validation accuracy only; the test set is read after every choice
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import statistics
 from collections.abc import Sequence
@@ -89,16 +91,35 @@ def verdict(sweep_value: float | None, accuracies: Sequence[float], validation_s
     return f"LUCKY SEED: {where}"
 
 
-def register_champion(client: mlflow.MlflowClient, seed_run: SeedRun, model_name: str, tags: dict[str, str]) -> str:
+def register(client: mlflow.MlflowClient, run_id: str, model_name: str, alias: str, tags: dict[str, str]) -> str:
     """Register the run's logged model and point the alias at it; returns the version."""
-    experiment_id = client.get_run(seed_run.run_id).info.experiment_id
-    models = client.search_logged_models(experiment_ids=[experiment_id],
-                                         filter_string=f"source_run_id = '{seed_run.run_id}'")
+    experiment_id = client.get_run(run_id).info.experiment_id
+    models = client.search_logged_models(experiment_ids=[experiment_id], filter_string=f"source_run_id = '{run_id}'")
     if not models:
-        raise UserError(f"run {seed_run.run_id} logged no model to register")
-    version = mlflow.register_model(f"models:/{models[0].model_id}", model_name, tags=tags)
-    client.set_registered_model_alias(model_name, ALIAS, version.version)
+        raise UserError(f"run {run_id} logged no model to register")
+    # MLflow prints its "Created version" lines itself; the commands say what they registered.
+    with contextlib.redirect_stderr(io.StringIO()):
+        version = mlflow.register_model(f"models:/{models[0].model_id}", model_name, tags=tags)
+    client.set_registered_model_alias(model_name, alias, version.version)
     return version.version
+
+
+def record_test(run_id: str, model, dataset: data.Dataset) -> float:
+    """The one test pass of a chosen model, recorded on its run with the test set as input."""
+    accuracy = train_trial.evaluate_test(model, dataset)["test_accuracy"]
+    with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):  # reopened to record it
+        mlflow.log_metric("test_accuracy", accuracy)
+        run_logging.log_test_input(dataset)
+    return accuracy
+
+
+def evaluate_and_register(run_id: str, model, dataset: data.Dataset, model_name: str, alias: str,
+                          tags: dict[str, str]) -> dict:
+    """Test a model whose every choice is made, once, then register it under ``alias``."""
+    accuracy = record_test(run_id, model, dataset)
+    version = register(tracking.client(mlflow.get_tracking_uri()), run_id, model_name, alias,
+                       {**tags, "test_accuracy": f"{accuracy:.4f}"})
+    return {"test_accuracy": accuracy, "model": f"models:/{model_name}@{alias}", "version": version}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -159,15 +180,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     client = tracking.client(uri)
     for seed_run in runs:  # once per model, after every decision that uses validation
-        seed_run.test_accuracy = train_trial.evaluate_test(seed_run.result.model, dataset)["test_accuracy"]
-        with mlflow.start_run(run_id=seed_run.run_id):  # reopened to record what it was tested on
-            mlflow.log_metric("test_accuracy", seed_run.test_accuracy)
-            run_logging.log_test_input(dataset)
+        seed_run.test_accuracy = record_test(seed_run.run_id, seed_run.result.model, dataset)
     tests = [r.test_accuracy for r in runs]
     print(f"Test accuracy over {len(runs)} seed(s), evaluated once each: {mean_and_sd(tests)}")
 
     best = max(runs, key=lambda r: r.result.validation_accuracy)
-    version = register_champion(client, best, args.model_name, {
+    version = register(client, best.run_id, args.model_name, ALIAS, {
         **source, "seed": str(best.seed), "budget": budget.name,
         "validation_accuracy": f"{best.result.validation_accuracy:.4f}",
         "test_accuracy": f"{best.test_accuracy:.4f}"})

@@ -8,6 +8,7 @@ up to --trials.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -30,8 +31,8 @@ import search_space
 from harness import cli, data, tracking
 from harness.budgets import BUDGETS
 from harness.errors import StoreUnwritable, UserError
-from sweeps import front_page, journal, progress, records, recovery, study as sweep_study
-from sweeps.settings import STORE_FAILED_EXIT, SweepSettings
+from sweeps import front_page, journal, ladder, progress, records, recovery, study as sweep_study
+from sweeps.settings import ENSEMBLE_MEMBERS, STORE_FAILED_EXIT, EnsembleSettings, SweepSettings
 
 EXPERIMENT = "mnist-sweeps"
 DEFAULT_STUDY = sweep_study.DEFAULT_STUDY
@@ -54,6 +55,14 @@ def parse_args(argv: Sequence[str] | None):
                         help="Optuna storage URL, e.g. postgresql://user:pass@host/db "
                              f"(default: a journal file, mlruns/{sweep_study.JOURNAL_NAME})")
     parser.add_argument("--no-baselines", action="store_true", help="do not enqueue the five baselines first")
+    parser.add_argument("--finalists", type=cli.non_negative_int, default=3,
+                        help="sampled recipes carried up the ladder to the top rung (the full budget), where "
+                             "they and the baselines train at one budget and the best are ensembled; "
+                             f"each rung below holds {ladder.PROMOTION_FACTOR}x as many (default: 3; 0: explore only)")
+    parser.add_argument("--hours", type=cli.positive_float, metavar="H",
+                        help="wall-clock of the whole sweep, ladder and ensemble included (default: the budget's, "
+                             "2 at quick; none at smoke); exploration takes at most "
+                             f"{ladder.EXPLORE_SHARE:.0%} of it")
     return parser.parse_args(argv)
 
 
@@ -150,7 +159,7 @@ def _worker_process(settings: SweepSettings, worker_index: int, failures) -> Non
 
 
 def supervise(study: optuna.Study, settings: SweepSettings, worker_count: int,
-              on_worker_lost: Callable[[], None] = lambda: None) -> Outcome:
+              on_worker_lost: Callable[[], None] = lambda: None, phase: str | None = None) -> Outcome:
     """Run the workers under a live progress bar (done, time left, pruned, failed, best so far),
     starting a fresh one whenever a worker has trained its share of trials and the study
     still needs more. A worker that dies (killed, crashed) is replaced too, after
@@ -188,15 +197,17 @@ def supervise(study: optuna.Study, settings: SweepSettings, worker_count: int,
         stop_signals.append(signum)
         woken.set()
 
-    previous = {number: signal.signal(number, on_stop_signal) for number in (signal.SIGINT, signal.SIGTERM)}
     outcome = Outcome()
     total = settings.total_trials
+    if records.counted_trials(study.get_trials(deepcopy=False), total) >= total:
+        return outcome  # done before: no worker need load TensorFlow to find that out
+    previous = {number: signal.signal(number, on_stop_signal) for number in (signal.SIGINT, signal.SIGTERM)}
     workers = [start_worker() for _ in range(worker_count)]
     initial = finished(counts(study.get_trials(deepcopy=False)))
     ends_by = settings.last_start + settings.budget.longest_trial_seconds if settings.last_start else None
     time_left = progress.TimeLeft(total, initial, ends_by=ends_by)
     try:
-        with tqdm(total=total, initial=min(initial, total), unit="trial", desc=study.study_name,
+        with tqdm(total=total, initial=min(initial, total), unit="trial", desc=phase or study.study_name,
                   file=sys.stderr, mininterval=1, dynamic_ncols=True, bar_format=progress.BAR_FORMAT) as bar:
             while workers:
                 woken.wait(2)
@@ -315,12 +326,14 @@ def children_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def last_start(invoked: float, timeout: int | None, budget) -> float | None:
-    """When the last trial may start: --timeout says so directly; the budget's wall-clock
-    leaves room for one whole trial after it."""
+def last_start(invoked: float, timeout: int | None, budget, explore_ends: float | None = None) -> float | None:
+    """When the last exploring trial may start: --timeout says so directly; the budget's
+    wall-clock, and the ladder's share for exploration, leave room for one whole trial after it."""
     limits = [invoked + timeout] if timeout else []
     if budget.sweep_seconds:
         limits.append(invoked + budget.sweep_seconds - budget.longest_trial_seconds)
+    if explore_ends is not None:
+        limits.append(explore_ends - budget.longest_trial_seconds)
     return min(limits) if limits else None
 
 
@@ -361,65 +374,203 @@ def main(argv: Sequence[str] | None = None) -> int:
         report_retries(recovery.retry_lost_trials(study, storage, lock_path))
 
     recover()
+    rungs = ladder.upper_rungs(budget) if args.finalists else []
+    ladder_seconds = args.hours * 3600 if args.hours else budget.ladder_seconds
+    ladder_ends = invoked + ladder_seconds if ladder_seconds else None
+    explore_ends = ladder.explore_ends(invoked, ladder_seconds) if rungs else ladder_ends
     wall_clock = f", {budget.sweep_seconds / 60:g} min a sweep" if budget.sweep_seconds else ""
     print(f"Study {args.study!r}: budget {budget.name} ({budget.train_size or 'all'} training images, "
           f"up to {budget.max_epochs} epochs, at most {budget.max_training_tflop:g} TFLOP and "
           f"{budget.trial_seconds:g} s a trial{wall_clock}); sampler {args.sampler}, pruner {args.pruner}, "
           f"{workers} worker(s){f' of {threads} thread(s)' if threads else ''}; storage {sweep_study.redact(storage_url)}", flush=True)
+    if rungs:
+        print(describe_ladder(budget, rungs, args.finalists, ladder_seconds), flush=True)
     settings = SweepSettings(
         study_name=args.study, storage_url=storage_url, tracking_uri=uri, experiment=EXPERIMENT,
         parent_run_id=run_id, total_trials=args.trials, sampler=args.sampler, pruner=args.pruner,
         seed=args.seed, budget=budget, data_path=args.data, split_seed=data.DEFAULT_SPLIT_SEED,
-        lock_path=lock_path, last_start=last_start(invoked, args.timeout, budget), threads=threads)
+        lock_path=lock_path, last_start=last_start(invoked, args.timeout, budget, explore_ends), threads=threads)
     started = time.time()
     cpu_before = children_cpu_seconds()
-    outcome = supervise(study, settings, workers, on_worker_lost=recover)
-    cores_used = (children_cpu_seconds() - cpu_before) / max(time.time() - started, 1e-9)
-    if outcome.store_failure is not None:
+
+    def end_on_store_failure(outcome: Outcome, recover_all: Callable[[], None]) -> None:
+        if outcome.store_failure is None:
+            return
         # The workers are gone; the reserve makes room to close what they left open.
         if stores_folder is not None:
             recovery.release_space(stores_folder)
         with contextlib.suppress(Exception):
-            recover()
+            recover_all()
         with contextlib.suppress(Exception):
             client.set_terminated(run_id, "FAILED")
         if storage_url.startswith("journal:"):
             journal.set_aside_torn_tail(Path(storage_url.removeprefix("journal:")))
         raise StoreUnwritable(f"cannot write {outcome.store_failure}")
+
+    outcome = supervise(study, settings, workers, on_worker_lost=recover,
+                        phase=f"explore ({budget.name})" if rungs else None)
+    end_on_store_failure(outcome, recover)
     recover()  # workers killed at the end
     counted = records.counted_trials(study.get_trials(deepcopy=False), args.trials)
     failed = bool(outcome.crashed) and counted < args.trials  # else the retries made up for them
+    explore_stopped = (not outcome.interrupted and counted < args.trials and settings.last_start is not None
+                       and time.time() > settings.last_start)
+    timed_out = args.timeout is not None and time.time() > invoked + args.timeout
+    climbed: list[optuna.Study] = []
+    crashed = list(outcome.crashed)
+    if rungs and not outcome.interrupted and not failed and not timed_out and (counted >= args.trials or explore_stopped):
+        outcome, climbed = climb(study, settings, workers, storage, client, experiment_id, args.finalists, ladder_ends)
+        end_on_store_failure(outcome, lambda: [recovery.end_orphaned_trials(rung, storage, client, experiment_id, run_id)
+                                               for rung in climbed])
+        crashed += outcome.crashed
+        if not outcome.interrupted and climbed and ladder.needs_ensemble(study, climbed[-1], ENSEMBLE_MEMBERS):
+            ensemble(EnsembleSettings(
+                exploring_study=study.study_name, rung_study=climbed[-1].study_name, storage_url=storage_url,
+                tracking_uri=uri, experiment=EXPERIMENT, parent_run_id=run_id, budget=rungs[-1],
+                data_path=args.data, split_seed=data.DEFAULT_SPLIT_SEED, model_name=tracking.REGISTERED_MODEL))
+    cores_used = (children_cpu_seconds() - cpu_before) / max(time.time() - started, 1e-9)
 
     complete = study.get_trials(deepcopy=False, states=[TrialState.COMPLETE])
     client.log_metric(run_id, "worker_cpu_cores", cores_used)
     if complete:
         client.log_metric(run_id, "best_validation_accuracy", study.best_value)
         client.set_tag(run_id, "best_trial", str(study.best_trial.number))
+    result = study.user_attrs.get(records.LADDER_RESULT)
+    if result and climbed:
+        for key, value in {"top_rung_validation_accuracy": result["champion"]["validation_accuracy"],
+                           "ensemble_validation_accuracy": result["ensemble"]["validation_accuracy"],
+                           "top_rung_test_accuracy": result["champion"]["test_accuracy"],
+                           "ensemble_test_accuracy": result["ensemble"]["test_accuracy"]}.items():
+            client.log_metric(run_id, key, value)
+        client.set_tag(run_id, "top_rung_winner", result["champion"]["label"])
+    running = any(s.get_trials(deepcopy=False, states=[TrialState.RUNNING]) for s in [study, *climbed])
     if outcome.interrupted:
         client.set_terminated(run_id, "KILLED")
     elif failed:
         client.set_terminated(run_id, "FAILED")
-    elif not study.get_trials(deepcopy=False, states=[TrialState.RUNNING]):
+    elif not running:
         client.set_terminated(run_id, "FINISHED")  # else another invocation's workers are still at it
-    front_page.write(study, client, run_id, uri, experiment_id)
+    front_page.write(study, client, run_id, uri, experiment_id, climbed)
     print(summary(study, args, budget.name, write_best_params(study), uri, run_id, experiment_id,
                   time.time() - started, cores_used))
-    if (not outcome.interrupted and counted < args.trials and settings.last_start is not None
-            and time.time() > settings.last_start):
-        limit = (f"the {budget.name} budget's {budget.sweep_seconds / 60:g}-minute wall-clock"
-                 if budget.sweep_seconds and not (args.timeout and invoked + args.timeout == settings.last_start)
-                 else f"--timeout {args.timeout}")
-        print(f"Stopped starting trials at {limit}: the time left could not hold another whole trial; "
-              f"{counted} of {args.trials} trials are done. Run the same command again to go on. "
+    if climbed:
+        print(ladder_summary(study, climbed))
+    if explore_stopped:
+        limit = (f"--timeout {args.timeout}" if timed_out
+                 else f"exploration's share of the sweep's {ladder_seconds / 3600:g}-hour wall-clock"
+                 if rungs and explore_ends is not None and settings.last_start == explore_ends - budget.longest_trial_seconds
+                 else f"the {budget.name} budget's {budget.sweep_seconds / 60:g}-minute wall-clock" if budget.sweep_seconds
+                 else f"the sweep's {ladder_seconds / 3600:g}-hour wall-clock")
+        going_on = " The ladder went on with the trials explored." if climbed else " Run the same command again to go on."
+        print(f"Stopped starting exploring trials at {limit}: the time left could not hold another whole trial; "
+              f"{counted} of {args.trials} trials are done.{going_on} "
               f"This invocation took {(time.time() - invoked) / 60:.1f} min.")
     if outcome.interrupted:
         print("interrupted: run the same command again to go on to the requested total", file=sys.stderr)
         return 130
-    if outcome.crashed:
-        print(f"{'error: ' if failed else ''}{len(outcome.crashed)} worker(s) exited abnormally (exit codes "
-              f"{outcome.crashed}); the trials they left running were recorded as failed and retried once",
+    if crashed:
+        print(f"{'error: ' if failed else ''}{len(crashed)} worker(s) exited abnormally (exit codes "
+              f"{crashed}); the trials they left running were recorded as failed and retried once",
               file=sys.stderr)
     return 1 if failed else 0
+
+
+def describe_ladder(budget, rungs, finalists: int, seconds: float | None) -> str:
+    counts = ladder.promotion_counts(finalists, len(rungs))
+    steps = [f"{budget.name} (explore)"] + [
+        f"{rung.name} ({rung.train_size or 'all'} images, {rung.max_epochs} epochs: best {count}"
+        f"{' and the 5 baselines' if index == len(rungs) - 1 else ''})"
+        for index, (rung, count) in enumerate(zip(rungs, counts))]
+    limit = f", all within {seconds / 3600:g} h" if seconds else ""
+    return f"Ladder: {' -> '.join(steps)}, then an ensemble of the top rung's best{limit}"
+
+
+def climb(study: optuna.Study, settings: SweepSettings, workers: int, storage, client, experiment_id: str,
+          finalists: int, ladder_ends: float | None) -> tuple[Outcome, list[optuna.Study]]:
+    """Carry the explored trials up the ladder, a rung at a time: promote, train, go on.
+    Returns how the last rung's workers ended and the rung studies climbed so far."""
+    rungs = ladder.upper_rungs(settings.budget)
+    counts = ladder.promotion_counts(finalists, len(rungs))
+    lower, climbed, outcome = study, [], Outcome()
+    for index, (budget, count) in enumerate(zip(rungs, counts)):
+        rung = open_rung(study, storage, budget)
+        climbed.append(rung)
+        promoted = ladder.promote(lower, study, rung, budget, count, top=index == len(rungs) - 1)
+        now = time.time()
+        ends = ladder.rung_ends(now, ladder_ends, len(rungs) - index)
+        rung_settings = dataclasses.replace(
+            settings, study_name=rung.study_name, budget=budget, pruner="none",
+            total_trials=ladder.requested_trials(rung), last_start=ladder.rung_last_start(now, ends, budget),
+            ends_by=ends, lock_path=str(Path(settings.lock_path).with_name(f"ask-{budget.name}.lock")))
+
+        def recover_rung(rung=rung, lock_path=rung_settings.lock_path) -> None:
+            report_orphans(recovery.end_orphaned_trials(rung, storage, client, experiment_id, settings.parent_run_id))
+            report_retries(recovery.retry_lost_trials(rung, storage, lock_path))
+
+        recover_rung()
+        deadline = f"; ends by {time.strftime('%H:%M', time.localtime(ends))}" if ends else ""
+        print(f"Rung {index + 2} of {len(rungs) + 1}, {budget.name} ({budget.train_size or 'all'} training images, "
+              f"up to {budget.max_epochs} epochs): "
+              f"{'promoted ' + ', '.join(promoted) if promoted else 'nothing new promoted'}{deadline}", flush=True)
+        outcome = supervise(rung, rung_settings, workers, on_worker_lost=recover_rung,
+                            phase=f"rung {index + 2}/{len(rungs) + 1} ({budget.name})")
+        if outcome.interrupted or outcome.store_failure is not None:
+            return outcome, climbed
+        recover_rung()
+        lower = rung
+    return outcome, climbed
+
+
+def open_rung(exploring: optuna.Study, storage, budget) -> optuna.Study:
+    """The study of one upper rung of ``exploring``'s ladder, created on first use."""
+    name = records.rung_study_name(exploring.study_name, budget.name)
+    rung = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True)
+    if records.EXPLORING_STUDY not in rung.user_attrs:
+        rung.set_user_attr(records.EXPLORING_STUDY, exploring.study_name)
+        rung.set_user_attr(records.FINGERPRINT, {**records.recorded_fingerprint(exploring),
+                                                 "budget": records.fingerprint("", budget, 0)["budget"]})
+    return rung
+
+
+def _ensemble_process(settings: EnsembleSettings) -> None:
+    from sweeps import ensemble as top_rung_ensemble  # TensorFlow, in this process only
+
+    top_rung_ensemble.main(settings)
+
+
+def ensemble(settings: EnsembleSettings) -> None:
+    """Ensemble the top rung in a process of its own (the parent never loads TensorFlow)."""
+    print("Ensembling the top rung: k chosen on validation, then one test pass each for the ensemble "
+          "and the best single model", flush=True)
+    process = multiprocessing.get_context("spawn").Process(target=_ensemble_process, args=(settings,))
+    process.start()
+    process.join()
+    if process.exitcode != 0:
+        raise UserError(f"the ensemble step failed (exit code {process.exitcode}); run the same command again "
+                        "to retry it: every trained rung is kept")
+
+
+def ladder_summary(study: optuna.Study, climbed: list[optuna.Study]) -> str:
+    """Each rung's results, then the headline: the top rung's winner and the ensemble."""
+    lines = []
+    for rung in climbed:
+        trials = sorted((t for t in rung.get_trials(deepcopy=False) if t.value is not None),
+                        key=lambda t: t.value, reverse=True)
+        budget = rung.study_name.rpartition("@")[2]
+        waiting = sum(t.state == TrialState.WAITING for t in rung.get_trials(deepcopy=False))
+        untrained = f"; {waiting} not started (the rung's time ran out)" if waiting else ""
+        lines.append(f"Rung {budget}: " + (", ".join(f"{records.label(t)} {t.value:.4f}" for t in trials) or "nothing finished")
+                     + untrained)
+    result = study.user_attrs.get(records.LADDER_RESULT)
+    if result:
+        champion, averaged = result["champion"], result["ensemble"]
+        lines.append(f"Top rung's winner: {champion['label']}, validation {champion['validation_accuracy']:.4f}, "
+                     f"test {champion['test_accuracy']:.4f} (read once): {champion['model']}")
+        lines.append(f"Ensemble of {len(averaged['members'])} ({', '.join(averaged['members'])}; k chosen on validation): "
+                     f"validation {averaged['validation_accuracy']:.4f}, test {averaged['test_accuracy']:.4f} "
+                     f"(read once): {averaged['model']}")
+        lines.append(f"Label your digits with it: python -m digits.predict --model {averaged['model']} YOUR.csv")
+    return "\n".join(lines)
 
 
 def report_retries(numbers: list[int]) -> None:

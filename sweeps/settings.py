@@ -16,6 +16,9 @@ TRIALS_PER_PROCESS = 8
 # A worker that could not write a store (full disk, file-size limit, I/O error) stops with this
 # exit code (sysexits' EX_IOERR), after putting the reason on the queue the parent gave it.
 STORE_FAILED_EXIT = 74
+# How many of the top rung's best models the ensemble may average: each more costs every
+# prediction a pass of one more network, for ever smaller gains.
+ENSEMBLE_MEMBERS = 5
 
 
 @dataclass(frozen=True)
@@ -36,3 +39,29 @@ class SweepSettings:
     last_start: float | None  # time.time() after which no trial starts (--timeout, the budget's wall-clock)
     trials_per_process: int = TRIALS_PER_PROCESS
     threads: int | None = None  # CPU threads per worker; None: the backend's default
+    # time.time() by which a ladder's rung must end: a trial's time share is cut to fit
+    # (its validation and logging included). None: the budget's time share alone.
+    ends_by: float | None = None
+
+    def time_share(self, now: float) -> float:
+        """How long a trial starting now may train."""
+        if self.ends_by is None:
+            return self.budget.trial_seconds
+        room = self.ends_by - now - (self.budget.longest_trial_seconds - self.budget.trial_seconds)
+        return max(1.0, min(self.budget.trial_seconds, room))
+
+
+@dataclass(frozen=True)
+class EnsembleSettings:
+    """What the parent tells the process that ensembles the top rung (sweeps/ensemble.py)."""
+    exploring_study: str
+    rung_study: str  # the top rung's study
+    storage_url: str
+    tracking_uri: str
+    experiment: str
+    parent_run_id: str
+    budget: Budget  # the top rung's
+    data_path: str | None
+    split_seed: int
+    model_name: str
+    threads: int | None = None

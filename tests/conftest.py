@@ -19,7 +19,7 @@ def mnist():
 
 
 # A sweep on a few hundred images, for tests that need a finished study.
-SMOKE = ["--budget", "smoke", "--train-size", "300", "--max-epochs", "2"]
+SMOKE = ["--budget", "smoke", "--train-size", "300", "--max-epochs", "2", "--finalists", "0"]
 
 
 @pytest.fixture(scope="session")

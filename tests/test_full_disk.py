@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 from sweeps import records, run as sweep_run, study as sweep_study
 
 pytestmark = pytest.mark.slow
-FAST_SMOKE = ["--budget", "smoke", "--train-size", "300", "--max-epochs", "1", "--workers", "1", "--no-baselines"]
+FAST_SMOKE = ["--budget", "smoke", "--train-size", "300", "--max-epochs", "1", "--workers", "1", "--no-baselines", "--finalists", "0"]
 
 
 @pytest.fixture

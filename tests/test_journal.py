@@ -14,7 +14,7 @@ from analysis import compare
 from sweeps import run as sweep_run, study as sweep_study
 from sweeps.journal import set_aside_torn_tail
 
-FAST_SMOKE = ["--budget", "smoke", "--train-size", "300", "--max-epochs", "1", "--workers", "1"]
+FAST_SMOKE = ["--budget", "smoke", "--train-size", "300", "--max-epochs", "1", "--workers", "1", "--finalists", "0"]
 
 
 def cut_short_append(journal, spare_bytes=200):

@@ -24,8 +24,8 @@ from sweeps import records, run as sweep_run, study as sweep_study
 
 pytestmark = pytest.mark.slow  # sweeps in subprocesses, PostgreSQL, an mlflow server
 
-SLOW_SMOKE = ["--budget", "smoke", "--train-size", "3000", "--max-epochs", "2", "--workers", "1"]
-FAST_SMOKE = ["--budget", "smoke", "--train-size", "300", "--max-epochs", "1", "--workers", "1"]
+SLOW_SMOKE = ["--budget", "smoke", "--train-size", "3000", "--max-epochs", "2", "--workers", "1", "--finalists", "0"]
+FAST_SMOKE = ["--budget", "smoke", "--train-size", "300", "--max-epochs", "1", "--workers", "1", "--finalists", "0"]
 POSTGRES = os.environ.get("MNIST_SWEEPS_POSTGRES")
 
 

@@ -11,8 +11,30 @@ from harness.errors import ParamsError
 
 @pytest.mark.parametrize("name", search_space.BASELINES)
 def test_each_baseline_replays_through_suggest_unchanged(name):
+    """What suggest() searches, plus the recipe's own epochs (not searched: they are the
+    ladder's fidelity), gives back the seed's recipe."""
     params = search_space.baseline(name)
-    assert search_space.suggest(optuna.trial.FixedTrial(params)) == params
+    replayed = search_space.suggest(optuna.trial.FixedTrial(params))
+    assert "epochs" not in replayed
+    assert search_space.with_recipe_keys(replayed, name) == params
+
+
+def test_sampled_recipes_have_no_epochs_of_their_own_so_every_budget_trains_its_own():
+    from harness.budgets import BUDGETS
+
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
+    params = search_space.suggest(study.ask())
+    assert "epochs" not in params
+    assert [BUDGETS[name].epochs_for(params) for name in ("quick", "long", "full")] == [4, 10, 30]
+    assert BUDGETS["quick"].epochs_for(search_space.baseline("chollet_cnn")) == 4
+    assert BUDGETS["full"].epochs_for(search_space.baseline("chollet_cnn")) == 5  # its seed's own
+
+
+def test_seed_000s_annealer_can_act_before_early_stopping_at_every_budget():
+    from harness.budgets import BUDGETS
+
+    assert all(budget.plateau_patience < budget.patience or budget.patience == 1 for budget in BUDGETS.values())
+    assert BUDGETS["full"].plateau_patience == 3  # the seed's own
 
 
 @pytest.mark.parametrize("name", search_space.BASELINES)
@@ -57,7 +79,8 @@ BAD_PARAMS = {
     "unknown key": (with_changes("mlp_3x256", colour="red"), "unknown or inapplicable parameter(s) colour"),
     "inapplicable key": (with_changes("chollet_cnn", momentum=0.9), "unknown or inapplicable parameter(s) momentum"),
     "block beyond conv_blocks": (with_changes("gradio_cnn", block3_filters=8), "block3_filters"),
-    "missing key": ({k: v for k, v in search_space.baseline("lenet5").items() if k != "epochs"}, "missing parameter 'epochs'"),
+    "missing key": ({k: v for k, v in search_space.baseline("lenet5").items() if k != "activation"}, "missing parameter 'activation'"),
+    "epochs not a whole number": (with_changes("lenet5", epochs=2.5), "epochs=2.5 should be a whole number from 1 to 1000"),
     "out of range": (with_changes("mlp_3x256", sgd_learning_rate=3.0), "sgd_learning_rate=3.0 is not in 0.001..0.3"),
     "adaptive rate out of its range": (with_changes("gradio_cnn", learning_rate=0.05), "learning_rate=0.05 is not in 0.0001..0.01"),
     "SGD's rate for Adam": (with_changes("gradio_cnn", sgd_learning_rate=0.05), "inapplicable parameter(s) sgd_learning_rate"),

@@ -1,0 +1,133 @@
+"""The sweep's fidelity ladder: which trials each rung carries up, in what order, and when
+each rung must end.
+
+Exploration (the budget a sweep starts at, e.g. quick: 45,000 images, 4 epochs) ranks many
+recipes cheaply, with Hyperband pruning inside it. Each upper rung (``Budget.promotes_to``:
+long, then full) retrains the best of the rung below at a higher fidelity, more images and
+more epochs, successive-halving style: PROMOTION_FACTOR times fewer each rung, down to
+``--finalists`` at the top. The five baselines skip the middle rungs and train at the top,
+so the top rung compares the sweep's finalists and every baseline at one budget.
+
+Each upper rung is an Optuna study of its own (``records.rung_study_name``) holding one trial
+per promoted recipe, enqueued with its params: the sweep's workers, storage, recovery and
+retries serve it as they serve exploration. Nothing here loads TensorFlow.
+"""
+
+from __future__ import annotations
+
+import json
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+import search_space
+from harness.budgets import BUDGETS, Budget
+from sweeps import records
+
+# Each rung below the top holds this many times the trials of the rung above it.
+PROMOTION_FACTOR = 2
+# How the time after exploration is shared among the upper rungs: the top rung, which trains
+# the finalists and the baselines to the full budget, gets twice a middle rung's share.
+TOP_RUNG_WEIGHT = 2
+# What exploration may take of the ladder's wall-clock at most (its budget may allow less).
+EXPLORE_SHARE = 0.4
+# Kept at the end of the ladder's wall-clock for the ensemble: loading the finalists, choosing
+# k on validation, one test pass, logging and registering.
+ENSEMBLE_SECONDS = 300
+
+
+def upper_rungs(budget: Budget) -> list[Budget]:
+    """The budgets above ``budget`` on its ladder, lowest first (empty for a top rung)."""
+    rungs = []
+    while budget.promotes_to is not None:
+        budget = BUDGETS[budget.promotes_to]
+        rungs.append(budget)
+    return rungs
+
+
+def promotion_counts(finalists: int, rungs: int) -> list[int]:
+    """Sampled recipes each upper rung trains, lowest rung first: ``finalists`` at the top."""
+    return [finalists * PROMOTION_FACTOR ** (rungs - 1 - index) for index in range(rungs)]
+
+
+def source_number(trial: FrozenTrial) -> int:
+    """The number of the exploring trial a trial carries up (its own, in the exploring study)."""
+    return trial.user_attrs.get(records.SOURCE_TRIAL, trial.number)
+
+
+def ranked(trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    """Completed sampled recipes, best validation accuracy first, each recipe once (a retry
+    repeats its trial's params)."""
+    seen, best = set(), []
+    for trial in sorted((t for t in trials if t.state == TrialState.COMPLETE and records.BASELINE not in t.user_attrs),
+                        key=lambda t: t.value, reverse=True):
+        key = json.dumps(trial.params, sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            best.append(trial)
+    return best
+
+
+def seconds_per_epoch(trial: FrozenTrial) -> float:
+    """What an epoch of this recipe cost where it last trained (its wall-clock over the epochs
+    it reported): the rung's relative price of it."""
+    if trial.datetime_start is None or trial.datetime_complete is None or not trial.intermediate_values:
+        return 0.0
+    return (trial.datetime_complete - trial.datetime_start).total_seconds() / len(trial.intermediate_values)
+
+
+def promote(lower: optuna.Study, exploring: optuna.Study, rung: optuna.Study, rung_budget: Budget,
+            count: int, top: bool) -> list[str]:
+    """Enqueue in ``rung`` the ``count`` best recipes of ``lower`` (and, at the top rung, the
+    baselines of ``exploring``) that it does not hold yet; returns their labels. Enqueued
+    longest first, so the rung's workers end close together; a rerun adds only what is missing."""
+    held = {source_number(t) for t in rung.get_trials(deepcopy=False)}
+    chosen = ranked(lower.get_trials(deepcopy=False))[:count]
+    if top:
+        chosen += [t for t in exploring.get_trials(deepcopy=False)
+                   if records.BASELINE in t.user_attrs and records.RETRY_OF not in t.user_attrs]
+    chosen = [t for t in chosen if source_number(t) not in held]
+    chosen.sort(key=lambda t: seconds_per_epoch(t) * rung_budget.epochs_for(
+        search_space.with_recipe_keys(t.params, t.user_attrs.get(records.BASELINE))), reverse=True)
+    for trial in chosen:
+        attributes = {records.SOURCE_TRIAL: source_number(trial), records.FIDELITY: rung_budget.name}
+        if records.BASELINE in trial.user_attrs:
+            attributes[records.BASELINE] = trial.user_attrs[records.BASELINE]
+        rung.enqueue_trial(trial.params, user_attrs=attributes)
+    return [records.label(t) for t in chosen]
+
+
+def requested_trials(rung: optuna.Study) -> int:
+    """The trials a rung was asked to train: its enqueued recipes, retries not counted."""
+    return sum(records.RETRY_OF not in t.user_attrs for t in rung.get_trials(deepcopy=False))
+
+
+def explore_ends(started: float, ladder_seconds: float | None) -> float | None:
+    """By when exploration must have ended, so the rungs above it get their time."""
+    return started + EXPLORE_SHARE * ladder_seconds if ladder_seconds else None
+
+
+def rung_ends(now: float, ladder_ends: float | None, rungs_left: int) -> float | None:
+    """By when the next rung must end: its share of the time left, ``rungs_left`` counting it
+    and the ones above it (the last of which is the top)."""
+    if ladder_ends is None:
+        return None
+    weights = [1] * (rungs_left - 1) + [TOP_RUNG_WEIGHT]
+    room = max(0.0, ladder_ends - ENSEMBLE_SECONDS - now)
+    return now + room * weights[0] / sum(weights)
+
+
+def rung_last_start(now: float, ends: float | None, budget: Budget) -> float | None:
+    """When a rung's last trial may start: while a quarter of the rung's time (or a whole time
+    share, if less) is left for it to train, besides its validation and logging."""
+    if ends is None:
+        return None
+    return ends - (budget.longest_trial_seconds - budget.trial_seconds) - min(budget.trial_seconds, (ends - now) / 4)
+
+
+def needs_ensemble(exploring: optuna.Study, top: optuna.Study, members: int) -> bool:
+    """Whether the top rung holds finished models that the recorded ensemble did not weigh."""
+    candidates = sorted((t for t in top.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE),
+                        key=lambda t: t.value, reverse=True)[:members]
+    recorded = exploring.user_attrs.get(records.LADDER_RESULT, {}).get("candidates")
+    return bool(candidates) and recorded != [t.number for t in candidates]
