@@ -26,7 +26,7 @@ from optuna.trial import FrozenTrial, TrialState
 import search_space
 from harness import cli, figures, tracking
 from harness.errors import UserError
-from sweeps import front_page, records, study as sweep_study
+from sweeps import front_page, ladder, records, study as sweep_study
 from sweeps.records import StopCause
 
 # Where measured test accuracies of the baselines live: sweeps.baselines, train_trial.py.
@@ -162,6 +162,74 @@ def top_table(top: list[Row], best_baseline: Row | None) -> list[str]:
     return lines
 
 
+def rung_studies(study: optuna.Study, storage_url: str) -> list[optuna.Study]:
+    """The ladder's upper rungs the sweep has climbed so far, lowest first."""
+    if not records.recorded_fingerprint(study).get("budget"):
+        return []
+    storage = sweep_study.open_storage(storage_url)
+    names = set(optuna.study.get_all_study_names(storage))
+    rungs = [records.rung_study_name(study.study_name, budget.name)
+             for budget in ladder.upper_rungs(records.recorded_budget(study))]
+    return [optuna.load_study(study_name=name, storage=storage) for name in rungs if name in names]
+
+
+def rung_table(rows: list[Row], explored: dict[int, FrozenTrial], explored_rank: dict[int, int],
+               documented: bool) -> list[str]:
+    """A rung's models, best first, beside where each stood in exploration."""
+    lines = [f"| rank | model | validation, this rung | exploration (rank) |{' documented (its seed) |' if documented else ''} "
+             "recipe | training time (s) | epochs | MLflow run |",
+             f"| --- | --- | --- | --- |{' --- |' if documented else ''} --- | --- | --- | --- |"]
+    for rank, row in enumerate(rows, 1):
+        source = explored.get(row.trial.user_attrs.get(records.SOURCE_TRIAL, -1))
+        before = "-"
+        if source is not None and source.value is not None:
+            before = f"{source.value:.4f}" + (f" ({explored_rank[source.number]})" if source.number in explored_rank
+                                               else f" ({source.state.name.lower()})")
+        name = row.trial.user_attrs.get(records.BASELINE)
+        seed = f" {search_space.DOCUMENTED_ACCURACY[name]} |" if name else " - |"
+        lines.append(f"| {rank} | {row.label} | {row.validation} | {before} |{seed if documented else ''} "
+                     f"{search_space.describe(row.trial.params)} | {cell(row.training_seconds)} | {row.epochs} | "
+                     f"{row.run.info.run_id if row.run else '-'} |")
+    return lines
+
+
+def ladder_section(study: optuna.Study, rungs: list[optuna.Study], client, finished: list[Row]) -> list[str]:
+    """The top rung (the headline: every finalist and baseline at one full budget), the
+    ensemble, and the rungs below it, each beside the exploration ranking."""
+    explored = {t.number: t for t in study.get_trials(deepcopy=False)}
+    explored_rank = {row.trial.number: rank for rank, row in enumerate(finished, 1)}
+    lines = []
+    result = study.user_attrs.get(records.LADDER_RESULT)
+    for position, rung in enumerate(reversed(rungs)):
+        budget = rung.study_name.rpartition("@")[2]
+        rows = [Row(t, fetch_run(client, t.user_attrs.get(records.MLFLOW_RUN_ID)))
+                for t in rung.get_trials(deepcopy=False) if t.value is not None]
+        rows.sort(key=lambda row: row.trial.value, reverse=True)
+        waiting = sum(t.state == TrialState.WAITING for t in rung.get_trials(deepcopy=False))
+        if position == 0:
+            lines += [f"## Top rung: every model at budget `{budget}`", "",
+                      "The sweep's finalists and the five baselines, trained at one budget and ranked on validation "
+                      "accuracy; \"exploration\" is the figure (and rank among completed trials) each had at the "
+                      "exploring budget, where a time share or the pruner may have cut it.", ""]
+            if result:
+                champion, averaged = result["champion"], result["ensemble"]
+                lines += [f"- **Answer: {champion['label']}**, validation {champion['validation_accuracy']:.4f}, "
+                          f"test {champion['test_accuracy']:.4f} (read once, after every choice): `{champion['model']}`"
+                          + (f"; {ladder.describe_lead(champion)}" if "runner_up" in champion else ""),
+                          f"- Ensemble of {len(averaged['members'])} ({', '.join(averaged['members'])}), k chosen on "
+                          f"validation: validation {averaged['validation_accuracy']:.4f}, test "
+                          f"{averaged['test_accuracy']:.4f} (read once): `{averaged['model']}`; validation by k: "
+                          + ", ".join(f"{k}: {v:.4f}" for k, v in enumerate(averaged["validation_by_size"], 1)), ""]
+        else:
+            lines += [f"## Rung `{budget}`", ""]
+        lines += rung_table(rows, explored, explored_rank, documented=position == 0) if rows else [
+            "No model finished at this rung (none was promoted to it, or its time ran out)."]
+        if waiting:
+            lines += ["", f"{waiting} promoted model(s) not started: the rung's share of the sweep's time ran out."]
+        lines.append("")
+    return lines
+
+
 # --- Plots --------------------------------------------------------------------------------
 
 def plot_history(study: optuna.Study, baselines: dict[str, Row]):
@@ -270,6 +338,7 @@ def build_report(study: optuna.Study, tracking_uri: str, storage: str, out: Path
     best_baseline = max(scored, key=lambda row: row.trial.value) if scored else None
     states = {state: sum(t.state == state for t in trials) for state in TrialState}
     budget = records.recorded_fingerprint(study).get("budget", {})
+    rungs = rung_studies(study, storage)
 
     out.mkdir(parents=True, exist_ok=True)
     notes = []
@@ -310,15 +379,16 @@ def build_report(study: optuna.Study, tracking_uri: str, storage: str, out: Path
         f"{budget.get('trial_seconds', '?')} s a trial",
         f"- Trials: {len(trials)} ({states[TrialState.COMPLETE]} complete, {states[TrialState.PRUNED]} pruned, "
         f"{states[TrialState.FAIL]} failed, {states[TrialState.RUNNING]} running)",
-        f"- Best: {best.label}, validation accuracy {best.trial.value:.4f}"
+        f"- Best at the exploring budget: {best.label}, validation accuracy {best.trial.value:.4f}"
         + (f", {(best.trial.value - best_baseline.trial.value) * 100:+.2f} points vs the best baseline "
            f"({best_baseline.label}, {best_baseline.trial.value:.4f})" if best_baseline else ""),
-        "", "## Baselines", "",
+        "", *ladder_section(study, rungs, client, finished),
+        "## Baselines at the exploring budget", "",
         "Validation accuracy is this sweep's warm-start trial at the sweep's budget (a stopped trial "
         "shows its last epoch's figure and why it stopped). Test accuracy is from `python -m "
         "sweeps.baselines` (or `train_trial.py --evaluate-test`) runs, the full budget where there are any.",
         "", *baseline_table(baselines, client),
-        "", f"## Top {TOP} trials", "", *top_table(finished[:TOP], best_baseline), "",
+        "", f"## Top {TOP} trials at the exploring budget", "", *top_table(finished[:TOP], best_baseline), "",
         "## Plots", "",
     ]
     captions = {

@@ -5,6 +5,7 @@ summary and the Keras model itself). Logs into the active run of MLflow's fluent
 from __future__ import annotations
 
 import math
+import time
 import warnings
 
 import numpy as np
@@ -63,7 +64,18 @@ def _log_input(name: str, context: str, dataset: data.Dataset, images: np.ndarra
         warnings.filterwarnings("ignore", "The specified dataset source can be interpreted in multiple ways",
                                 UserWarning)
         source = mlflow.data.from_numpy(images, source=dataset.source, targets=labels, name=name, digest=digest[:12])
-    mlflow.log_input(source, context=context)
+    from mlflow.exceptions import MlflowException
+
+    # Two workers starting on a split the store has not seen both insert its dataset row; the
+    # one that loses the race (a UNIQUE constraint) finds the row there on a second try.
+    for attempt in range(3):
+        try:
+            mlflow.log_input(source, context=context)
+            return
+        except MlflowException as error:
+            if "UNIQUE constraint" not in str(error) and "duplicate key" not in str(error) or attempt == 2:
+                raise
+            time.sleep(0.2)
 
 
 class MlflowEpochLogger(keras.callbacks.Callback):

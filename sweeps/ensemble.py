@@ -33,6 +33,21 @@ def chosen_size(accuracies: list[float]) -> int:
     return accuracies.index(max(accuracies)) + 1
 
 
+def paired_lead(leader: np.ndarray, runner_up: np.ndarray, labels: np.ndarray) -> dict:
+    """How far the leader is ahead of the runner-up on the same validation images, and
+    McNemar's exact two-sided p-value for it: only the images exactly one of them gets right
+    count, which makes it a far sharper test than comparing two accuracies' error bars."""
+    from math import comb
+
+    leader_right = leader.argmax(axis=1) == labels
+    runner_right = runner_up.argmax(axis=1) == labels
+    only_leader = int((leader_right & ~runner_right).sum())
+    only_runner = int((runner_right & ~leader_right).sum())
+    discordant = only_leader + only_runner
+    tail = sum(comb(discordant, i) for i in range(min(only_leader, only_runner) + 1)) / 2 ** discordant
+    return {"only_leader": only_leader, "only_runner_up": only_runner, "p_value": min(1.0, 2 * tail)}
+
+
 def averaged(members: list[keras.Model]) -> keras.Model:
     """One model that takes uint8 digits and returns the members' mean probabilities."""
     inputs = keras.Input(shape=(28, 28, 1), dtype="uint8", name="digits")
@@ -107,6 +122,8 @@ def main(settings: EnsembleSettings) -> None:
     exploring.set_user_attr(records.LADDER_RESULT, {
         "top_rung": settings.rung_study, "candidates": [t.number for t in finished],
         "champion": {"label": labels[0], "run_id": best.user_attrs[records.MLFLOW_RUN_ID],
-                     "validation_accuracy": best.value, **champion},
+                     "validation_accuracy": best.value, **champion,
+                     **({"runner_up": labels[1], **paired_lead(probabilities[0], probabilities[1], split.y_val)}
+                        if len(finished) > 1 else {})},
         "ensemble": {"members": labels[:k], "run_id": run.info.run_id, "validation_accuracy": accuracies[k - 1],
                      "validation_by_size": accuracies, **result}})

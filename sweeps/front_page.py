@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 
 import search_space
 from harness import tracking
-from sweeps import records
+from sweeps import ladder, records
 
 LEADERS = 10
 # PED-ANOVA's caveat for each setting some of whose values only one trial tried, a line per
@@ -48,7 +48,7 @@ def leaderboard(study: optuna.Study, tracking_uri: str, experiment_id: str, run_
                   f"(`{champion['model']}`); the [ensemble]({tracking.run_link(tracking_uri, experiment_id, averaged['run_id'])}) "
                   f"of {', '.join(averaged['members'])}: validation {averaged['validation_accuracy']:.4f}, "
                   f"test {averaged['test_accuracy']:.4f} (`{averaged['model']}`). Each test figure was read once, "
-                  "after every choice.", ""]
+                  "after every choice." + (f" The winner is {ladder.describe_lead(champion)}." if "runner_up" in champion else ""), ""]
     for rung in reversed(list(rungs)):
         finished = sorted((t for t in rung.get_trials(deepcopy=False) if t.value is not None),
                           key=lambda t: t.value, reverse=True)

@@ -131,3 +131,13 @@ def needs_ensemble(exploring: optuna.Study, top: optuna.Study, members: int) -> 
                         key=lambda t: t.value, reverse=True)[:members]
     recorded = exploring.user_attrs.get(records.LADDER_RESULT, {}).get("candidates")
     return bool(candidates) and recorded != [t.number for t in candidates]
+
+
+def describe_lead(champion: dict) -> str:
+    """The top rung winner's lead over the runner-up on the paired validation images, and
+    whether that lead is more than the split's noise."""
+    lead = (f"ahead of {champion['runner_up']} on {champion['only_leader']} validation images, behind on "
+            f"{champion['only_runner_up']} (McNemar p = {champion['p_value']:.2g})")
+    if champion["p_value"] < 0.05:
+        return f"{lead}: a real lead"
+    return f"{lead}: within the validation split's noise, so the ensemble, which averages them, is the steadier answer"

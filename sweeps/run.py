@@ -418,16 +418,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     timed_out = args.timeout is not None and time.time() > invoked + args.timeout
     climbed: list[optuna.Study] = []
     crashed = list(outcome.crashed)
+    ensemble_failure = None
     if rungs and not outcome.interrupted and not failed and not timed_out and (counted >= args.trials or explore_stopped):
         outcome, climbed = climb(study, settings, workers, storage, client, experiment_id, args.finalists, ladder_ends)
         end_on_store_failure(outcome, lambda: [recovery.end_orphaned_trials(rung, storage, client, experiment_id, run_id)
                                                for rung in climbed])
         crashed += outcome.crashed
         if not outcome.interrupted and climbed and ladder.needs_ensemble(study, climbed[-1], ENSEMBLE_MEMBERS):
-            ensemble(EnsembleSettings(
+            ensemble_failure = ensemble(EnsembleSettings(
                 exploring_study=study.study_name, rung_study=climbed[-1].study_name, storage_url=storage_url,
                 tracking_uri=uri, experiment=EXPERIMENT, parent_run_id=run_id, budget=rungs[-1],
-                data_path=args.data, split_seed=data.DEFAULT_SPLIT_SEED, model_name=tracking.REGISTERED_MODEL))
+                data_path=args.data, split_seed=data.DEFAULT_SPLIT_SEED, model_name=tracking.REGISTERED_MODEL),
+                client, experiment_id)
     cores_used = (children_cpu_seconds() - cpu_before) / max(time.time() - started, 1e-9)
 
     complete = study.get_trials(deepcopy=False, states=[TrialState.COMPLETE])
@@ -446,7 +448,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     running = any(s.get_trials(deepcopy=False, states=[TrialState.RUNNING]) for s in [study, *climbed])
     if outcome.interrupted:
         client.set_terminated(run_id, "KILLED")
-    elif failed:
+    elif failed or ensemble_failure:
         client.set_terminated(run_id, "FAILED")
     elif not running:
         client.set_terminated(run_id, "FINISHED")  # else another invocation's workers are still at it
@@ -472,7 +474,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{'error: ' if failed else ''}{len(crashed)} worker(s) exited abnormally (exit codes "
               f"{crashed}); the trials they left running were recorded as failed and retried once",
               file=sys.stderr)
-    return 1 if failed else 0
+    if ensemble_failure:
+        print(f"error: {ensemble_failure}", file=sys.stderr)
+    return 1 if failed or ensemble_failure else 0
 
 
 def describe_ladder(budget, rungs, finalists: int, seconds: float | None) -> str:
@@ -504,8 +508,9 @@ def climb(study: optuna.Study, settings: SweepSettings, workers: int, storage, c
             ends_by=ends, lock_path=str(Path(settings.lock_path).with_name(f"ask-{budget.name}.lock")))
 
         def recover_rung(rung=rung, lock_path=rung_settings.lock_path) -> None:
-            report_orphans(recovery.end_orphaned_trials(rung, storage, client, experiment_id, settings.parent_run_id))
-            report_retries(recovery.retry_lost_trials(rung, storage, lock_path))
+            where = f"Rung {rung.study_name.rpartition('@')[2]}: "
+            report_orphans(recovery.end_orphaned_trials(rung, storage, client, experiment_id, settings.parent_run_id), where)
+            report_retries(recovery.retry_lost_trials(rung, storage, lock_path), where)
 
         recover_rung()
         deadline = f"; ends by {time.strftime('%H:%M', time.localtime(ends))}" if ends else ""
@@ -538,16 +543,36 @@ def _ensemble_process(settings: EnsembleSettings) -> None:
     top_rung_ensemble.main(settings)
 
 
-def ensemble(settings: EnsembleSettings) -> None:
-    """Ensemble the top rung in a process of its own (the parent never loads TensorFlow)."""
+def ensemble(settings: EnsembleSettings, client, experiment_id: str) -> str | None:
+    """Ensemble the top rung in a process of its own (the parent never loads TensorFlow).
+    Returns why it failed, or None. An ensemble run left RUNNING (its process killed, here or
+    by an earlier invocation) is closed as KILLED: a rerun builds a new one."""
     print("Ensembling the top rung: k chosen on validation, then one test pass each for the ensemble "
           "and the best single model", flush=True)
+    close_stale_ensembles(settings.rung_study, client, experiment_id)
     process = multiprocessing.get_context("spawn").Process(target=_ensemble_process, args=(settings,))
     process.start()
-    process.join()
+    try:
+        process.join()
+    except KeyboardInterrupt:  # Ctrl-C reached the ensemble's process too
+        process.terminate()
+        process.join()
+        raise
+    finally:
+        close_stale_ensembles(settings.rung_study, client, experiment_id)
     if process.exitcode != 0:
-        raise UserError(f"the ensemble step failed (exit code {process.exitcode}); run the same command again "
-                        "to retry it: every trained rung is kept")
+        return (f"the ensemble step failed (exit code {process.exitcode}); run the same command again "
+                "to retry it: every trained rung is kept")
+    return None
+
+
+def close_stale_ensembles(rung_study: str, client, experiment_id: str) -> None:
+    stale = client.search_runs([experiment_id], max_results=100, filter_string=(
+        f"tags.{records.FIDELITY} = 'ensemble' and tags.{records.STUDY_TAG} = '{rung_study}' "
+        "and attributes.status = 'RUNNING'"))
+    for run in stale:
+        client.set_tag(run.info.run_id, records.REASON, "its process ended before the ensemble was registered")
+        client.set_terminated(run.info.run_id, "KILLED")
 
 
 def ladder_summary(study: optuna.Study, climbed: list[optuna.Study]) -> str:
@@ -566,6 +591,8 @@ def ladder_summary(study: optuna.Study, climbed: list[optuna.Study]) -> str:
         champion, averaged = result["champion"], result["ensemble"]
         lines.append(f"Top rung's winner: {champion['label']}, validation {champion['validation_accuracy']:.4f}, "
                      f"test {champion['test_accuracy']:.4f} (read once): {champion['model']}")
+        if "runner_up" in champion:
+            lines.append("  " + ladder.describe_lead(champion))
         lines.append(f"Ensemble of {len(averaged['members'])} ({', '.join(averaged['members'])}; k chosen on validation): "
                      f"validation {averaged['validation_accuracy']:.4f}, test {averaged['test_accuracy']:.4f} "
                      f"(read once): {averaged['model']}")
@@ -573,15 +600,15 @@ def ladder_summary(study: optuna.Study, climbed: list[optuna.Study]) -> str:
     return "\n".join(lines)
 
 
-def report_retries(numbers: list[int]) -> None:
+def report_retries(numbers: list[int], where: str = "") -> None:
     if numbers:
-        print(f"Queued a retry of trial(s) {', '.join(map(str, numbers))} with the same params: a trial lost "
+        print(f"{where}Queued a retry of trial(s) {', '.join(map(str, numbers))} with the same params: a trial lost "
               "with its worker does not count toward --trials", flush=True)
 
 
-def report_orphans(numbers: list[int]) -> None:
+def report_orphans(numbers: list[int], where: str = "") -> None:
     if numbers:
-        print(f"Ended trial(s) {', '.join(map(str, numbers))}: left running by a worker that is gone "
+        print(f"{where}Ended trial(s) {', '.join(map(str, numbers))}: left running by a worker that is gone "
               "(now FAIL in Optuna, KILLED in MLflow, with the reason)", flush=True)
 
 

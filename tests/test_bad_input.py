@@ -18,7 +18,7 @@ from analysis import compare
 
 pytestmark = pytest.mark.slow  # against a finished smoke sweep
 
-SMOKE = ["--budget", "smoke", "--train-size", "300", "--max-epochs", "1", "--finalists", "0"]
+SMOKE = ["--budget", "smoke", "--train-size", "300", "--max-epochs", "1"]
 
 
 def snapshot(folder):
@@ -70,6 +70,10 @@ def cases(folder):
         "a truncated data file": (run, ["--data", "truncated.npz", *SMOKE], "truncated.npz"),
         "a Kaggle CSV with missing columns": (run, ["--data", "train.csv", *SMOKE], "missing column(s) pixel1"),
         "another budget for a recorded study": (run, ["--trials", "12", "--budget", "smoke"], "different setup"),
+        "a negative number of finalists": (run, ["--finalists", "-1", *SMOKE], "--finalists: -1 must be at least 0"),
+        "no time for the sweep": (run, ["--hours", "0", *SMOKE], "--hours: 0 must be a number above 0"),
+        "hours that are not a number": (run, ["--hours", "soon", *SMOKE], "--hours: 'soon' is not a number"),
+        "infinite hours": (run, ["--hours", "inf", *SMOKE], "--hours: inf must be a number above 0"),
         "a params file with an unknown key": (train_trial.main, ["--params", "unknown_key.json", *SMOKE], "colour"),
         "a params value out of range": (train_trial.main, ["--params", "out_of_range.json", *SMOKE],
                                         "learning_rate=5.0 is not in 0.0001..0.01"),

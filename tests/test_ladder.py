@@ -1,0 +1,229 @@
+"""The fidelity ladder: exploration's best recipes are carried up rung by rung, the five
+baselines join the top rung, the top rung's best are ensembled with k chosen on validation,
+tested once and registered, and the winner is usable like any model."""
+
+import contextlib
+import io
+
+import numpy as np
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from harness import cli, tracking
+from harness.budgets import BUDGETS
+from sweeps import ladder, records, run as sweep_run, study as sweep_study
+
+# Sampled trials must complete for the middle rung to get recipes: no pruner here.
+LADDER = ["--trials", "7", "--workers", "2", "--finalists", "1", "--pruner", "none",
+          "--budget", "smoke", "--train-size", "300", "--max-epochs", "2"]
+
+
+@pytest.fixture(scope="module")
+def climbed(tmp_path_factory):
+    """A smoke sweep of 7 trials (5 baselines, 2 sampled) that climbs smoke -> smoke-long ->
+    smoke-full and ensembles, then the same command again."""
+    folder = tmp_path_factory.mktemp("ladder")
+    outputs = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(folder)
+        for _ in range(2):
+            output = io.StringIO()
+            with pytest.raises(SystemExit) as exit_info, contextlib.redirect_stdout(output):
+                cli.run(sweep_run.main, LADDER)
+            assert exit_info.value.code == 0, output.getvalue()
+            outputs.append(output.getvalue())
+    storage = sweep_study.open_storage(f"journal:{folder}/mlruns/optuna.journal")
+    studies = {name: optuna.load_study(study_name=name, storage=storage)
+               for name in ("mnist-sweep", "mnist-sweep@smoke-long", "mnist-sweep@smoke-full")}
+    uri = f"sqlite:///{folder}/mlruns/mlflow.db"
+    return type("Climbed", (), {"folder": folder, "outputs": outputs, "studies": studies, "uri": uri,
+                                "client": tracking.client(uri)})
+
+
+def rung_runs(climbed, study_name):
+    experiment = climbed.client.get_experiment_by_name(sweep_run.EXPERIMENT)
+    return climbed.client.search_runs([experiment.experiment_id], f"tags.{records.STUDY_TAG} = '{study_name}'",
+                                      max_results=100)
+
+
+@pytest.mark.slow
+def test_the_best_explored_recipes_are_promoted_rung_by_rung(climbed):
+    exploring = climbed.studies["mnist-sweep"]
+    long, full = climbed.studies["mnist-sweep@smoke-long"], climbed.studies["mnist-sweep@smoke-full"]
+    sampled = ladder.ranked(exploring.trials)
+    assert len(sampled) == 2  # the two sampled trials, both complete
+    assert sorted(t.user_attrs[records.SOURCE_TRIAL] for t in long.trials) == sorted(t.number for t in sampled)
+    assert all(t.params == exploring.trials[t.user_attrs[records.SOURCE_TRIAL]].params for t in long.trials)
+    [finalist] = [t for t in full.trials if records.BASELINE not in t.user_attrs]
+    best_of_long = max((t for t in long.trials if t.state == TrialState.COMPLETE), key=lambda t: t.value)
+    assert finalist.user_attrs[records.SOURCE_TRIAL] == best_of_long.user_attrs[records.SOURCE_TRIAL]
+
+
+@pytest.mark.slow
+def test_the_top_rung_trains_all_five_baselines_at_its_budget_with_their_own_epochs(climbed):
+    full = climbed.studies["mnist-sweep@smoke-full"]
+    baselines = {t.user_attrs[records.BASELINE]: t for t in full.trials if records.BASELINE in t.user_attrs}
+    assert sorted(baselines) == sorted(["kaggle_cnn", "mlp_3x256", "chollet_cnn", "gradio_cnn", "lenet5"])
+    assert all(t.state == TrialState.COMPLETE for t in full.trials)
+    assert not any(records.BASELINE in t.user_attrs for t in climbed.studies["mnist-sweep@smoke-long"].trials)
+    chollet = climbed.client.get_run(baselines["chollet_cnn"].user_attrs[records.MLFLOW_RUN_ID])
+    assert chollet.data.tags["budget"] == "smoke-full" and chollet.data.tags["train_size"] == "1000"
+    assert chollet.data.params["epochs"] == "5"  # its seed's own, capped by the rung's 3 epochs
+    assert chollet.data.metrics["epochs_run"] <= BUDGETS["smoke-full"].max_epochs
+
+
+@pytest.mark.slow
+def test_each_rung_trial_is_one_child_run_tagged_with_its_fidelity_and_source(climbed):
+    parent = climbed.studies["mnist-sweep"].user_attrs[records.PARENT_RUN_ID]
+    for name, budget in (("mnist-sweep@smoke-long", "smoke-long"), ("mnist-sweep@smoke-full", "smoke-full")):
+        study = climbed.studies[name]
+        runs = [r for r in rung_runs(climbed, name) if records.TRIAL_NUMBER_TAG in r.data.tags]
+        assert sorted(int(r.data.tags[records.TRIAL_NUMBER_TAG]) for r in runs) == [t.number for t in study.trials]
+        for run in runs:
+            trial = study.trials[int(run.data.tags[records.TRIAL_NUMBER_TAG])]
+            assert run.info.run_id == trial.user_attrs[records.MLFLOW_RUN_ID]
+            assert run.data.tags[records.FIDELITY] == budget
+            assert run.data.tags[records.SOURCE_TRIAL] == str(trial.user_attrs[records.SOURCE_TRIAL])
+            assert run.data.tags[records.PARENT_RUN_TAG] == parent
+            assert run.data.tags[records.STATE_TAG] == trial.state.name and run.info.status == "FINISHED"
+            assert f"@ {budget}" in run.info.run_name
+
+
+@pytest.mark.slow
+def test_the_ensemble_is_chosen_on_validation_tested_once_and_registered(climbed):
+    from sweeps import ensemble
+
+    result = climbed.studies["mnist-sweep"].user_attrs[records.LADDER_RESULT]
+    averaged, champion = result["ensemble"], result["champion"]
+    by_size = averaged["validation_by_size"]
+    assert len(averaged["members"]) == ensemble.chosen_size(by_size)  # the smallest k with the best validation
+    assert averaged["validation_accuracy"] == max(by_size)
+    full = climbed.studies["mnist-sweep@smoke-full"]
+    best = max((t for t in full.trials if t.state == TrialState.COMPLETE), key=lambda t: t.value)
+    assert champion["run_id"] == best.user_attrs[records.MLFLOW_RUN_ID]
+    registered = {alias: climbed.client.get_model_version_by_alias(tracking.REGISTERED_MODEL, alias)
+                  for alias in (tracking.CHAMPION_ALIAS, tracking.ENSEMBLE_ALIAS)}
+    assert registered["ensemble"].run_id == averaged["run_id"]
+    assert registered["champion"].run_id == champion["run_id"]
+    ensemble_run = climbed.client.get_run(averaged["run_id"])
+    assert ensemble_run.data.tags[records.FIDELITY] == "ensemble"
+    assert ensemble_run.data.metrics["test_accuracy"] == pytest.approx(averaged["test_accuracy"])
+    # The test set was read for the two registered models only, and once each.
+    tested = [r for r in rung_runs(climbed, "mnist-sweep@smoke-full") if "test_accuracy" in r.data.metrics]
+    assert sorted(r.info.run_id for r in tested) == sorted([averaged["run_id"], champion["run_id"]])
+    for run in tested:
+        assert len(climbed.client.get_metric_history(run.info.run_id, "test_accuracy")) == 1
+        assert "evaluation" in [i.tags[0].value for i in run.inputs.dataset_inputs]
+
+
+@pytest.mark.slow
+def test_predict_labels_a_csv_with_the_registered_ensemble(climbed, mnist, run_command, tmp_path):
+    from digits import predict
+
+    images = mnist.x_test[:20].reshape(20, -1)
+    (tmp_path / "test.csv").write_text(",".join(f"pixel{i}" for i in range(784)) + "\n"
+                                       + "\n".join(",".join(map(str, row)) for row in images) + "\n")
+    code, out, err = run_command(predict.main, ["--model", "models:/mnist-digits@ensemble", "--input", tmp_path / "test.csv",
+                                                "--output", tmp_path / "labels.csv", "--tracking-uri", climbed.uri])
+    assert code == 0, err
+    assert "warn" not in err.lower()
+    lines = (tmp_path / "labels.csv").read_text().splitlines()
+    assert lines[0] == "ImageId,Label" and len(lines) == 21
+    assert all(0 <= int(line.split(",")[1]) <= 9 for line in lines[1:])
+
+
+@pytest.mark.slow
+def test_the_summary_and_the_front_page_give_the_top_rungs_answer(climbed):
+    first = climbed.outputs[0]
+    assert "Ladder: smoke (explore) -> smoke-long" in first
+    assert "Rung 3 of 3, smoke-full" in first and "Top rung's winner:" in first and "Ensemble of" in first
+    assert "python -m digits.predict --model models:/mnist-digits@ensemble" in first
+    parent = climbed.client.get_run(climbed.studies["mnist-sweep"].user_attrs[records.PARENT_RUN_ID])
+    note = parent.data.tags[records.NOTE_TAG]
+    assert "**Answer (the top rung" in note and "rung `smoke-full`" in note
+    assert parent.data.tags["top_rung_winner"] in note
+
+
+@pytest.mark.slow
+def test_running_the_finished_ladder_again_trains_and_registers_nothing_new(climbed):
+    assert "nothing new promoted" in climbed.outputs[1]
+    assert "Ensembling" not in climbed.outputs[1]
+    versions = climbed.client.search_model_versions(f"name = '{tracking.REGISTERED_MODEL}'")
+    assert len(versions) == 2
+    assert [len(s.trials) for s in climbed.studies.values()] == [7, 2, 6]
+
+
+@pytest.mark.slow
+def test_the_report_ranks_the_top_rung_with_all_five_baselines(climbed, run_command, monkeypatch):
+    from analysis import compare
+
+    monkeypatch.chdir(climbed.folder)
+    code, out, err = run_command(compare.main, ["--out", "report", "--tracking-uri", climbed.uri])
+    assert code == 0, err
+    report = (climbed.folder / "report" / "report.md").read_text()
+    top = report.split("## Top rung: every model at budget `smoke-full`")[1].split("\n## ")[0]
+    table = [line for line in top.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert len(table) == 6
+    for name in ("kaggle_cnn", "mlp_3x256", "chollet_cnn", "gradio_cnn", "lenet5"):
+        assert any(f"| {name} |" in line for line in table), name
+    assert "**Answer:" in top and "models:/mnist-digits@ensemble" in top
+    assert "## Rung `smoke-long`" in report
+
+
+# --- Units --------------------------------------------------------------------------------
+
+def test_each_rung_holds_promotion_factor_times_the_rung_above():
+    assert ladder.promotion_counts(3, 2) == [3 * ladder.PROMOTION_FACTOR, 3]
+    assert ladder.promotion_counts(1, 1) == [1]
+    assert [b.name for b in ladder.upper_rungs(BUDGETS["quick"])] == ["long", "full"]
+    assert ladder.upper_rungs(BUDGETS["full"]) == []
+
+
+def test_the_ladders_wall_clock_is_shared_exploration_first_then_the_top_rung_twice_a_middle_one():
+    hours = 2 * 3600
+    assert ladder.explore_ends(0, hours) == ladder.EXPLORE_SHARE * hours
+    after_explore = 2700.0
+    room = hours - ladder.ENSEMBLE_SECONDS - after_explore
+    middle_ends = ladder.rung_ends(after_explore, hours, rungs_left=2)
+    assert middle_ends == pytest.approx(after_explore + room / 3)
+    assert ladder.rung_ends(middle_ends, hours, rungs_left=1) == pytest.approx(hours - ladder.ENSEMBLE_SECONDS)
+    assert ladder.rung_ends(0, None, 2) is None
+
+
+def test_a_recipe_is_promoted_once_even_when_a_retry_repeats_it():
+    study = optuna.create_study(direction="maximize")
+    for value, x in ((0.9, 1), (0.95, 2), (0.95, 2), (0.8, 3)):
+        study.enqueue_trial({"x": x})
+        trial = study.ask()
+        trial.suggest_int("x", 0, 5)
+        study.tell(trial, value)
+    assert [t.params["x"] for t in ladder.ranked(study.trials)] == [2, 1, 3]
+
+
+def test_k_is_the_smallest_ensemble_with_the_best_validation_accuracy():
+    from sweeps import ensemble
+
+    labels = np.array([0, 1, 2, 0])
+    sure = np.eye(3)[[0, 1, 1, 0]]  # wrong on the third image
+    other = np.eye(3)[[0, 2, 2, 1]] * 0.9 + 0.05
+    accuracies = ensemble.accuracies_by_size([sure, other, other], labels)
+    assert accuracies[0] == 0.75
+    assert ensemble.chosen_size([0.99, 0.995, 0.995]) == 2
+    assert ensemble.chosen_size([0.99, 0.98]) == 1
+
+
+
+def test_a_lead_counts_only_the_images_one_model_gets_right_and_says_when_it_is_noise():
+    from sweeps import ensemble
+
+    labels = np.zeros(1000, dtype=int)
+    right, wrong = np.array([1.0, 0.0]), np.array([0.0, 1.0])
+    leader = np.array([right] * 990 + [wrong] * 10)
+    close = np.array([right] * 985 + [wrong] * 15)
+    lead = ensemble.paired_lead(leader, close, labels)
+    assert (lead["only_leader"], lead["only_runner_up"]) == (5, 0)
+    assert lead["p_value"] == pytest.approx(2 / 32)  # exact: both tails of Binomial(5, 1/2) at 0
+    assert "within the validation split's noise" in ladder.describe_lead({"runner_up": "b", **lead})
+    far = ensemble.paired_lead(leader, np.array([right] * 950 + [wrong] * 50), labels)
+    assert far["p_value"] < 1e-6 and "a real lead" in ladder.describe_lead({"runner_up": "b", **far})
