@@ -139,11 +139,18 @@ def counted_trials(trials: list[FrozenTrial], total: int) -> int:
 
 def fingerprint(data_sha256: str, budget: Budget, split_seed: int) -> dict:
     """What must not change between invocations that add trials to one study."""
-    # The wall-clocks bound one invocation, not what its trials are: left out.
-    trials_budget = {k: v for k, v in dataclasses.asdict(budget).items()
-                     if k not in ("sweep_seconds", "ladder_seconds")}
     return {"search_space_version": search_space.SEARCH_SPACE_VERSION, "data_sha256": data_sha256,
-            "split_seed": split_seed, "budget": trials_budget}
+            "split_seed": split_seed, "budget": trials_budget(budget)}
+
+
+def trials_budget(budget: Budget) -> dict:
+    """What of a budget shapes its trials: the wall-clocks bound one invocation, so are left out."""
+    return {k: v for k, v in dataclasses.asdict(budget).items() if k not in ("sweep_seconds", "ladder_seconds")}
+
+
+def rung_fingerprint(exploring: dict, budget: Budget) -> dict:
+    """A ladder rung's fingerprint: its exploring study's, with the rung's own budget."""
+    return {**exploring, "budget": trials_budget(budget)}
 
 
 def recorded_fingerprint(study: optuna.Study) -> dict:

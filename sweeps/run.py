@@ -532,8 +532,7 @@ def open_rung(exploring: optuna.Study, storage, budget) -> optuna.Study:
     rung = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True)
     if records.EXPLORING_STUDY not in rung.user_attrs:
         rung.set_user_attr(records.EXPLORING_STUDY, exploring.study_name)
-        rung.set_user_attr(records.FINGERPRINT, {**records.recorded_fingerprint(exploring),
-                                                 "budget": records.fingerprint("", budget, 0)["budget"]})
+        rung.set_user_attr(records.FINGERPRINT, records.rung_fingerprint(records.recorded_fingerprint(exploring), budget))
     return rung
 
 
