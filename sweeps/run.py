@@ -204,7 +204,8 @@ def supervise(study: optuna.Study, settings: SweepSettings, worker_count: int,
     previous = {number: signal.signal(number, on_stop_signal) for number in (signal.SIGINT, signal.SIGTERM)}
     workers = [start_worker() for _ in range(worker_count)]
     initial = finished(counts(study.get_trials(deepcopy=False)))
-    ends_by = settings.last_start + settings.budget.longest_trial_seconds if settings.last_start else None
+    ends_by = settings.ends_by or (settings.last_start + settings.budget.longest_trial_seconds
+                                   if settings.last_start else None)
     time_left = progress.TimeLeft(total, initial, ends_by=ends_by)
     try:
         with tqdm(total=total, initial=min(initial, total), unit="trial", desc=phase or study.study_name,
