@@ -201,7 +201,7 @@ def ladder_section(study: optuna.Study, rungs: list[optuna.Study], client, finis
     lines = []
     result = study.user_attrs.get(records.LADDER_RESULT)
     for position, rung in enumerate(reversed(rungs)):
-        budget = rung.study_name.rpartition("@")[2]
+        budget = records.rung_budget_name(rung.study_name)
         rows = [Row(t, fetch_run(client, t.user_attrs.get(records.MLFLOW_RUN_ID)))
                 for t in rung.get_trials(deepcopy=False) if t.value is not None]
         rows.sort(key=lambda row: row.trial.value, reverse=True)

@@ -53,7 +53,7 @@ def leaderboard(study: optuna.Study, tracking_uri: str, experiment_id: str, run_
         finished = sorted((t for t in rung.get_trials(deepcopy=False) if t.value is not None),
                           key=lambda t: t.value, reverse=True)
         if finished:
-            lines += [f"| rung `{rung.study_name.rpartition('@')[2]}` | validation accuracy | how it stopped | network and training |",
+            lines += [f"| rung `{records.rung_budget_name(rung.study_name)}` | validation accuracy | how it stopped | network and training |",
                       "| --- | --- | --- | --- |"]
             lines += [f"| {linked(t)} | {t.value:.4f} | {records.stop_cause(t).value} | {search_space.describe(t.params)} |"
                       for t in finished]

@@ -90,6 +90,11 @@ def rung_study_name(exploring_study: str, budget_name: str) -> str:
     return f"{exploring_study}@{budget_name}"
 
 
+def rung_budget_name(rung_study: str) -> str:
+    """The budget a ladder rung's study trains at (the inverse of rung_study_name)."""
+    return rung_study.rpartition("@")[2]
+
+
 def trial_run_tags(study_name: str, trial_number: int, parent_run_id: str) -> dict[str, str]:
     """The tags that tie a trial's MLflow run to its study, its trial and the parent run."""
     return {PARENT_RUN_TAG: parent_run_id, STUDY_TAG: study_name, TRIAL_NUMBER_TAG: str(trial_number)}

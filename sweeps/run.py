@@ -509,7 +509,7 @@ def climb(study: optuna.Study, settings: SweepSettings, workers: int, storage, c
             ends_by=ends, lock_path=str(Path(settings.lock_path).with_name(f"ask-{budget.name}.lock")))
 
         def recover_rung(rung=rung, lock_path=rung_settings.lock_path) -> None:
-            where = f"Rung {rung.study_name.rpartition('@')[2]}: "
+            where = f"Rung {records.rung_budget_name(rung.study_name)}: "
             report_orphans(recovery.end_orphaned_trials(rung, storage, client, experiment_id, settings.parent_run_id), where)
             report_retries(recovery.retry_lost_trials(rung, storage, lock_path), where)
 
@@ -581,7 +581,7 @@ def ladder_summary(study: optuna.Study, climbed: list[optuna.Study]) -> str:
     for rung in climbed:
         trials = sorted((t for t in rung.get_trials(deepcopy=False) if t.value is not None),
                         key=lambda t: t.value, reverse=True)
-        budget = rung.study_name.rpartition("@")[2]
+        budget = records.rung_budget_name(rung.study_name)
         waiting = sum(t.state == TrialState.WAITING for t in rung.get_trials(deepcopy=False))
         untrained = f"; {waiting} not started (the rung's time ran out)" if waiting else ""
         lines.append(f"Rung {budget}: " + (", ".join(f"{records.label(t)} {t.value:.4f}" for t in trials) or "nothing finished")
