@@ -78,9 +78,11 @@ BUDGETS = {
                     promotes_to="long", ladder_seconds=2 * 3600),
     # The ladder's middle rung: every training image and 10 epochs, enough for a one-cycle or
     # cosine schedule to run its course and for augmentation to start paying; a small BN CNN
-    # takes about 10 minutes of one core here.
+    # takes about 10 minutes of one core here. Where a GPU is visible the sweep explores here,
+    # and climbs to full within the same two hours as the CPU's ladder from quick.
     "long": Budget("long", train_size=None, max_epochs=10, patience=3,
-                   max_training_tflop=60.0, trial_seconds=1200, first_rung=4, promotes_to="full"),
+                   max_training_tflop=60.0, trial_seconds=1200, first_rung=4, promotes_to="full",
+                   ladder_seconds=2 * 3600),
     # The seeds' scale: all 54,000 training images, up to 30 epochs. Patience 8 outlasts two
     # of kaggle_cnn's ReduceLROnPlateau periods (3 epochs each), so the annealer gets to act.
     # kaggle_cnn's full recipe is about 320 TFLOP.

@@ -49,7 +49,7 @@ def positive_float(text: str) -> float:
 
 
 def add_training_arguments(parser: argparse.ArgumentParser, default_budget: str | None,
-                           chosen_budget: str = "full where a GPU is visible, else quick") -> None:
+                           chosen_budget: str = "long where a GPU is visible, else quick") -> None:
     """Flags that mean the same on every command that trains (no default budget: the
     command chooses, as ``chosen_budget`` says)."""
     parser.add_argument("--budget", choices=BUDGETS, default=default_budget,

@@ -61,7 +61,7 @@ def parse_args(argv: Sequence[str] | None):
                              f"each rung below holds {ladder.PROMOTION_FACTOR}x as many (default: 3; 0: explore only)")
     parser.add_argument("--hours", type=cli.positive_float, metavar="H",
                         help="wall-clock of the whole sweep, ladder and ensemble included (default: the budget's, "
-                             "2 at quick; none at smoke); exploration takes at most "
+                             "2 at quick and at long, the GPU default; none at smoke); exploration takes at most "
                              f"{ladder.EXPLORE_SHARE:.0%} of it")
     return parser.parse_args(argv)
 
@@ -74,6 +74,12 @@ def gpu_visible() -> bool:
     except (OSError, subprocess.SubprocessError):
         return False
     return listing.returncode == 0 and "GPU" in listing.stdout
+
+
+def default_budget_name(gpu: bool | None = None) -> str:
+    """A GPU explores at the ladder's middle rung: every image and 10 epochs cost it about
+    what quick costs two CPU cores, and the same command climbs from there to full."""
+    return "long" if (gpu_visible() if gpu is None else gpu) else "quick"
 
 
 def open_study(args, storage, fingerprint: dict, set_up: Callable[[optuna.Study], None]) -> optuna.Study:
@@ -343,7 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar and summary say it
     gpu = gpu_visible()
-    budget_name = args.budget or ("full" if gpu else "quick")
+    budget_name = args.budget or default_budget_name(gpu)
     workers = args.workers or (1 if gpu else min(2, os.cpu_count() or 1))
     # On a CPU each worker gets its share of the cores: measured here, two single-threaded
     # workers train 1.4x the images of one worker with both threads (RESULTS.md).

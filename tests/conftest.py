@@ -82,8 +82,8 @@ def digits_model(tmp_path_factory, mnist):
     with mlflow.start_run() as run:
         logged = mlflow.keras.log_model(model, name="model", pip_requirements=["keras"])
     version = mlflow.register_model(logged.model_uri, tracking.REGISTERED_MODEL)
-    mlflow.MlflowClient(uri).set_registered_model_alias(tracking.REGISTERED_MODEL, tracking.CHAMPION_ALIAS,
-                                                        version.version)
+    tracking.client(uri).set_registered_model_alias(tracking.REGISTERED_MODEL, tracking.CHAMPION_ALIAS,
+                                                    version.version)
     return types.SimpleNamespace(model=model, path=path, tracking_uri=uri, run_id=run.info.run_id)
 
 

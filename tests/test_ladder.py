@@ -4,6 +4,7 @@ tested once and registered, and the winner is usable like any model."""
 
 import contextlib
 import io
+import os
 
 import numpy as np
 import optuna
@@ -178,6 +179,19 @@ def test_each_rung_holds_promotion_factor_times_the_rung_above():
     assert ladder.promotion_counts(1, 1) == [1]
     assert [b.name for b in ladder.upper_rungs(BUDGETS["quick"])] == ["long", "full"]
     assert ladder.upper_rungs(BUDGETS["full"]) == []
+
+
+def test_a_gpu_explores_at_long_and_climbs_to_full_within_the_same_two_hours(tmp_path, monkeypatch):
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text("#!/bin/sh\necho 'GPU 0: NVIDIA H200 (UUID: GPU-0)'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    assert sweep_run.gpu_visible()
+    budget = BUDGETS[sweep_run.default_budget_name()]
+    assert budget.name == "long" and [b.name for b in ladder.upper_rungs(budget)] == ["full"]
+    assert budget.ladder_seconds == BUDGETS["quick"].ladder_seconds == 2 * 3600
+    fake.write_text("#!/bin/sh\necho 'NVIDIA-SMI has failed' >&2\nexit 9\n")  # a driver that cannot talk to a GPU
+    assert sweep_run.default_budget_name() == "quick"
 
 
 def test_the_ladders_wall_clock_is_shared_exploration_first_then_the_top_rung_twice_a_middle_one():

@@ -110,7 +110,7 @@ def test_kill_9_in_the_top_rung_then_the_same_command_loses_nothing(tmp_path):
     # Every recipe promoted to the top rung was trained there, the lost one by its retry.
     assert ladder.requested_trials(load(storage, TOP)) == len(top) - 1
 
-    client = mlflow.MlflowClient(uri)
+    client = tracking.client(uri)  # its registry too: an earlier test may have pointed MLflow's at its own store
     experiment = client.get_experiment_by_name(sweep_run.EXPERIMENT)
     runs = client.search_runs([experiment.experiment_id], max_results=1000)
     assert [(r.info.run_name, r.data.tags.get(records.STUDY_TAG)) for r in runs if r.info.status == "RUNNING"] == []

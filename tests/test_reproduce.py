@@ -8,7 +8,7 @@ import mlflow
 import numpy as np
 import pytest
 
-from harness import data
+from harness import data, tracking
 from sweeps import reproduce, study as sweep_study
 
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -39,7 +39,7 @@ def reproduced(sweep, tmp_path_factory):
 
 
 def seed_runs(uri):
-    client = mlflow.MlflowClient(uri)
+    client = tracking.client(uri)
     experiment = client.get_experiment_by_name(reproduce.EXPERIMENT)
     return client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
 
@@ -55,7 +55,7 @@ def test_the_same_seed_twice_gives_identical_validation_accuracy(reproduced):
 @pytest.mark.slow
 def test_each_seed_run_names_its_source_and_is_evaluated_once_on_the_test_set(reproduced, sweep):
     study = sweep_study.load_existing("mnist-sweep", f"journal:{sweep}/mlruns/optuna.journal")
-    client = mlflow.MlflowClient(reproduced[0])
+    client = tracking.client(reproduced[0])
     for run in seed_runs(reproduced[0]):
         assert run.data.tags["source_study"] == "mnist-sweep"
         assert run.data.tags["source_trial"] == str(study.best_trial.number)
@@ -88,7 +88,7 @@ def test_the_verdict_is_printed_before_the_test_set_is_read(reproduced):
 def test_the_champion_alias_loads_and_predicts_as_its_run_measured(reproduced, mnist):
     uri, _ = reproduced
     mlflow.set_tracking_uri(uri)
-    version = mlflow.MlflowClient(uri).get_model_version_by_alias(reproduce.REGISTERED_MODEL, reproduce.ALIAS)
+    version = tracking.client(uri).get_model_version_by_alias(reproduce.REGISTERED_MODEL, reproduce.ALIAS)
     assert str(version.version) == "2"  # the second invocation moved the alias
     model = mlflow.keras.load_model(f"models:/{reproduce.REGISTERED_MODEL}@{reproduce.ALIAS}")
     split = data.split(mnist, 0, 300)
