@@ -379,6 +379,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     def recover() -> None:
         report_orphans(recovery.end_orphaned_trials(study, storage, client, experiment_id, run_id))
         report_retries(recovery.retry_lost_trials(study, storage, lock_path))
+        # An earlier ladder's rungs, climbed again or not (--finalists 0): a trial its dead worker
+        # left running is ended here; a climb queues its retry when it reaches the rung.
+        for rung in existing_rungs(study, storage, budget):
+            report_orphans(recovery.end_orphaned_trials(rung, storage, client, experiment_id, run_id),
+                           f"Rung {records.rung_budget_name(rung.study_name)}: ")
 
     recover()
     rungs = ladder.upper_rungs(budget) if args.finalists else []
@@ -531,6 +536,13 @@ def climb(study: optuna.Study, settings: SweepSettings, workers: int, storage, c
         recover_rung()
         lower = rung
     return outcome, climbed
+
+
+def existing_rungs(exploring: optuna.Study, storage, budget) -> list[optuna.Study]:
+    """The upper rungs of ``exploring``'s ladder that an invocation has opened."""
+    names = set(optuna.study.get_all_study_names(storage))
+    return [optuna.load_study(study_name=name, storage=storage) for rung in ladder.upper_rungs(budget)
+            if (name := records.rung_study_name(exploring.study_name, rung.name)) in names]
 
 
 def open_rung(exploring: optuna.Study, storage, budget) -> optuna.Study:

@@ -1,7 +1,8 @@
 """Reliability of the sweep's fidelity ladder: kill -9 while the top rung trains loses
-nothing. The same command, run again, ends the trial left running, retries it once, finishes
-the rung, builds the ensemble, and every trial completed before the kill, in the exploring
-study and in each rung, is still there with its value."""
+nothing. Exploration alone (--finalists 0), run next, ends the trial left running; the
+ladder's command, run again, retries it once, finishes the rung, builds the ensemble, and
+every trial completed before the kill, in the exploring study and in each rung, is still
+there with its value."""
 
 import os
 import signal
@@ -23,8 +24,10 @@ pytestmark = pytest.mark.slow  # a whole ladder sweep, twice, in subprocesses
 STUDY = "laddered"
 # 5 baselines and one sampled trial (it completes: no pruner), carried up to smoke-long and,
 # with the baselines, to smoke-full; about 7 minutes in all on 2 cores.
-LADDER = ["--trials", 6, "--study", STUDY, "--budget", "smoke", "--train-size", 300, "--max-epochs", 2,
-          "--workers", 1, "--finalists", 1, "--pruner", "none"]
+SWEEP = ["--trials", 6, "--study", STUDY, "--budget", "smoke", "--train-size", 300, "--max-epochs", 2,
+         "--workers", 1, "--pruner", "none"]
+LADDER = [*SWEEP, "--finalists", 1]
+EXPLORE_ONLY = [*SWEEP, "--finalists", 0]
 RUNGS = {records.rung_study_name(STUDY, budget): budget for budget in ("smoke-long", "smoke-full")}
 TOP = records.rung_study_name(STUDY, "smoke-full")
 
@@ -85,11 +88,20 @@ def test_kill_9_in_the_top_rung_then_the_same_command_loses_nothing(tmp_path):
     assert set(before) == {STUDY, *RUNGS} and all(before.values()), before  # explored, and each rung begun
     assert records.LADDER_RESULT not in load(storage, STUDY).user_attrs
 
+    # Exploration alone, run first, climbs nothing but still ends the rung trial left running.
+    explored = subprocess.run(sweep_command(*EXPLORE_ONLY), cwd=tmp_path, capture_output=True, text=True,
+                              timeout=600, env=user_environment())
+    assert explored.returncode == 0, explored.stdout + explored.stderr[-5000:]
+    assert f"Rung smoke-full: Ended trial(s) {victim.number}: left running by a worker that is gone" in explored.stdout
+    top = load(sweep_study.open_storage(storage_url), TOP).get_trials()
+    assert top[victim.number].state == TrialState.FAIL and not any(records.RETRY_OF in t.user_attrs for t in top)
+    client = tracking.client(uri)  # its registry too: an earlier test may have pointed MLflow's at its own store
+    assert client.get_run(victim.user_attrs[records.MLFLOW_RUN_ID]).info.status == "KILLED"
+
     again = subprocess.run(sweep_command(*LADDER), cwd=tmp_path, capture_output=True, text=True, timeout=600,
                            env=user_environment())
     assert again.returncode == 0, again.stdout + again.stderr[-5000:]
-    assert f"Ended trial(s) {victim.number}: left running by a worker that is gone" in again.stdout
-    assert f"Queued a retry of trial(s) {victim.number} with the same params" in again.stdout
+    assert f"Rung smoke-full: Queued a retry of trial(s) {victim.number} with the same params" in again.stdout
 
     storage = sweep_study.open_storage(storage_url)
     after = all_trials(storage)
@@ -110,7 +122,6 @@ def test_kill_9_in_the_top_rung_then_the_same_command_loses_nothing(tmp_path):
     # Every recipe promoted to the top rung was trained there, the lost one by its retry.
     assert ladder.requested_trials(load(storage, TOP)) == len(top) - 1
 
-    client = tracking.client(uri)  # its registry too: an earlier test may have pointed MLflow's at its own store
     experiment = client.get_experiment_by_name(sweep_run.EXPERIMENT)
     runs = client.search_runs([experiment.experiment_id], max_results=1000)
     assert [(r.info.run_name, r.data.tags.get(records.STUDY_TAG)) for r in runs if r.info.status == "RUNNING"] == []
