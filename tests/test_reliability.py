@@ -20,7 +20,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from sweeps import records, run as sweep_run, study as sweep_study
+from sweeps import records, run as sweep_run, study as sweep_study, supervisor
 
 pytestmark = pytest.mark.slow  # sweeps in subprocesses, PostgreSQL, an mlflow server
 
@@ -296,7 +296,7 @@ def test_a_trial_that_raises_is_recorded_as_failed_and_the_sweep_goes_on(tmp_pat
     assert failed.user_attrs["reason"] == "MemoryError: simulated: the network did not fit"
     run = mlflow.MlflowClient(settings.tracking_uri).get_run(failed.user_attrs["mlflow_run_id"])
     assert run.info.status == "FAILED" and run.data.tags["reason"] == failed.user_attrs["reason"]
-    assert sweep_run.counts(study.trials)[TrialState.FAIL] == 1  # what the summary prints
+    assert supervisor.counts(study.trials)[TrialState.FAIL] == 1  # what the summary prints
 
 
 # --- Stop signals land between writes -----------------------------------------------------

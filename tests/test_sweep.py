@@ -20,7 +20,7 @@ import search_space
 from conftest import SMOKE
 from harness.backend import keras
 from harness.budgets import BUDGETS
-from sweeps import objective, records, recovery, run as sweep_run, study as sweep_study
+from sweeps import objective, records, recovery, run as sweep_run, study as sweep_study, supervisor
 from sweeps.records import StopCause
 from sweeps.settings import SweepSettings
 
@@ -195,7 +195,7 @@ def test_a_baseline_over_the_cap_is_still_trained_as_a_comparison_point(tmp_path
 def test_a_worker_that_trained_its_share_is_replaced_and_the_study_completes(tmp_path):
     settings = worker_settings(tmp_path, "recycle", total_trials=3, trials_per_process=2)
     study = optuna.load_study(study_name="recycle", storage=sweep_study.open_storage(settings.storage_url))
-    assert sweep_run.supervise(study, settings, worker_count=1).crashed == []
+    assert supervisor.supervise(study, settings, worker_count=1).crashed == []
     trials = study.trials
     assert len(trials) == 3 and all(t.state != TrialState.RUNNING for t in trials)
     workers = [t.user_attrs["worker"] for t in trials]
@@ -373,7 +373,7 @@ def test_only_a_trial_lost_with_its_worker_is_retried_and_only_once(tmp_path):
     # Counted: the completed one, the one that failed by itself, the lost retry; not the first
     # loss, nor its retry until it starts.
     assert records.counted_trials(study.get_trials(), 10) == 3
-    assert sweep_run.counts(study.get_trials())["lost"] == 1
+    assert supervisor.counts(study.get_trials())["lost"] == 1
 
 
 @pytest.mark.slow

@@ -1,0 +1,160 @@
+"""Runs a study's worker processes until it holds the trials asked for, under a live progress
+bar, replacing workers that trained their share or died, and stopping them on Ctrl-C."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import optuna
+from optuna.trial import TrialState
+
+from sweeps import progress, records
+from sweeps.settings import STORE_FAILED_EXIT, SweepSettings
+
+
+def counts(trials: list[optuna.trial.FrozenTrial]) -> Counter:
+    """Trials by state; samples priced over the cap (PRUNED in Optuna) and trials lost with
+    their worker and retried (FAIL) are counted apart."""
+    over_cap = {t.number for t in records.priced_out(trials)}
+    lost = {t.number for t in records.lost_first_time(trials)}
+    states = Counter(t.state for t in trials if t.number not in over_cap | lost)
+    states["over cap"] = len(over_cap)
+    states["lost"] = len(lost)
+    return states
+
+
+def finished(states: Counter) -> int:
+    return states[TrialState.COMPLETE] + states[TrialState.PRUNED] + states[TrialState.FAIL]
+
+
+@dataclass
+class Outcome:
+    crashed: list[int] = field(default_factory=list)  # exit codes of workers that died abnormally
+    interrupted: bool = False  # stopped by Ctrl-C (or SIGTERM)
+    store_failure: str | None = None  # what a worker could not write, when one could not
+
+
+def _worker_process(settings: SweepSettings, worker_index: int, failures) -> None:
+    """A worker process's entry point. Its import of the trial code (and so of TensorFlow)
+    happens here, in the worker, never in the parent."""
+    from sweeps import objective
+
+    objective.worker_main(settings, worker_index, failures)
+
+
+def supervise(study: optuna.Study, settings: SweepSettings, worker_count: int,
+              on_worker_lost: Callable[[], None] = lambda: None, phase: str | None = None) -> Outcome:
+    """Run the workers under a live progress bar (done, time left, pruned, failed, best so far),
+    starting a fresh one whenever a worker has trained its share of trials and the study
+    still needs more. A worker that dies (killed, crashed) is replaced too, after
+    ``on_worker_lost`` has ended the trial it left running and queued its retry.
+
+    Ctrl-C (or SIGTERM to this process) asks each worker to stop (SIGTERM): at its next
+    batch it records its running trial as failed, with the reason, closes the trial's
+    MLflow run and exits. A second one kills the workers and returns at once; the next
+    invocation ends the trials they leave running. The signal only sets a flag here too,
+    so no store write of this process is cut short."""
+    from tqdm import tqdm
+
+    # Spawned, not forked: each worker gets a fresh TensorFlow runtime of its own.
+    context = multiprocessing.get_context("spawn")
+    failures = context.SimpleQueue()  # what a worker could not write, before it exits
+    started = 0
+
+    def start_worker() -> multiprocessing.Process:
+        nonlocal started
+        # A new number for every process, so a replacement does not replay its sampler's seed.
+        worker = context.Process(target=_worker_process, args=(settings, started, failures))
+        started += 1
+        worker.start()
+        return worker
+
+    def needs_more() -> bool:
+        return (not outcome.interrupted and outcome.store_failure is None
+                and (settings.last_start is None or time.time() < settings.last_start)
+                and records.counted_trials(study.get_trials(deepcopy=False), total) < total)
+
+    stop_signals: list[int] = []
+    woken = threading.Event()
+
+    def on_stop_signal(signum, frame):
+        stop_signals.append(signum)
+        woken.set()
+
+    outcome = Outcome()
+    total = settings.total_trials
+    if records.counted_trials(study.get_trials(deepcopy=False), total) >= total:
+        return outcome  # done before: no worker need load TensorFlow to find that out
+    previous = {number: signal.signal(number, on_stop_signal) for number in (signal.SIGINT, signal.SIGTERM)}
+    workers = [start_worker() for _ in range(worker_count)]
+    initial = finished(counts(study.get_trials(deepcopy=False)))
+    ends_by = settings.ends_by or (settings.last_start + settings.budget.longest_trial_seconds
+                                   if settings.last_start else None)
+    time_left = progress.TimeLeft(total, initial, ends_by=ends_by)
+    try:
+        with tqdm(total=total, initial=min(initial, total), unit="trial", desc=phase or study.study_name,
+                  file=sys.stderr, mininterval=1, dynamic_ncols=True, bar_format=progress.BAR_FORMAT) as bar:
+            while workers:
+                woken.wait(2)
+                woken.clear()
+                if len(stop_signals) > 1:
+                    for worker in workers:
+                        worker.kill()
+                    bar.write("Quit at once; running the same command again ends the trials left running.",
+                              file=sys.stderr)
+                    raise KeyboardInterrupt
+                if stop_signals and not outcome.interrupted:
+                    outcome.interrupted = True
+                    bar.write("Stopping: each running trial is recorded as failed and its MLflow run closed "
+                              "(Ctrl-C again quits at once).", file=sys.stderr)
+                    for worker in workers:
+                        if worker.is_alive():
+                            os.kill(worker.pid, signal.SIGTERM)
+                for worker in [w for w in workers if not w.is_alive()]:
+                    workers.remove(worker)
+                    if worker.exitcode == STORE_FAILED_EXIT:
+                        if outcome.store_failure is None:  # the others stop too, recording what they can
+                            outcome.store_failure = failures.get() if not failures.empty() else "a store"
+                            for other in workers:
+                                if other.is_alive():
+                                    os.kill(other.pid, signal.SIGTERM)
+                    elif worker.exitcode != 0 and not outcome.interrupted and outcome.store_failure is None:
+                        outcome.crashed.append(worker.exitcode)
+                        on_worker_lost()
+                    if needs_more():  # it trained its share of trials, or died
+                        workers.append(start_worker())
+                trials = study.get_trials(deepcopy=False)
+                states = counts(trials)
+                values = [t.value for t in trials if t.state == TrialState.COMPLETE]
+                best = f", best {max(values):.4f}" if values else ""
+                apart = f", over cap {states['over cap']}" if states["over cap"] else ""
+                apart += f", lost and retried {states['lost']}" if states["lost"] else ""
+                done = min(finished(states), total)
+                bar.set_postfix_str(f"{time_left.describe(done)}, pruned {states[TrialState.PRUNED]}, "
+                                    f"failed {states[TrialState.FAIL]}{apart}{best}", refresh=False)
+                bar.refresh()  # elapsed time and time left tick on while long trials run
+                bar.update(done - bar.n)
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+    return outcome
+
+
+def report_retries(numbers: list[int], where: str = "") -> None:
+    if numbers:
+        print(f"{where}Queued a retry of trial(s) {', '.join(map(str, numbers))} with the same params: a trial lost "
+              "with its worker does not count toward --trials", flush=True)
+
+
+def report_orphans(numbers: list[int], where: str = "") -> None:
+    if numbers:
+        print(f"{where}Ended trial(s) {', '.join(map(str, numbers))}: left running by a worker that is gone "
+              "(now FAIL in Optuna, KILLED in MLflow, with the reason)", flush=True)
