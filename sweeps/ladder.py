@@ -76,25 +76,42 @@ def seconds_per_epoch(trial: FrozenTrial) -> float:
     return (trial.datetime_complete - trial.datetime_start).total_seconds() / len(trial.intermediate_values)
 
 
+def price(trial: FrozenTrial, rung_budget: Budget) -> float:
+    """A rough forecast of the seconds one worker takes to train ``trial``'s recipe at the rung:
+    its seconds per epoch where it last trained times its epochs there, at most a time share."""
+    epochs = rung_budget.epochs_for(search_space.with_recipe_keys(trial.params, trial.user_attrs.get(records.BASELINE)))
+    return min(seconds_per_epoch(trial) * epochs, rung_budget.trial_seconds)
+
+
 def promote(lower: optuna.Study, exploring: optuna.Study, rung: optuna.Study, rung_budget: Budget,
-            count: int, top: bool) -> list[str]:
+            count: int, top: bool, worker_seconds: float | None = None) -> list[str]:
     """Enqueue in ``rung`` the ``count`` best recipes of ``lower`` (and, at the top rung, the
-    baselines of ``exploring``) that it does not hold yet; returns their labels. Enqueued
-    longest first, so the rung's workers end close together; a rerun adds only what is missing."""
+    baselines of ``exploring``, best explored first) that it does not hold yet; returns their
+    labels in the order they will train. Rank decides what trains when the rung's time
+    (``worker_seconds``: its wall-clock times its workers) cannot hold them all: the recipes
+    it can hold, taken best first by their forecast price, go first, longest first so the
+    workers end close together; the others follow in rank order, for whatever time is left.
+    A rerun adds only what is missing."""
     held = {source_number(t) for t in rung.get_trials(deepcopy=False)}
     chosen = ranked(lower.get_trials(deepcopy=False))[:count]
     if top:
-        chosen += [t for t in exploring.get_trials(deepcopy=False)
-                   if records.BASELINE in t.user_attrs and records.RETRY_OF not in t.user_attrs]
+        baselines = [t for t in exploring.get_trials(deepcopy=False)
+                     if records.BASELINE in t.user_attrs and records.RETRY_OF not in t.user_attrs]
+        chosen += sorted(baselines, key=lambda t: t.value if t.value is not None else -1.0, reverse=True)
     chosen = [t for t in chosen if source_number(t) not in held]
-    chosen.sort(key=lambda t: seconds_per_epoch(t) * rung_budget.epochs_for(
-        search_space.with_recipe_keys(t.params, t.user_attrs.get(records.BASELINE))), reverse=True)
+    first, spent = [], 0.0
     for trial in chosen:
+        if worker_seconds is None or spent + price(trial, rung_budget) <= worker_seconds:
+            first.append(trial)
+            spent += price(trial, rung_budget)
+    first.sort(key=lambda t: price(t, rung_budget), reverse=True)
+    order = first + [t for t in chosen if all(t is not f for f in first)]
+    for trial in order:
         attributes = {records.SOURCE_TRIAL: source_number(trial), records.FIDELITY: rung_budget.name}
         if records.BASELINE in trial.user_attrs:
             attributes[records.BASELINE] = trial.user_attrs[records.BASELINE]
         rung.enqueue_trial(trial.params, user_attrs=attributes)
-    return [records.label(t) for t in chosen]
+    return [records.label(t) for t in order]
 
 
 def requested_trials(rung: optuna.Study) -> int:

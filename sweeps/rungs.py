@@ -36,9 +36,10 @@ def climb(study: optuna.Study, settings: SweepSettings, workers: int, storage, c
     for index, (budget, count) in enumerate(zip(rungs, counts)):
         rung = open_rung(study, storage, budget)
         climbed.append(rung)
-        promoted = ladder.promote(lower, study, rung, budget, count, top=index == len(rungs) - 1)
         now = time.time()
         ends = ladder.rung_ends(now, ladder_ends, len(rungs) - index)
+        promoted = ladder.promote(lower, study, rung, budget, count, top=index == len(rungs) - 1,
+                                  worker_seconds=(ends - now) * workers if ends else None)
         rung_settings = dataclasses.replace(
             settings, study_name=rung.study_name, budget=budget, pruner="none",
             total_trials=ladder.requested_trials(rung), last_start=ladder.rung_last_start(now, ends, budget),

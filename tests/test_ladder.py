@@ -3,6 +3,7 @@ baselines join the top rung, the top rung's best are ensembled with k chosen on 
 tested once and registered, and the winner is usable like any model."""
 
 import contextlib
+import datetime
 import io
 import os
 
@@ -213,6 +214,50 @@ def test_a_recipe_is_promoted_once_even_when_a_retry_repeats_it():
         trial.suggest_int("x", 0, 5)
         study.tell(trial, value)
     assert [t.params["x"] for t in ladder.ranked(study.trials)] == [2, 1, 3]
+
+
+def timed_trial(x: int, value: float, seconds_per_epoch: float, epochs: int = 2, **user_attrs):
+    start = datetime.datetime(2026, 12, 2, 12, 0)
+    return optuna.trial.FrozenTrial(
+        number=0, trial_id=0, state=TrialState.COMPLETE, value=value, values=None, datetime_start=start,
+        datetime_complete=start + datetime.timedelta(seconds=seconds_per_epoch * epochs), params={"x": x},
+        distributions={"x": optuna.distributions.IntDistribution(0, 9)}, user_attrs=user_attrs, system_attrs={},
+        intermediate_values={epoch: value for epoch in range(epochs)})
+
+
+def test_rank_decides_what_a_short_rung_trains_and_the_longest_of_those_go_first():
+    rung_budget = BUDGETS["long"]  # 10 epochs, a 1200 s time share
+    lower = optuna.create_study(direction="maximize")
+    for x, value, seconds in ((1, 0.99, 30), (2, 0.98, 100), (3, 0.97, 60), (4, 0.96, 10)):
+        lower.add_trial(timed_trial(x, value, seconds))
+    # Forecast at the rung (10 epochs): 300, 1000, 600 and 100 s.
+    assert [ladder.price(t, rung_budget) for t in ladder.ranked(lower.trials)] == [300, 1000, 600, 100]
+
+    def promoted(worker_seconds):  # the lower trials' numbers, in the order the rung holds them
+        rung = optuna.create_study(direction="maximize")
+        labels = ladder.promote(lower, lower, rung, rung_budget, count=4, top=False, worker_seconds=worker_seconds)
+        sources = [t.user_attrs[records.SOURCE_TRIAL] for t in rung.trials]
+        assert labels == [f"trial {number}" for number in sources]
+        return sources
+
+    # Time for all: longest first, so two workers end close together.
+    assert promoted(None) == promoted(10_000) == [1, 2, 0, 3]
+    # 1,000 worker-seconds hold the best (300) and, past the second (1,000: no room), the third
+    # (600) and the fourth (100); those go first, longest first, the second after them.
+    assert promoted(1000) == [2, 0, 3, 1]
+    # A price over the time share is capped at it.
+    assert ladder.price(timed_trial(5, 0.9, 500), rung_budget) == rung_budget.trial_seconds
+
+
+def test_the_top_rung_takes_the_baselines_best_explored_first_after_the_finalists():
+    rung_budget = BUDGETS["full"]
+    exploring = optuna.create_study(direction="maximize")
+    for x, (name, value) in enumerate((("kaggle_cnn", 0.9878), ("mlp_3x256", 0.9258), ("gradio_cnn", 0.9883))):
+        exploring.add_trial(timed_trial(x, value, 1, baseline=name))
+    exploring.add_trial(timed_trial(7, 0.99, 1))
+    rung = optuna.create_study(direction="maximize")
+    labels = ladder.promote(exploring, exploring, rung, rung_budget, count=1, top=True, worker_seconds=0)
+    assert labels == ["trial 3", "gradio_cnn", "kaggle_cnn", "mlp_3x256"]  # nothing fits: rank order
 
 
 def test_k_is_the_smallest_ensemble_with_the_best_validation_accuracy():
