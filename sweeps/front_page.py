@@ -26,6 +26,9 @@ PED_ANOVA_FEW_TRIALS = "Some regimes for parameter"
 # Matplotlib's note when an Optuna plot's axis spans one value (one rung, one trial): the plot
 # is right as drawn.
 MATPLOTLIB_ONE_VALUE = "Attempting to set identical low and high"
+# Matplotlib's note when a plot's labels leave its tight layout no room (seen at a real sweep's
+# end, 2026-12-02): the PNG is cropped to what is drawn all the same.
+MATPLOTLIB_NO_TIGHT_LAYOUT = "Tight layout not applied"
 PLOTS_FOLDER = "sweep_plots"
 def leaderboard(study: optuna.Study, tracking_uri: str, experiment_id: str, run_id: str,
                 rungs: list[optuna.Study] = ()) -> str:
@@ -127,6 +130,7 @@ def save_plots(study: optuna.Study, folder: Path) -> bool:
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         warnings.filterwarnings("ignore", MATPLOTLIB_ONE_VALUE, UserWarning)
         warnings.filterwarnings("ignore", PED_ANOVA_FEW_TRIALS, UserWarning)
+        warnings.filterwarnings("ignore", MATPLOTLIB_NO_TIGHT_LAYOUT, UserWarning)
         evaluator = importance_evaluator()
         plots = {
             "optimization_history": (visualization.plot_optimization_history, static.plot_optimization_history, {}),
