@@ -345,9 +345,7 @@ def build_report(study: optuna.Study, tracking_uri: str, storage: str, out: Path
     plots = {}
     # Optuna's plots switch matplotlib to its ggplot style for good; the context restores ours.
     with warnings.catch_warnings(), plt.style.context("default"):
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # its matplotlib plots are
-        warnings.filterwarnings("ignore", front_page.PED_ANOVA_FEW_TRIALS, UserWarning)
-        warnings.filterwarnings("ignore", front_page.MATPLOTLIB_ONE_VALUE, UserWarning)
+        front_page.ignore_plot_warnings()
         plots["optimization_history.png"] = plot_history(study, baselines)
         importances = {}
         try:

@@ -20,15 +20,20 @@ from harness import tracking
 from sweeps import ladder, records
 
 LEADERS = 10
-# PED-ANOVA's caveat for each setting some of whose values only one trial tried, a line per
-# setting; a sweep's conditional space always has some. The plot's title says how it was made.
-PED_ANOVA_FEW_TRIALS = "Some regimes for parameter"
-# Matplotlib's note when an Optuna plot's axis spans one value (one rung, one trial): the plot
-# is right as drawn.
-MATPLOTLIB_ONE_VALUE = "Attempting to set identical low and high"
-# Matplotlib's note when a plot's labels leave its tight layout no room (seen at a real sweep's
-# end, 2026-12-02): the PNG is cropped to what is drawn all the same.
-MATPLOTLIB_NO_TIGHT_LAYOUT = "Tight layout not applied"
+# The plots' known notes, each true of a drawing that is right as drawn (ignore_plot_warnings):
+PLOT_WARNINGS = (
+    # PED-ANOVA's caveat for each setting some of whose values only one trial tried, a line per
+    # setting; a sweep's conditional space always has some. The plot's title says how it was made.
+    "Some regimes for parameter",
+    # PED-ANOVA's note when too few trials finished to rank settings (a short or resumed-early
+    # sweep): the importances plot is left out or drawn even, as the leaderboard says.
+    "The number of trials is too small to compute importances",
+    # Matplotlib's note when an Optuna plot's axis spans one value (one rung, one trial).
+    "Attempting to set identical low and high",
+    # Matplotlib's note when a plot's labels leave its tight layout no room (seen at a real
+    # sweep's end, 2026-12-02): the PNG is cropped to what is drawn all the same.
+    "Tight layout not applied",
+)
 PLOTS_FOLDER = "sweep_plots"
 def leaderboard(study: optuna.Study, tracking_uri: str, experiment_id: str, run_id: str,
                 rungs: list[optuna.Study] = ()) -> str:
@@ -90,6 +95,14 @@ def leaderboard(study: optuna.Study, tracking_uri: str, experiment_id: str, run_
     return "\n".join(lines) + "\n"
 
 
+def ignore_plot_warnings() -> None:
+    """Inside a ``warnings.catch_warnings()`` block: keep the plots' known notes (PLOT_WARNINGS)
+    and Optuna's experimental-API notes for its matplotlib plots off the terminal."""
+    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    for message in PLOT_WARNINGS:
+        warnings.filterwarnings("ignore", message, UserWarning)
+
+
 def importance_evaluator():
     """PED-ANOVA: how much each setting separates the best tenth of the trials from the rest.
     That is the question a sweep asks ("what do the winners share?"), and unlike fANOVA it
@@ -125,12 +138,9 @@ def save_plots(study: optuna.Study, folder: Path) -> bool:
     sections = []
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # its plots log a warning per conditional parameter
-    # Optuna marks its matplotlib plots experimental; its matplotlib style stays inside the context.
+    # Optuna's matplotlib style stays inside the context.
     with warnings.catch_warnings(), plt.style.context("default"):
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        warnings.filterwarnings("ignore", MATPLOTLIB_ONE_VALUE, UserWarning)
-        warnings.filterwarnings("ignore", PED_ANOVA_FEW_TRIALS, UserWarning)
-        warnings.filterwarnings("ignore", MATPLOTLIB_NO_TIGHT_LAYOUT, UserWarning)
+        ignore_plot_warnings()
         evaluator = importance_evaluator()
         plots = {
             "optimization_history": (visualization.plot_optimization_history, static.plot_optimization_history, {}),
