@@ -99,13 +99,14 @@ def promote(lower: optuna.Study, exploring: optuna.Study, rung: optuna.Study, ru
                      if records.BASELINE in t.user_attrs and records.RETRY_OF not in t.user_attrs]
         chosen += sorted(baselines, key=lambda t: t.value if t.value is not None else -1.0, reverse=True)
     chosen = [t for t in chosen if source_number(t) not in held]
+    prices = [price(t, rung_budget) for t in chosen]
     first, spent = [], 0.0
-    for trial in chosen:
-        if worker_seconds is None or spent + price(trial, rung_budget) <= worker_seconds:
-            first.append(trial)
-            spent += price(trial, rung_budget)
-    first.sort(key=lambda t: price(t, rung_budget), reverse=True)
-    order = first + [t for t in chosen if all(t is not f for f in first)]
+    for index, cost in enumerate(prices):
+        if worker_seconds is None or spent + cost <= worker_seconds:
+            first.append(index)
+            spent += cost
+    first.sort(key=lambda index: prices[index], reverse=True)
+    order = [chosen[index] for index in first + [i for i in range(len(chosen)) if i not in first]]
     for trial in order:
         attributes = {records.SOURCE_TRIAL: source_number(trial), records.FIDELITY: rung_budget.name}
         if records.BASELINE in trial.user_attrs:

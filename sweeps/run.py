@@ -247,13 +247,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     def recover() -> None:
         supervisor.report_orphans(recovery.end_orphaned_trials(study, storage, client, experiment_id, run_id))
         supervisor.report_retries(recovery.retry_lost_trials(study, storage, lock_path))
-        # An earlier ladder's rungs, climbed again or not (--finalists 0): a trial its dead worker
-        # left running is ended here; a climb queues its retry when it reaches the rung.
-        for rung in rungs.existing_rungs(study, storage, budget):
-            supervisor.report_orphans(recovery.end_orphaned_trials(rung, storage, client, experiment_id, run_id),
-                           f"Rung {records.rung_budget_name(rung.study_name)}: ")
 
     recover()
+    # An earlier ladder's rungs, climbed again or not (--finalists 0): a trial its dead worker
+    # left running is ended now; a climb queues its retry when it reaches the rung.
+    for rung in rungs.existing_rungs(study, storage, budget):
+        supervisor.report_orphans(recovery.end_orphaned_trials(rung, storage, client, experiment_id, run_id),
+                                  f"Rung {records.rung_budget_name(rung.study_name)}: ")
     upper = ladder.upper_rungs(budget) if args.finalists else []
     ladder_seconds = args.hours * 3600 if args.hours else budget.ladder_seconds
     ladder_ends = invoked + ladder_seconds if ladder_seconds else None
