@@ -37,15 +37,14 @@ def suggest(trial: optuna.trial.BaseTrial) -> dict:
 
     if params["family"] == "cnn":
         blocks = params["conv_blocks"] = trial.suggest_int("conv_blocks", 1, MAX_CONV_BLOCKS)
-        downsample = params["downsample"] = trial.suggest_categorical("downsample", ["max", "avg", "stride"])
+        params["downsample"] = trial.suggest_categorical("downsample", ["max", "avg", "stride"])
         params["downsample_last_block"] = trial.suggest_categorical("downsample_last_block", [True, False])
         side = IMAGE_SIDE
         for block in range(1, blocks + 1):
             convs = params[f"block{block}_convs"] = trial.suggest_int(f"block{block}_convs", 1, 3)
             params[f"block{block}_filters"] = trial.suggest_int(f"block{block}_filters", *FILTER_RANGES[block], log=True)
             kernel = params[f"block{block}_kernel"] = trial.suggest_categorical(f"block{block}_kernel", [3, 5])
-            downsamples = [downsample if b < blocks or params["downsample_last_block"] else None
-                           for b in range(block, blocks + 1)]
+            downsamples = [block_downsample(params, later) for later in range(block, blocks + 1)]
             # "valid" is offered only where it leaves a feature map through the blocks after it
             # (valid 5x5 convolutions would shrink 28x28 to nothing); elsewhere the block pads
             # "same", which only the downsampling shrinks.
@@ -112,11 +111,30 @@ def learning_rate(params: dict) -> float:
     return params["sgd_learning_rate"] if "sgd_learning_rate" in params else params["learning_rate"]
 
 
+# --- The architecture's shape rules: train_trial.build_model builds by these, and suggest()
+# offers a "valid" block only where they leave it a feature map.
+
+def block_downsample(params: dict, block: int) -> str | None:
+    """How conv block ``block`` (from 1) shrinks its map: "max" or "avg" pooling after it,
+    "stride" (its last conv strides 2), or None (the last block, when it does not)."""
+    return params["downsample"] if block < params["conv_blocks"] or params["downsample_last_block"] else None
+
+
+def block_padding(params: dict, block: int) -> str:
+    """A block's padding: "same" unless "valid" was chosen where the space offers it."""
+    return params.get(f"block{block}_padding", "same")
+
+
+def conv_stride(downsample: str | None, conv: int, convs: int) -> int:
+    """The stride of a block's ``conv``-th of ``convs`` convolutions."""
+    return 2 if downsample == "stride" and conv == convs else 1
+
+
 def feature_map_side(side: int, convs: int, kernel: int, padding: str, downsample: str | None) -> int:
     """Side of a conv block's output map as Keras computes it (0: the block does not fit).
-    ``downsample`` is "max", "avg", "stride" (the block's last conv) or None."""
+    ``downsample`` is block_downsample's."""
     for conv in range(1, convs + 1):
-        stride = 2 if downsample == "stride" and conv == convs else 1
+        stride = conv_stride(downsample, conv, convs)
         if padding == "same":
             side = math.ceil(side / stride)
         elif side < kernel:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 import search_space
-from harness import cli, data, run_logging, tracking
+from harness import cli, data, records, run_logging, tracking
 from harness.backend import keras
 from harness.budgets import BUDGETS, Budget
 from harness.errors import ParamsError, UserError
@@ -60,22 +60,21 @@ def build_model(params: dict, pixel_mean: float = 0.0, pixel_std: float = 255.0)
         model.add(layers.RandomTranslation(params["shift"], params["shift"], fill_mode="nearest"))
 
     if params["family"] == "cnn":
-        blocks = params["conv_blocks"]
-        for block in range(1, blocks + 1):
-            downsamples = block < blocks or params["downsample_last_block"]
+        for block in range(1, params["conv_blocks"] + 1):
+            downsample = search_space.block_downsample(params, block)
             convs = params[f"block{block}_convs"]
             for conv in range(1, convs + 1):
-                strided = downsamples and params["downsample"] == "stride" and conv == convs
                 _add(model, layers.Conv2D(
                     params[f"block{block}_filters"], params[f"block{block}_kernel"],
-                    strides=2 if strided else 1, padding=params.get(f"block{block}_padding", "same"),
+                    strides=search_space.conv_stride(downsample, conv, convs),
+                    padding=search_space.block_padding(params, block),
                     activation=None if params["batch_norm"] else activation), block)
                 if params["batch_norm"]:
                     model.add(layers.BatchNormalization())
                     model.add(layers.Activation(activation))
-            if downsamples and params["downsample"] == "max":
+            if downsample == "max":
                 _add(model, layers.MaxPooling2D(2), block)
-            elif downsamples and params["downsample"] == "avg":
+            elif downsample == "avg":
                 _add(model, layers.AveragePooling2D(2), block)
             if params["block_dropout"]:
                 model.add(layers.Dropout(params["block_dropout"]))
@@ -275,7 +274,7 @@ def log_trial(params: dict, dataset: data.Dataset, split: data.Split, budget: Bu
         "images_per_second": len(split.y_train) * result.epochs_run / max(result.train_seconds, 1e-9),
     }
     if result.diverged:
-        mlflow.set_tag("failure_reason", f"loss diverged (NaN or inf) in epoch {result.epochs_run}")
+        mlflow.set_tag(records.FAILURE_REASON_TAG, f"loss diverged (NaN or inf) in epoch {result.epochs_run}")
         mlflow.log_metrics(metrics)
         return result, metrics
     if evaluate_on_test:

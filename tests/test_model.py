@@ -113,7 +113,15 @@ def test_every_sampled_network_builds():
     valid_deep = [p for p in networks if p["conv_blocks"] == 3 and p.get("block3_padding") == "valid"]
     assert len(networks) > 150 and valid_deep  # the valid option is still there where it fits
     for params in networks[:80]:
-        train_trial.build_model(params)  # raises ParamsError on an impossible shape
+        model = train_trial.build_model(params)  # raises ParamsError on an impossible shape
+        # The side the space's shape rules give is the one the builder made.
+        side = search_space.IMAGE_SIDE
+        for block in range(1, params["conv_blocks"] + 1):
+            side = search_space.feature_map_side(
+                side, params[f"block{block}_convs"], params[f"block{block}_kernel"],
+                search_space.block_padding(params, block), search_space.block_downsample(params, block))
+        flatten = next(layer for layer in model.layers if isinstance(layer, keras.layers.Flatten))
+        assert flatten.input.shape[1:3] == (side, side), params
 
 
 @pytest.mark.parametrize("convs,kernel,padding,downsample", [
