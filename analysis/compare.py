@@ -24,10 +24,10 @@ from mlflow.exceptions import MlflowException
 from optuna.trial import FrozenTrial, TrialState
 
 import search_space
-from harness import cli, figures, tracking
+from harness import cli, figures, records, tracking
 from harness.errors import UserError
-from sweeps import front_page, ladder, records, study as sweep_study
-from sweeps.records import StopCause
+from sweeps import front_page, ladder, plan, study as sweep_study
+from harness.records import StopCause
 
 # Where measured test accuracies of the baselines live: sweeps.baselines, train_trial.py.
 TEST_EXPERIMENTS = ("mnist-baselines", "mnist-trials")
@@ -115,13 +115,13 @@ def measured_test_accuracy(client: mlflow.MlflowClient, name: str) -> str:
     experiments = baseline_experiment_ids(client)
     if not experiments:
         return "not evaluated"
-    runs = client.search_runs(experiments, f"tags.baseline = '{name}' and metrics.test_accuracy >= 0",
+    runs = client.search_runs(experiments, f"tags.{records.BASELINE_TAG} = '{name}' and metrics.test_accuracy >= 0",
                               max_results=200)
     if not runs:
         return "not evaluated"
     by_budget: dict[str, list[float]] = {}
     for run in runs:
-        by_budget.setdefault(run.data.tags.get("budget", "?"), []).append(run.data.metrics["test_accuracy"])
+        by_budget.setdefault(run.data.tags.get(records.BUDGET_TAG, "?"), []).append(run.data.metrics["test_accuracy"])
     budget = "full" if "full" in by_budget else max(by_budget, key=lambda b: len(by_budget[b]))
     values = by_budget[budget]
     spread = f" ± {statistics.stdev(values):.4f}" if len(values) > 1 else ""
@@ -164,12 +164,12 @@ def top_table(top: list[Row], best_baseline: Row | None) -> list[str]:
 
 def rung_studies(study: optuna.Study, storage_url: str) -> list[optuna.Study]:
     """The ladder's upper rungs the sweep has climbed so far, lowest first."""
-    if not records.recorded_fingerprint(study).get("budget"):
+    if records.recorded_budget_name(study) == "?":
         return []
     storage = sweep_study.open_storage(storage_url)
     names = set(optuna.study.get_all_study_names(storage))
     rungs = [records.rung_study_name(study.study_name, budget.name)
-             for budget in ladder.upper_rungs(records.recorded_budget(study))]
+             for budget in plan.upper_rungs(records.recorded_budget(study))]
     return [optuna.load_study(study_name=name, storage=storage) for name in rungs if name in names]
 
 
@@ -199,7 +199,7 @@ def ladder_section(study: optuna.Study, rungs: list[optuna.Study], client, finis
     explored = {t.number: t for t in study.get_trials(deepcopy=False)}
     explored_rank = {row.trial.number: rank for rank, row in enumerate(finished, 1)}
     lines = []
-    result = study.user_attrs.get(records.LADDER_RESULT)
+    result = records.ladder_result(study)
     for position, rung in enumerate(reversed(rungs)):
         budget = records.rung_budget_name(rung.study_name)
         rows = [Row(t, fetch_run(client, t.user_attrs.get(records.MLFLOW_RUN_ID)))
@@ -212,14 +212,14 @@ def ladder_section(study: optuna.Study, rungs: list[optuna.Study], client, finis
                       "accuracy; \"exploration\" is the figure (and rank among completed trials) each had at the "
                       "exploring budget, where a time share or the pruner may have cut it.", ""]
             if result:
-                champion, averaged = result["champion"], result["ensemble"]
-                lines += [f"- **Answer: {champion['label']}**, validation {champion['validation_accuracy']:.4f}, "
-                          f"test {champion['test_accuracy']:.4f} (read once, after every choice): `{champion['model']}`"
-                          + (f"; {ladder.describe_lead(champion)}" if "runner_up" in champion else ""),
-                          f"- Ensemble of {len(averaged['members'])} ({', '.join(averaged['members'])}), k chosen on "
-                          f"validation: validation {averaged['validation_accuracy']:.4f}, test "
-                          f"{averaged['test_accuracy']:.4f} (read once): `{averaged['model']}`; validation by k: "
-                          + ", ".join(f"{k}: {v:.4f}" for k, v in enumerate(averaged["validation_by_size"], 1)), ""]
+                champion, averaged = result.champion, result.ensemble
+                lines += [f"- **Answer: {champion.label}**, validation {champion.validation_accuracy:.4f}, "
+                          f"test {champion.test_accuracy:.4f} (read once, after every choice): `{champion.model}`"
+                          + (f"; {ladder.describe_lead(champion)}" if champion.runner_up else ""),
+                          f"- Ensemble of {len(averaged.members)} ({', '.join(averaged.members)}), k chosen on "
+                          f"validation: validation {averaged.validation_accuracy:.4f}, test "
+                          f"{averaged.test_accuracy:.4f} (read once): `{averaged.model}`; validation by k: "
+                          + ", ".join(f"{k}: {v:.4f}" for k, v in enumerate(averaged.validation_by_size, 1)), ""]
         else:
             lines += [f"## Rung `{budget}`", ""]
         lines += rung_table(rows, explored, explored_rank, documented=position == 0) if rows else [
@@ -300,10 +300,10 @@ def kaggle_confusion(client, row: Row | None) -> tuple[np.ndarray, str] | None:
     if row and row.run and (matrix := stored_confusion_matrix(client, row.run.info.run_id)) is not None:
         return matrix, "kaggle_cnn, this sweep"
     experiments = baseline_experiment_ids(client)
-    for run in client.search_runs(experiments, "tags.baseline = 'kaggle_cnn' and attributes.status = 'FINISHED'",
+    for run in client.search_runs(experiments, f"tags.{records.BASELINE_TAG} = 'kaggle_cnn' and attributes.status = 'FINISHED'",
                                   order_by=["attributes.start_time DESC"], max_results=20) if experiments else []:
         if (matrix := stored_confusion_matrix(client, run.info.run_id)) is not None:
-            return matrix, f"kaggle_cnn, budget {run.data.tags.get('budget', '?')} (run {run.info.run_id[:8]})"
+            return matrix, f"kaggle_cnn, budget {run.data.tags.get(records.BUDGET_TAG, '?')} (run {run.info.run_id[:8]})"
     return None
 
 
@@ -337,7 +337,7 @@ def build_report(study: optuna.Study, tracking_uri: str, storage: str, out: Path
     scored = [row for row in baselines.values() if row.trial.value is not None]
     best_baseline = max(scored, key=lambda row: row.trial.value) if scored else None
     states = {state: sum(t.state == state for t in trials) for state in TrialState}
-    budget = records.recorded_fingerprint(study).get("budget", {})
+    budget = records.recorded_fingerprint(study).get(records.BUDGET_KEY, {})
     rungs = rung_studies(study, storage)
 
     out.mkdir(parents=True, exist_ok=True)

@@ -25,8 +25,8 @@ import optuna
 from optuna.trial import TrialState
 
 from benchmarks import results
-from harness import cli
-from sweeps import records, run as sweep_run, study as sweep_study
+from harness import cli, records
+from sweeps import run as sweep_run, study as sweep_study
 
 SMOKE = ["--budget", "smoke", "--train-size", "1000", "--max-epochs", "2", "--no-baselines", "--finalists", "0"]
 

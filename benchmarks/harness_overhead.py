@@ -19,10 +19,10 @@ from pathlib import Path
 import search_space
 import train_trial
 from benchmarks import results
-from harness import backend, cli, data, tracking
+from harness import backend, cli, data, records, tracking
 from harness.backend import keras
 from harness.budgets import BUDGETS
-from sweeps import objective, records, study as sweep_study
+from sweeps import objective, study as sweep_study
 from sweeps.settings import SweepSettings
 
 TARGET = 1.05

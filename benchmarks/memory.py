@@ -97,7 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         errors.close()
         import optuna
 
-        from sweeps import records, study as sweep_study
+        from harness import records
+        from sweeps import study as sweep_study
 
         storage = sweep_study.open_storage(f"journal:{folder}/mlruns/{sweep_study.JOURNAL_NAME}")
         trials = optuna.load_study(study_name="memory", storage=storage).get_trials(deepcopy=False)

@@ -1,19 +1,21 @@
-"""What a sweep stores about itself, in one place: the keys of its Optuna user attributes
-and MLflow tags, why each trial stopped, the study's fingerprint and a trial's label.
+"""What the project stores about its runs and sweeps, in one place: the keys of Optuna user
+attributes and MLflow tags, why each trial stopped, a study's fingerprint, a trial's label and
+the ladder's result.
 
-Every module that writes or reads a study (the workers, the parent, recovery, reproduce,
-the report) goes through these names, so a key is spelled once.
+Every module that writes or reads a run or a study (a trained run's tags, the sweep's
+workers and parent, recovery, reproduce, the report) goes through these names, so a key is
+spelled once. It lives in harness/ because training itself (train_trial.py) writes run tags.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
+from dataclasses import dataclass, field
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-import search_space
 from harness.budgets import Budget
 from harness.errors import UserError
 
@@ -37,14 +39,62 @@ RETRY_OF = "retry_of"  # on a retry: the number of the trial lost with its worke
 FIDELITY = "fidelity"
 SOURCE_TRIAL = "source_trial"
 EXPLORING_STUDY = "exploring_study"
-# The exploring study's user attribute once the ladder has ended: the top rung's champion and
-# ensemble, with their validation and (read once) test accuracies and registered versions.
+# The exploring study's user attribute once the ladder has ended: a LadderResult.
 LADDER_RESULT = "ladder_result"
 
-# A trial's MLflow run tags (REASON and STOP_CAUSE too).
+# A trial's MLflow run tags (REASON, STOP_CAUSE, FIDELITY and SOURCE_TRIAL too).
 STUDY_TAG = "optuna_study"
 TRIAL_NUMBER_TAG = "optuna_trial_number"
 STATE_TAG = "optuna_state"
+
+# Provenance, on every run and a sweep's parent run (harness.tracking.provenance_tags):
+# "version.<package>" for each package that shapes a result, Python's version, the Keras
+# backend, and the code's git commit.
+VERSION_TAG_PREFIX = "version."
+KERAS_BACKEND_TAG = "keras_backend"
+GIT_COMMIT_TAG = "git_commit"
+
+# What any training run is tagged with, so it can be re-run: the recipe's baseline name (or
+# "none"), the budget, the data and split, the seed (harness.run_logging.run_tags).
+BASELINE_TAG = "baseline"
+BUDGET_TAG = "budget"
+BUDGET_MAX_EPOCHS_TAG = "budget.max_epochs"
+BUDGET_PATIENCE_TAG = "budget.patience"
+DATA_SOURCE_TAG = "data_source"
+DATA_FORMAT_TAG = "data_format"
+DATA_SHA256_TAG = "data_sha256"
+SPLIT_SEED_TAG = "split_seed"
+VALIDATION_SIZE_TAG = "validation_size"
+VALIDATION_SHA256_TAG = "validation_sha256"
+TRAIN_SIZE_TAG = "train_size"
+SEED_TAG = "seed"
+FAILURE_REASON_TAG = "failure_reason"  # a run whose loss diverged
+# The runs table's Source column (a sweep worker's own command line is multiprocessing's).
+SOURCE_NAME_TAG = "mlflow.source.name"
+SOURCE_TYPE_TAG = "mlflow.source.type"
+
+# The sweep's parent run: its settings, and its answer once the ladder has one.
+STORAGE_TAG = "optuna_storage"
+SWEEP_TRIALS_TAG = "sweep.trials"
+SWEEP_SAMPLER_TAG = "sweep.sampler"
+SWEEP_PRUNER_TAG = "sweep.pruner"
+SWEEP_WORKERS_TAG = "sweep.workers"
+SWEEP_BUDGET_TAG = "sweep.budget"
+SWEEP_FINGERPRINT_TAG = "sweep.fingerprint"
+BEST_TRIAL_TAG = "best_trial"
+TOP_RUNG_WINNER_TAG = "top_rung_winner"
+# The ensemble's run: its members, best validation first.
+ENSEMBLE_MEMBERS_TAG = "ensemble.members"
+ENSEMBLE_FIDELITY = "ensemble"  # its FIDELITY tag
+
+# A registered model version's tags, and a reproduced run's: where it came from.
+SOURCE_STUDY_TAG = "source_study"
+SOURCE_TRIAL_TAG = "source_trial"
+SOURCE_RUN_ID_TAG = "source_run_id"
+SOURCE_VALUE_TAG = "source_value"
+MEMBERS_TAG = "members"
+VALIDATION_ACCURACY_TAG = "validation_accuracy"
+TEST_ACCURACY_TAG = "test_accuracy"
 # MLflow's own tags (mlflow.utils.mlflow_tags): the one that nests a run under another in the
 # UI, and the run's Description (markdown).
 PARENT_RUN_TAG = "mlflow.parentRunId"
@@ -142,20 +192,46 @@ def counted_trials(trials: list[FrozenTrial], total: int) -> int:
 
 # --- The fingerprint -----------------------------------------------------------------------
 
-def fingerprint(data_sha256: str, budget: Budget, split_seed: int) -> dict:
+# A fingerprint's keys. Its budget is the per-trial budget only: older studies recorded the
+# ladder's policy there too (promotes_to, and before that the wall-clocks), which matching
+# ignores, so they still resume.
+SEARCH_SPACE_VERSION_KEY = "search_space_version"
+DATA_SHA256_KEY = "data_sha256"
+SPLIT_SEED_KEY = "split_seed"
+BUDGET_KEY = "budget"
+
+
+def fingerprint(search_space_version: int, data_sha256: str, budget: Budget, split_seed: int) -> dict:
     """What must not change between invocations that add trials to one study."""
-    return {"search_space_version": search_space.SEARCH_SPACE_VERSION, "data_sha256": data_sha256,
-            "split_seed": split_seed, "budget": trials_budget(budget)}
-
-
-def trials_budget(budget: Budget) -> dict:
-    """What of a budget shapes its trials: the wall-clocks bound one invocation, so are left out."""
-    return {k: v for k, v in dataclasses.asdict(budget).items() if k not in ("sweep_seconds", "ladder_seconds")}
+    return {SEARCH_SPACE_VERSION_KEY: search_space_version, DATA_SHA256_KEY: data_sha256,
+            SPLIT_SEED_KEY: split_seed, BUDGET_KEY: dataclasses.asdict(budget)}
 
 
 def rung_fingerprint(exploring: dict, budget: Budget) -> dict:
     """A ladder rung's fingerprint: its exploring study's, with the rung's own budget."""
-    return {**exploring, "budget": trials_budget(budget)}
+    return {**exploring, BUDGET_KEY: dataclasses.asdict(budget)}
+
+
+def same_setup(recorded: dict, requested: dict) -> bool:
+    """Whether a study recorded with ``recorded`` may take trials set up as ``requested``."""
+    return not _differences(recorded, requested)
+
+
+def _differences(recorded: dict, requested: dict) -> list[str]:
+    differences = []
+    for key, value in requested.items():
+        if key == BUDGET_KEY:
+            old = _budget_fields(recorded.get(BUDGET_KEY) or {})
+            differences += [f"budget {k} {old.get(k)} -> {v}" for k, v in value.items() if old.get(k) != v]
+        elif recorded.get(key) != value:
+            differences.append(f"{key} {str(recorded.get(key))[:12]} -> {str(value)[:12]}")
+    return differences
+
+
+def _budget_fields(recorded: dict) -> dict:
+    """A recorded budget's per-trial fields (what older studies recorded beside them is policy)."""
+    names = {f.name for f in dataclasses.fields(Budget)}
+    return {k: v for k, v in recorded.items() if k in names}
 
 
 def recorded_fingerprint(study: optuna.Study) -> dict:
@@ -165,19 +241,70 @@ def recorded_fingerprint(study: optuna.Study) -> dict:
 
 def recorded_budget(study: optuna.Study) -> Budget:
     """The budget a sweep's trials were trained at, from its fingerprint."""
-    recorded = recorded_fingerprint(study).get("budget")
+    recorded = recorded_fingerprint(study).get(BUDGET_KEY)
     if recorded is None:
         raise UserError(f"study {study.study_name!r} has no recorded budget (not made by sweeps.run); pass --budget")
     # Fingerprints from before first_rung existed: it only steers pruning, not training.
-    return Budget(**{"first_rung": 1, **recorded})
+    return Budget(**{"first_rung": 1, **_budget_fields(recorded)})
+
+
+def recorded_budget_name(study: optuna.Study) -> str:
+    """The name of the budget a study's trials trained at, or "?" for a study without one."""
+    return (recorded_fingerprint(study).get(BUDGET_KEY) or {}).get("name", "?")
 
 
 def describe_difference(recorded: dict, requested: dict) -> str:
-    differences = []
-    for key in requested:
-        if key == "budget":
-            differences += [f"budget {k} {recorded[key].get(k)} -> {v}"
-                            for k, v in requested[key].items() if recorded[key].get(k) != v]
-        elif recorded.get(key) != requested[key]:
-            differences.append(f"{key} {str(recorded.get(key))[:12]} -> {str(requested[key])[:12]}")
-    return ", ".join(differences)
+    return ", ".join(_differences(recorded, requested))
+
+
+# --- The ladder's result ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Registered:
+    """A model of the top rung chosen on validation, tested once, and registered."""
+    run_id: str
+    validation_accuracy: float
+    test_accuracy: float
+    model: str  # models:/NAME@ALIAS
+    version: str
+
+
+@dataclass(frozen=True)
+class Champion(Registered):
+    """The top rung's best single model, and its lead over the runner-up on the paired
+    validation images (absent when the rung finished one model)."""
+    label: str = ""
+    runner_up: str | None = None
+    only_leader: int = 0  # validation images only the champion gets right
+    only_runner_up: int = 0
+    p_value: float = 1.0  # McNemar's exact two-sided test of the lead
+
+
+@dataclass(frozen=True)
+class Ensemble(Registered):
+    members: list[str] = field(default_factory=list)  # labels, best validation first
+    validation_by_size: list[float] = field(default_factory=list)  # of the best k, k = 1, 2, ...
+
+
+@dataclass(frozen=True)
+class LadderResult:
+    top_rung: str  # the top rung's study
+    candidates: list[int]  # its trials the ensemble step weighed, best validation first
+    champion: Champion
+    ensemble: Ensemble
+
+    def to_attr(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def ladder_result(study: optuna.Study) -> LadderResult | None:
+    """The exploring study's recorded ladder result, or None before the ladder has one."""
+    recorded = study.user_attrs.get(LADDER_RESULT)
+    if not recorded:
+        return None
+    return LadderResult(top_rung=recorded["top_rung"], candidates=list(recorded["candidates"]),
+                        champion=Champion(**recorded["champion"]), ensemble=Ensemble(**recorded["ensemble"]))
+
+
+def record_ladder_result(study: optuna.Study, result: LadderResult) -> None:
+    study.set_user_attr(LADDER_RESULT, result.to_attr())

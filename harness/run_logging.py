@@ -10,7 +10,7 @@ import warnings
 
 import numpy as np
 
-from harness import data, figures, tracking
+from harness import data, figures, records, tracking
 from harness.backend import keras
 from harness.budgets import Budget
 
@@ -30,12 +30,12 @@ def run_tags(dataset: data.Dataset, split: data.Split, budget: Budget, *, seed: 
     """Everything needed to re-run a trial besides its params: code, data, split, budget."""
     return {
         **tracking.provenance_tags(),
-        "baseline": baseline or "none", "budget": budget.name,
-        "budget.max_epochs": str(budget.max_epochs), "budget.patience": str(budget.patience),
-        "data_source": dataset.source, "data_format": dataset.format, "data_sha256": dataset.sha256,
-        "split_seed": str(split.seed), "validation_size": str(len(split.y_val)),
-        "validation_sha256": split.validation_sha256, "train_size": str(len(split.y_train)),
-        "seed": str(seed),
+        records.BASELINE_TAG: baseline or "none", records.BUDGET_TAG: budget.name,
+        records.BUDGET_MAX_EPOCHS_TAG: str(budget.max_epochs), records.BUDGET_PATIENCE_TAG: str(budget.patience),
+        records.DATA_SOURCE_TAG: dataset.source, records.DATA_FORMAT_TAG: dataset.format,
+        records.DATA_SHA256_TAG: dataset.sha256, records.SPLIT_SEED_TAG: str(split.seed),
+        records.VALIDATION_SIZE_TAG: str(len(split.y_val)), records.VALIDATION_SHA256_TAG: split.validation_sha256,
+        records.TRAIN_SIZE_TAG: str(len(split.y_train)), records.SEED_TAG: str(seed),
     }
 
 

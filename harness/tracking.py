@@ -173,10 +173,12 @@ def check_server(uri: str, timeout: float = 5) -> None:
 
 def provenance_tags() -> dict[str, str]:
     """Package versions and the code's git commit ('-dirty' when it has uncommitted changes)."""
-    tags = {f"version.{name}": package_version(name) for name in VERSIONED_PACKAGES}
-    tags["version.python"] = platform.python_version()
-    tags["keras_backend"] = os.environ.get("KERAS_BACKEND", "tensorflow")
-    tags["git_commit"] = git_commit()
+    from harness import records  # here: records loads Optuna, which a command that only predicts never needs
+
+    tags = {f"{records.VERSION_TAG_PREFIX}{name}": package_version(name) for name in VERSIONED_PACKAGES}
+    tags[f"{records.VERSION_TAG_PREFIX}python"] = platform.python_version()
+    tags[records.KERAS_BACKEND_TAG] = os.environ.get("KERAS_BACKEND", "tensorflow")
+    tags[records.GIT_COMMIT_TAG] = git_commit()
     return tags
 
 

@@ -60,12 +60,13 @@ def averaged(members: list[keras.Model]) -> keras.Model:
 
 def main(settings: EnsembleSettings) -> None:
     """Rank the top rung, choose k, test once, log and register; the outcome goes to the
-    exploring study's ``records.LADDER_RESULT`` attribute, which the parent reports."""
+    exploring study's ``records.LadderResult``, which the parent reports."""
     import mlflow
     import optuna
     from optuna.trial import TrialState
 
-    from sweeps import records, study as sweep_study
+    from harness import records
+    from sweeps import study as sweep_study
     from sweeps.reproduce import evaluate_and_register
 
     if settings.threads:
@@ -95,12 +96,13 @@ def main(settings: EnsembleSettings) -> None:
     best = finished[0]
     champion = evaluate_and_register(
         best.user_attrs[records.MLFLOW_RUN_ID], members[0], dataset, settings.model_name, tracking.CHAMPION_ALIAS,
-        {"source_study": settings.exploring_study, "source_trial": str(best.user_attrs.get(records.SOURCE_TRIAL, "")),
-         "budget": settings.budget.name, "validation_accuracy": f"{best.value:.4f}"})
+        {records.SOURCE_STUDY_TAG: settings.exploring_study,
+         records.SOURCE_TRIAL_TAG: str(best.user_attrs.get(records.SOURCE_TRIAL, "")),
+         records.BUDGET_TAG: settings.budget.name, records.VALIDATION_ACCURACY_TAG: f"{best.value:.4f}"})
     tags = {**run_logging.run_tags(dataset, split, settings.budget, seed=0, baseline=None),
             records.PARENT_RUN_TAG: settings.parent_run_id, records.STUDY_TAG: settings.rung_study,
-            records.FIDELITY: "ensemble", "ensemble.members": ", ".join(labels[:k]),
-            "mlflow.source.name": "python -m sweeps.run", "mlflow.source.type": "LOCAL"}
+            records.FIDELITY: records.ENSEMBLE_FIDELITY, records.ENSEMBLE_MEMBERS_TAG: ", ".join(labels[:k]),
+            records.SOURCE_NAME_TAG: "python -m sweeps.run", records.SOURCE_TYPE_TAG: "LOCAL"}
     rows = "\n".join(f"| {size} | {', '.join(labels[:size])} | {accuracy:.4f} |"
                      for size, accuracy in enumerate(accuracies, 1))
     note = (f"**Ensemble** of study `{settings.exploring_study}`: the mean probabilities of the top rung's best "
@@ -115,15 +117,14 @@ def main(settings: EnsembleSettings) -> None:
         packages = (*run_logging.BACKEND_PACKAGES[keras.backend.backend()], "keras", "numpy")
         mlflow.keras.log_model(ensemble, name="model", signature=signature,
                                pip_requirements=[f"{name}=={tracking.package_version(name)}" for name in packages])
-    result = evaluate_and_register(
+    averaged_model = evaluate_and_register(
         run.info.run_id, ensemble, dataset, settings.model_name, tracking.ENSEMBLE_ALIAS,
-        {"source_study": settings.exploring_study, "members": ", ".join(labels[:k]),
-         "budget": settings.budget.name, "validation_accuracy": f"{accuracies[k - 1]:.4f}"})
-    exploring.set_user_attr(records.LADDER_RESULT, {
-        "top_rung": settings.rung_study, "candidates": [t.number for t in finished],
-        "champion": {"label": labels[0], "run_id": best.user_attrs[records.MLFLOW_RUN_ID],
-                     "validation_accuracy": best.value, **champion,
-                     **({"runner_up": labels[1], **paired_lead(probabilities[0], probabilities[1], split.y_val)}
-                        if len(finished) > 1 else {})},
-        "ensemble": {"members": labels[:k], "run_id": run.info.run_id, "validation_accuracy": accuracies[k - 1],
-                     "validation_by_size": accuracies, **result}})
+        {records.SOURCE_STUDY_TAG: settings.exploring_study, records.MEMBERS_TAG: ", ".join(labels[:k]),
+         records.BUDGET_TAG: settings.budget.name, records.VALIDATION_ACCURACY_TAG: f"{accuracies[k - 1]:.4f}"})
+    lead = {"runner_up": labels[1], **paired_lead(probabilities[0], probabilities[1], split.y_val)} if len(finished) > 1 else {}
+    records.record_ladder_result(exploring, records.LadderResult(
+        top_rung=settings.rung_study, candidates=[t.number for t in finished],
+        champion=records.Champion(label=labels[0], run_id=best.user_attrs[records.MLFLOW_RUN_ID],
+                                  validation_accuracy=best.value, **champion, **lead),
+        ensemble=records.Ensemble(members=labels[:k], run_id=run.info.run_id, validation_accuracy=accuracies[k - 1],
+                                  validation_by_size=accuracies, **averaged_model)))

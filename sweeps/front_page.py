@@ -16,8 +16,8 @@ import optuna
 from optuna.trial import TrialState
 
 import search_space
-from harness import tracking
-from sweeps import ladder, records
+from harness import records, tracking
+from sweeps import ladder
 
 LEADERS = 10
 # The plots' known notes, each true of a drawing that is right as drawn (ignore_plot_warnings):
@@ -30,8 +30,8 @@ PLOT_WARNINGS = (
     "The number of trials is too small to compute importances",
     # Matplotlib's note when an Optuna plot's axis spans one value (one rung, one trial).
     "Attempting to set identical low and high",
-    # Matplotlib's note when a plot's labels leave its tight layout no room (seen at a real
-    # sweep's end, 2026-12-02): the PNG is cropped to what is drawn all the same.
+    # Matplotlib's note when a plot's labels leave its tight layout no room (a large study's
+    # many trials): the PNG is cropped to what is drawn all the same.
     "Tight layout not applied",
 )
 PLOTS_FOLDER = "sweep_plots"
@@ -48,15 +48,15 @@ def leaderboard(study: optuna.Study, tracking_uri: str, experiment_id: str, run_
         return f"[{name}]({tracking.run_link(tracking_uri, experiment_id, run_id)})" if run_id else name
 
     lines = [f"# Sweep `{study.study_name}`", ""]
-    result = study.user_attrs.get(records.LADDER_RESULT)
+    result = records.ladder_result(study)
     if result:
-        champion, averaged = result["champion"], result["ensemble"]
-        lines += [f"**Answer (the top rung, every model at one full budget): {champion['label']}, validation "
-                  f"{champion['validation_accuracy']:.4f}, test {champion['test_accuracy']:.4f}** "
-                  f"(`{champion['model']}`); the [ensemble]({tracking.run_link(tracking_uri, experiment_id, averaged['run_id'])}) "
-                  f"of {', '.join(averaged['members'])}: validation {averaged['validation_accuracy']:.4f}, "
-                  f"test {averaged['test_accuracy']:.4f} (`{averaged['model']}`). Each test figure was read once, "
-                  "after every choice." + (f" The winner is {ladder.describe_lead(champion)}." if "runner_up" in champion else ""), ""]
+        champion, averaged = result.champion, result.ensemble
+        lines += [f"**Answer (the top rung, every model at one full budget): {champion.label}, validation "
+                  f"{champion.validation_accuracy:.4f}, test {champion.test_accuracy:.4f}** "
+                  f"(`{champion.model}`); the [ensemble]({tracking.run_link(tracking_uri, experiment_id, averaged.run_id)}) "
+                  f"of {', '.join(averaged.members)}: validation {averaged.validation_accuracy:.4f}, "
+                  f"test {averaged.test_accuracy:.4f} (`{averaged.model}`). Each test figure was read once, "
+                  "after every choice." + (f" The winner is {ladder.describe_lead(champion)}." if champion.runner_up else ""), ""]
     for rung in reversed(list(rungs)):
         finished = sorted((t for t in rung.get_trials(deepcopy=False) if t.value is not None),
                           key=lambda t: t.value, reverse=True)
@@ -67,7 +67,7 @@ def leaderboard(study: optuna.Study, tracking_uri: str, experiment_id: str, run_
                       for t in finished]
             lines.append("")
     if rungs:
-        lines += [f"Exploration (budget `{records.recorded_fingerprint(study).get('budget', {}).get('name', '?')}`):", ""]
+        lines += [f"Exploration (budget `{records.recorded_budget_name(study)}`):", ""]
     if complete:
         best = complete[0]
         lines += [f"**Best: {records.label(best)}, validation accuracy {best.value:.4f}** "

@@ -1,8 +1,7 @@
-"""The sweep's fidelity ladder: which trials each rung carries up, in what order, and when
-each rung must end.
+"""The sweep's fidelity ladder: which trials each rung carries up, and in what order.
 
 Exploration (the budget a sweep starts at, e.g. quick: 45,000 images, 4 epochs) ranks many
-recipes cheaply, with Hyperband pruning inside it. Each upper rung (``Budget.promotes_to``:
+recipes cheaply, with Hyperband pruning inside it. Each upper rung (``plan.upper_rungs``:
 long, then full) retrains the best of the rung below at a higher fidelity, more images and
 more epochs, successive-halving style: PROMOTION_FACTOR times fewer each rung, down to
 ``--finalists`` at the top. The five baselines skip the middle rungs and train at the top,
@@ -21,28 +20,11 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 import search_space
-from harness.budgets import BUDGETS, Budget
-from sweeps import records
+from harness import records
+from harness.budgets import Budget
 
 # Each rung below the top holds this many times the trials of the rung above it.
 PROMOTION_FACTOR = 2
-# How the time after exploration is shared among the upper rungs: the top rung, which trains
-# the finalists and the baselines to the full budget, gets twice a middle rung's share.
-TOP_RUNG_WEIGHT = 2
-# What exploration may take of the ladder's wall-clock at most (its budget may allow less).
-EXPLORE_SHARE = 0.4
-# Kept at the end of the ladder's wall-clock for the ensemble: loading the finalists, choosing
-# k on validation, one test pass, logging and registering.
-ENSEMBLE_SECONDS = 300
-
-
-def upper_rungs(budget: Budget) -> list[Budget]:
-    """The budgets above ``budget`` on its ladder, lowest first (empty for a top rung)."""
-    rungs = []
-    while budget.promotes_to is not None:
-        budget = BUDGETS[budget.promotes_to]
-        rungs.append(budget)
-    return rungs
 
 
 def promotion_counts(finalists: int, rungs: int) -> list[int]:
@@ -120,42 +102,19 @@ def requested_trials(rung: optuna.Study) -> int:
     return sum(records.RETRY_OF not in t.user_attrs for t in rung.get_trials(deepcopy=False))
 
 
-def explore_ends(started: float, ladder_seconds: float | None) -> float | None:
-    """By when exploration must have ended, so the rungs above it get their time."""
-    return started + EXPLORE_SHARE * ladder_seconds if ladder_seconds else None
-
-
-def rung_ends(now: float, ladder_ends: float | None, rungs_left: int) -> float | None:
-    """By when the next rung must end: its share of the time left, ``rungs_left`` counting it
-    and the ones above it (the last of which is the top)."""
-    if ladder_ends is None:
-        return None
-    weights = [1] * (rungs_left - 1) + [TOP_RUNG_WEIGHT]
-    room = max(0.0, ladder_ends - ENSEMBLE_SECONDS - now)
-    return now + room * weights[0] / sum(weights)
-
-
-def rung_last_start(now: float, ends: float | None, budget: Budget) -> float | None:
-    """When a rung's last trial may start: while a quarter of the rung's time (or a whole time
-    share, if less) is left for it to train, besides its validation and logging."""
-    if ends is None:
-        return None
-    return ends - (budget.longest_trial_seconds - budget.trial_seconds) - min(budget.trial_seconds, (ends - now) / 4)
-
-
 def needs_ensemble(exploring: optuna.Study, top: optuna.Study, members: int) -> bool:
     """Whether the top rung holds finished models that the recorded ensemble did not weigh."""
     candidates = sorted((t for t in top.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE),
                         key=lambda t: t.value, reverse=True)[:members]
-    recorded = exploring.user_attrs.get(records.LADDER_RESULT, {}).get("candidates")
-    return bool(candidates) and recorded != [t.number for t in candidates]
+    recorded = records.ladder_result(exploring)
+    return bool(candidates) and (recorded is None or recorded.candidates != [t.number for t in candidates])
 
 
-def describe_lead(champion: dict) -> str:
+def describe_lead(champion: records.Champion) -> str:
     """The top rung winner's lead over the runner-up on the paired validation images, and
     whether that lead is more than the split's noise."""
-    lead = (f"ahead of {champion['runner_up']} on {champion['only_leader']} validation images, behind on "
-            f"{champion['only_runner_up']} (McNemar p = {champion['p_value']:.2g})")
-    if champion["p_value"] < 0.05:
+    lead = (f"ahead of {champion.runner_up} on {champion.only_leader} validation images, behind on "
+            f"{champion.only_runner_up} (McNemar p = {champion.p_value:.2g})")
+    if champion.p_value < 0.05:
         return f"{lead}: a real lead"
     return f"{lead}: within the validation split's noise, so the ensemble, which averages them, is the steadier answer"

@@ -23,12 +23,12 @@ from optuna.trial import TrialState
 
 import search_space
 import train_trial
-from harness import backend, data, run_logging, tracking
+from harness import backend, data, records, run_logging, tracking
 from harness.backend import keras
 from harness.budgets import Budget
 from harness.errors import StoreUnwritable, store_failure
-from sweeps import records, study as sweep_study
-from sweeps.records import StopCause
+from harness.records import StopCause
+from sweeps import plan, study as sweep_study
 from sweeps.settings import STORE_FAILED_EXIT, SweepSettings
 
 # Set by SIGTERM (the parent's "stop": Ctrl-C, or the parent itself being stopped). A flag,
@@ -174,15 +174,14 @@ def run_trial(study: optuna.Study, storage: optuna.storages.BaseStorage, trial: 
             **records.trial_run_tags(settings.study_name, trial.number, settings.parent_run_id),
             # The ladder's rung this run trained at, and the exploring trial it carries up.
             records.FIDELITY: settings.budget.name,
-            # The runs table's Source column (a worker's own command line is multiprocessing's).
-            "mlflow.source.name": "python -m sweeps.run", "mlflow.source.type": "LOCAL"}
+            records.SOURCE_NAME_TAG: "python -m sweeps.run", records.SOURCE_TYPE_TAG: "LOCAL"}
     promoted = records.SOURCE_TRIAL in trial.user_attrs
     if promoted:
         tags[records.SOURCE_TRIAL] = str(trial.user_attrs[records.SOURCE_TRIAL])
     run_name = f"{name} @ {settings.budget.name}: {recipe}" if promoted else f"{name}: {recipe}"
     trial.set_user_attr(records.WORKER, f"{socket.gethostname()}:{os.getpid()}")  # first: recovery reads it
     # System metrics (CPU, memory, disk every 10 s, as the run's system/ charts): their sampling
-    # thread took 0.18 s of CPU in a minute here, under 0.3 % of a core (RESULTS.md).
+    # thread costs well under 1 % of a core (RESULTS.md, "Harness overhead").
     with mlflow.start_run(run_name=run_name, tags=tags, log_system_metrics=True) as run, \
             heartbeat(storage, study, trial):
         trial.set_user_attr(records.MLFLOW_RUN_ID, run.info.run_id)
@@ -206,7 +205,7 @@ def run_trial(study: optuna.Study, storage: optuna.storages.BaseStorage, trial: 
                         f"priced at {cost:.1f} TFLOP of training, over the {settings.budget.name} "
                         f"budget's {settings.budget.max_training_tflop:g}; not trained")
                 return
-            time_share = TimeShare(settings.time_share(time.time()))
+            time_share = TimeShare(plan.time_share(settings.budget, settings.deadline, time.time()))
             epochs = settings.budget.epochs_for(params)
             result, metrics = train_trial.log_trial(
                 params, dataset, split, settings.budget, seed=settings.seed, title=name,

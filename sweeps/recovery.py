@@ -17,8 +17,9 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from sweeps import records, study as sweep_study
-from sweeps.records import StopCause
+from harness import records
+from harness.records import StopCause
+from sweeps import study as sweep_study
 
 
 def end_orphaned_trials(study: optuna.Study, storage: optuna.storages.BaseStorage, client,

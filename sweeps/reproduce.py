@@ -23,10 +23,10 @@ from optuna.trial import TrialState
 
 import search_space
 import train_trial
-from harness import backend, cli, data, run_logging, tracking
+from harness import backend, cli, data, records, run_logging, tracking
 from harness.budgets import BUDGETS
 from harness.errors import DataError, ParamsError, UserError
-from sweeps import records, study as sweep_study
+from sweeps import study as sweep_study
 from sweeps.baselines import mean_and_sd
 
 EXPERIMENT = "mnist-reproduce"
@@ -67,6 +67,15 @@ def chosen_trial(study: optuna.Study, number: int | None) -> optuna.trial.Frozen
     return trial
 
 
+def recipe(trial: optuna.trial.FrozenTrial, study_name: str) -> dict:
+    """The trial's params as the recipe it trained: a baseline's keeps its seed's epochs."""
+    try:
+        return search_space.validate(search_space.with_recipe_keys(trial.params, trial.user_attrs.get(records.BASELINE)),
+                                     f"study {study_name!r} trial {trial.number}")
+    except ParamsError as error:
+        raise UserError(f"{error} (was the study swept with another version of search_space.py?)") from None
+
+
 @dataclass
 class SeedRun:
     seed: int
@@ -89,6 +98,12 @@ def verdict(sweep_value: float | None, accuracies: Sequence[float], validation_s
     if gap <= tolerance:
         return f"REAL: {where}"
     return f"LUCKY SEED: {where}"
+
+
+def best_on_validation(runs: Sequence[SeedRun]) -> SeedRun:
+    """The seed to register: the best validation accuracy (the first such seed on a tie),
+    whatever the test set says."""
+    return max(runs, key=lambda r: r.result.validation_accuracy)
 
 
 def register(client: mlflow.MlflowClient, run_id: str, model_name: str, alias: str, tags: dict[str, str]) -> str:
@@ -118,7 +133,7 @@ def evaluate_and_register(run_id: str, model, dataset: data.Dataset, model_name:
     """Test a model whose every choice is made, once, then register it under ``alias``."""
     accuracy = record_test(run_id, model, dataset)
     version = register(tracking.client(mlflow.get_tracking_uri()), run_id, model_name, alias,
-                       {**tags, "test_accuracy": f"{accuracy:.4f}"})
+                       {**tags, records.TEST_ACCURACY_TAG: f"{accuracy:.4f}"})
     return {"test_accuracy": accuracy, "model": f"models:/{model_name}@{alias}", "version": version}
 
 
@@ -126,28 +141,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     study = sweep_study.load_existing(args.study, sweep_study.storage_url(args.storage))
     trial = chosen_trial(study, args.trial)
-    try:
-        params = search_space.validate(trial.params, f"study {args.study!r} trial {trial.number}")
-    except ParamsError as error:
-        raise UserError(f"{error} (was the study swept with another version of search_space.py?)") from None
+    params = recipe(trial, args.study)
     fingerprint = records.recorded_fingerprint(study)
-    swept_at = fingerprint.get("budget", {}).get("name", "unknown")
+    swept_at = records.recorded_budget_name(study)
     budget = (BUDGETS[args.budget] if args.budget else records.recorded_budget(study)).overridden(
         train_size=args.train_size, max_epochs=args.max_epochs)
     dataset = data.load(args.data)
-    if fingerprint.get("data_sha256", dataset.sha256) != dataset.sha256:
+    if fingerprint.get(records.DATA_SHA256_KEY, dataset.sha256) != dataset.sha256:
         raise DataError(f"{dataset.source} is not the data study {args.study!r} was swept on "
                         "(its checksum differs); pass that data with --data")
     if dataset.x_test is None:
         raise DataError(f"{dataset.source} has no labelled test set ({dataset.format})")
-    split = data.split(dataset, fingerprint.get("split_seed", data.DEFAULT_SPLIT_SEED), budget.train_size)
+    split = data.split(dataset, fingerprint.get(records.SPLIT_SEED_KEY, data.DEFAULT_SPLIT_SEED), budget.train_size)
     uri = tracking.use_experiment(EXPERIMENT, args.tracking_uri)
     backend.make_deterministic()
 
     label = records.label(trial)
-    source = {"source_study": args.study, "source_trial": str(trial.number),
-              "source_run_id": trial.user_attrs.get(records.MLFLOW_RUN_ID, "unknown"),
-              "source_value": "none" if trial.value is None else repr(trial.value)}
+    source = {records.SOURCE_STUDY_TAG: args.study, records.SOURCE_TRIAL_TAG: str(trial.number),
+              records.SOURCE_RUN_ID_TAG: trial.user_attrs.get(records.MLFLOW_RUN_ID, "unknown"),
+              records.SOURCE_VALUE_TAG: "none" if trial.value is None else repr(trial.value)}
     seeds = range(args.seed, args.seed + args.seeds)
     print(f"Reproducing {label} of study {args.study!r} (validation accuracy "
           f"{'none' if trial.value is None else f'{trial.value:.4f}'} at budget {swept_at}) "
@@ -184,11 +196,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     tests = [r.test_accuracy for r in runs]
     print(f"Test accuracy over {len(runs)} seed(s), evaluated once each: {mean_and_sd(tests)}")
 
-    best = max(runs, key=lambda r: r.result.validation_accuracy)
+    best = best_on_validation(runs)
     version = register(client, best.run_id, args.model_name, ALIAS, {
-        **source, "seed": str(best.seed), "budget": budget.name,
-        "validation_accuracy": f"{best.result.validation_accuracy:.4f}",
-        "test_accuracy": f"{best.test_accuracy:.4f}"})
+        **source, records.SEED_TAG: str(best.seed), records.BUDGET_TAG: budget.name,
+        records.VALIDATION_ACCURACY_TAG: f"{best.result.validation_accuracy:.4f}",
+        records.TEST_ACCURACY_TAG: f"{best.test_accuracy:.4f}"})
     print(f"Registered seed {best.seed} (best validation accuracy) as {args.model_name} version {version}, "
           f"alias @{ALIAS}: mlflow.keras.load_model(\"models:/{args.model_name}@{ALIAS}\")")
     experiment_id = client.get_run(best.run_id).info.experiment_id

@@ -9,7 +9,10 @@ wherever it stopped.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import dataclasses
+import functools
 import json
 import os
 import resource
@@ -18,16 +21,17 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
 
 import search_space
-from harness import cli, data, tracking
+from harness import cli, data, records, tracking
 from harness.budgets import BUDGETS
 from harness.errors import StoreUnwritable, UserError
-from sweeps import front_page, journal, ladder, records, recovery, rungs, study as sweep_study, supervisor
+from sweeps import front_page, journal, ladder, plan, recovery, rungs, study as sweep_study, supervisor
 from sweeps.settings import ENSEMBLE_MEMBERS, EnsembleSettings, SweepSettings
 
 EXPERIMENT = "mnist-sweeps"
@@ -58,7 +62,7 @@ def parse_args(argv: Sequence[str] | None):
     parser.add_argument("--hours", type=cli.positive_float, metavar="H",
                         help="wall-clock of the whole sweep, ladder and ensemble included (default: the budget's, "
                              "2 at quick and at long, the GPU default; none at smoke); exploration takes at most "
-                             f"{ladder.EXPLORE_SHARE * 100:.0f}%% of it")
+                             f"{plan.EXPLORE_SHARE * 100:.0f}%% of it")
     return parser.parse_args(argv)
 
 
@@ -89,7 +93,7 @@ def open_study(args, storage, fingerprint: dict, set_up: Callable[[optuna.Study]
     except optuna.exceptions.DuplicatedStudyError:  # it exists, or another machine just made it
         study = optuna.load_study(study_name=args.study, storage=storage)
         recorded = wait_for_fingerprint(study)
-        if recorded != fingerprint:
+        if not records.same_setup(recorded, fingerprint):
             raise UserError(f"study {args.study!r} was recorded with a different setup "
                             f"({records.describe_difference(recorded, fingerprint)}); "
                             "resume it with its original flags, or name a new one with --study") from None
@@ -136,12 +140,14 @@ def write_best_params(study: optuna.Study) -> Path | None:
         return None
     path = tracking.store_folder() / "studies" / study.study_name / "best_params.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(study.best_trial.params, indent=2) + "\n")
+    best = study.best_trial
+    path.write_text(json.dumps(search_space.with_recipe_keys(best.params, best.user_attrs.get(records.BASELINE)),
+                               indent=2) + "\n")
     return path
 
 
-def summary(study: optuna.Study, args, budget_name: str, best_file: Path | None, uri: str,
-            parent_run_id: str, experiment_id: str, seconds: float, cores_used: float) -> str:
+def summary(sweep: Sweep, sweep_plan: plan.Plan, best_file: Path | None, seconds: float, cores_used: float) -> str:
+    study, args, budget_name, uri = sweep.study, sweep.args, sweep_plan.explore.budget.name, sweep.uri
     trials = study.get_trials(deepcopy=False)
     states = supervisor.counts(trials)
     over_cap = states.pop("over cap")
@@ -181,8 +187,8 @@ def summary(study: optuna.Study, args, budget_name: str, best_file: Path | None,
         lines.append(f"Compare it with the baselines: python -m analysis.compare --study {args.study}{storage}")
     if not uri.startswith(("http://", "https://")):
         lines.append(f"MLflow: start its UI with  mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000")
-    lines.append(f"  the sweep's page (leaderboard, plots): {tracking.run_link(uri, experiment_id, parent_run_id)}")
-    lines.append(f"  every run, best validation accuracy first: {tracking.ranked_link(uri, experiment_id)}")
+    lines.append(f"  the sweep's page (leaderboard, plots): {tracking.run_link(uri, sweep.experiment_id, sweep.run_id)}")
+    lines.append(f"  every run, best validation accuracy first: {tracking.ranked_link(uri, sweep.experiment_id)}")
     return "\n".join(lines)
 
 
@@ -201,28 +207,58 @@ def children_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def last_start(invoked: float, timeout: int | None, budget, explore_ends: float | None = None) -> float | None:
-    """When the last exploring trial may start: --timeout says so directly; the budget's
-    wall-clock, and the ladder's share for exploration, leave room for one whole trial after it."""
-    limits = [invoked + timeout] if timeout else []
-    if budget.sweep_seconds:
-        limits.append(invoked + budget.sweep_seconds - budget.longest_trial_seconds)
-    if explore_ends is not None:
-        limits.append(explore_ends - budget.longest_trial_seconds)
-    return min(limits) if limits else None
+@dataclass
+class Sweep:
+    """One invocation's stores, study and parent run, and what it tells its workers."""
+    args: argparse.Namespace
+    study: optuna.Study
+    storage: optuna.storages.BaseStorage
+    storage_url: str
+    uri: str
+    client: object  # an mlflow.MlflowClient (tracking.client), imported where it is made
+    experiment_id: str
+    run_id: str
+    settings: SweepSettings  # exploration's; a rung's differs in its study, budget and times
+    workers: int
+    stores_folder: Path | None
+    crashed: list[int] = field(default_factory=list)  # exit codes of workers that died abnormally
+
+    def recover(self, study: optuna.Study | None = None, lock_path: str | None = None, where: str = "") -> None:
+        """End the trials of ``study`` (exploration's by default) whose worker is gone, and
+        queue their retries (only where a lock path is given: a rung's retries are queued when
+        the ladder reaches it)."""
+        study = study or self.study
+        supervisor.report_orphans(recovery.end_orphaned_trials(
+            study, self.storage, self.client, self.experiment_id, self.run_id), where)
+        if lock_path is not None:
+            supervisor.report_retries(recovery.retry_lost_trials(study, self.storage, lock_path), where)
+
+    def end_on_store_failure(self, outcome: supervisor.Outcome, studies: list[optuna.Study]) -> None:
+        """A store could not be written: close what the workers left open, then stop."""
+        if outcome.store_failure is None:
+            return
+        if self.stores_folder is not None:  # the workers are gone; the reserve makes room to close
+            recovery.release_space(self.stores_folder)
+        with contextlib.suppress(Exception):
+            for study in studies:
+                self.recover(study)
+        with contextlib.suppress(Exception):
+            self.client.set_terminated(self.run_id, "FAILED")
+        if self.storage_url.startswith("journal:"):
+            journal.set_aside_torn_tail(Path(self.storage_url.removeprefix("journal:")))
+        raise StoreUnwritable(f"cannot write {outcome.store_failure}")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    invoked = time.time()
-    args = parse_args(argv)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar and summary say it
+def open_sweep(args) -> Sweep:
+    """Check the flags, data and stores; create or join the study and its parent run; end the
+    trials an earlier invocation's dead workers left running."""
     gpu = gpu_visible()
-    budget_name = args.budget or default_budget_name(gpu)
     workers = args.workers or (1 if gpu else min(2, os.cpu_count() or 1))
-    # On a CPU each worker gets its share of the cores: measured here, two single-threaded
-    # workers train 1.4x the images of one worker with both threads (RESULTS.md).
+    # On a CPU each worker gets its share of the cores: two single-threaded workers train more
+    # images together than one worker with both threads (RESULTS.md, "Sweep efficiency").
     threads = None if gpu or workers == 1 else max(1, (os.cpu_count() or 1) // workers)
-    budget = BUDGETS[budget_name].overridden(train_size=args.train_size, max_epochs=args.max_epochs)
+    budget = BUDGETS[args.budget or default_budget_name(gpu)].overridden(
+        train_size=args.train_size, max_epochs=args.max_epochs)
     sweep_study.check_sampler_available(args.sampler)
     dataset = data.load(args.data)
     data.split(dataset, data.DEFAULT_SPLIT_SEED, budget.train_size)  # refuses a bad --train-size now
@@ -233,126 +269,150 @@ def main(argv: Sequence[str] | None = None) -> int:
     if stores_folder is not None:
         recovery.reserve_space(stores_folder)
     tracking.ensure_experiment(uri, EXPERIMENT)
-    fingerprint = records.fingerprint(dataset.sha256, budget, data.DEFAULT_SPLIT_SEED)
-    tags = {"optuna_storage": sweep_study.redact(storage_url), "sweep.trials": str(args.trials),
-            "sweep.sampler": args.sampler, "sweep.pruner": args.pruner, "sweep.workers": str(workers),
-            "sweep.budget": budget.name, "sweep.fingerprint": json.dumps(fingerprint)}
+    fingerprint = records.fingerprint(search_space.SEARCH_SPACE_VERSION, dataset.sha256, budget, data.DEFAULT_SPLIT_SEED)
+    tags = {records.STORAGE_TAG: sweep_study.redact(storage_url), records.SWEEP_TRIALS_TAG: str(args.trials),
+            records.SWEEP_SAMPLER_TAG: args.sampler, records.SWEEP_PRUNER_TAG: args.pruner,
+            records.SWEEP_WORKERS_TAG: str(workers), records.SWEEP_BUDGET_TAG: budget.name,
+            records.SWEEP_FINGERPRINT_TAG: json.dumps(fingerprint)}
     study = open_study(args, storage, fingerprint, lambda created: parent_run(created, args, uri, tags))
     run_id = parent_run(study, args, uri, tags)
-
     client = tracking.client(uri)
-    experiment_id = client.get_run(run_id).info.experiment_id
-    lock_path = str(tracking.store_folder() / "studies" / args.study / "ask.lock")
-
-    def recover() -> None:
-        supervisor.report_orphans(recovery.end_orphaned_trials(study, storage, client, experiment_id, run_id))
-        supervisor.report_retries(recovery.retry_lost_trials(study, storage, lock_path))
-
-    recover()
-    # An earlier ladder's rungs, climbed again or not (--finalists 0): a trial its dead worker
-    # left running is ended now; a climb queues its retry when it reaches the rung.
-    for rung in rungs.existing_rungs(study, storage, budget):
-        supervisor.report_orphans(recovery.end_orphaned_trials(rung, storage, client, experiment_id, run_id),
-                                  f"Rung {records.rung_budget_name(rung.study_name)}: ")
-    upper = ladder.upper_rungs(budget) if args.finalists else []
-    ladder_seconds = args.hours * 3600 if args.hours else budget.ladder_seconds
-    ladder_ends = invoked + ladder_seconds if ladder_seconds else None
-    explore_ends = ladder.explore_ends(invoked, ladder_seconds) if upper else ladder_ends
-    wall_clock = f", {budget.sweep_seconds / 60:g} min a sweep" if budget.sweep_seconds else ""
-    print(f"Study {args.study!r}: budget {budget.name} ({budget.train_size or 'all'} training images, "
-          f"up to {budget.max_epochs} epochs, at most {budget.max_training_tflop:g} TFLOP and "
-          f"{budget.trial_seconds:g} s a trial{wall_clock}); sampler {args.sampler}, pruner {args.pruner}, "
-          f"{workers} worker(s){f' of {threads} thread(s)' if threads else ''}; storage {sweep_study.redact(storage_url)}", flush=True)
-    if upper:
-        print(rungs.describe_ladder(budget, upper, args.finalists, ladder_seconds), flush=True)
     settings = SweepSettings(
         study_name=args.study, storage_url=storage_url, tracking_uri=uri, experiment=EXPERIMENT,
         parent_run_id=run_id, total_trials=args.trials, sampler=args.sampler, pruner=args.pruner,
         seed=args.seed, budget=budget, data_path=args.data, split_seed=data.DEFAULT_SPLIT_SEED,
-        lock_path=lock_path, last_start=last_start(invoked, args.timeout, budget, explore_ends), threads=threads)
-    started = time.time()
-    cpu_before = children_cpu_seconds()
+        lock_path=str(tracking.store_folder() / "studies" / args.study / "ask.lock"), last_start=None,
+        threads=threads)
+    sweep = Sweep(args, study, storage, storage_url, uri, client, client.get_run(run_id).info.experiment_id,
+                  run_id, settings, workers, stores_folder)
+    sweep.recover(lock_path=settings.lock_path)
+    # An earlier ladder's rungs, climbed again or not (--finalists 0): a trial its dead worker
+    # left running is ended now; a climb queues its retry when it reaches the rung.
+    for rung in rungs.existing_rungs(study, storage, budget):
+        sweep.recover(rung, where=f"Rung {records.rung_budget_name(rung.study_name)}: ")
+    return sweep
 
-    def end_on_store_failure(outcome: supervisor.Outcome, recover_all: Callable[[], None]) -> None:
-        if outcome.store_failure is None:
-            return
-        # The workers are gone; the reserve makes room to close what they left open.
-        if stores_folder is not None:
-            recovery.release_space(stores_folder)
-        with contextlib.suppress(Exception):
-            recover_all()
-        with contextlib.suppress(Exception):
-            client.set_terminated(run_id, "FAILED")
-        if storage_url.startswith("journal:"):
-            journal.set_aside_torn_tail(Path(storage_url.removeprefix("journal:")))
-        raise StoreUnwritable(f"cannot write {outcome.store_failure}")
 
-    outcome = supervisor.supervise(study, settings, workers, on_worker_lost=recover,
-                        phase=f"explore ({budget.name})" if upper else None)
-    end_on_store_failure(outcome, recover)
+def explore(sweep: Sweep, phase: plan.Phase) -> None:
+    settings = dataclasses.replace(sweep.settings, last_start=phase.last_start, deadline=phase.deadline)
+    recover = functools.partial(sweep.recover, lock_path=settings.lock_path)
+    outcome = supervisor.supervise(sweep.study, settings, sweep.workers, on_worker_lost=recover, title=phase.title)
+    sweep.end_on_store_failure(outcome, [sweep.study])
     recover()  # workers killed at the end
-    counted = records.counted_trials(study.get_trials(deepcopy=False), args.trials)
-    failed = bool(outcome.crashed) and counted < args.trials  # else the retries made up for them
-    explore_stopped = (not outcome.interrupted and counted < args.trials and settings.last_start is not None
-                       and time.time() > settings.last_start)
-    timed_out = args.timeout is not None and time.time() > invoked + args.timeout
-    climbed: list[optuna.Study] = []
-    crashed = list(outcome.crashed)
-    ensemble_failure = None
-    if upper and not outcome.interrupted and not failed and not timed_out and (counted >= args.trials or explore_stopped):
-        outcome, climbed = rungs.climb(study, settings, workers, storage, client, experiment_id, args.finalists, ladder_ends)
-        end_on_store_failure(outcome, lambda: [recovery.end_orphaned_trials(rung, storage, client, experiment_id, run_id)
-                                               for rung in climbed])
-        crashed += outcome.crashed
-        if not outcome.interrupted and climbed and ladder.needs_ensemble(study, climbed[-1], ENSEMBLE_MEMBERS):
-            ensemble_failure = rungs.ensemble(EnsembleSettings(
-                exploring_study=study.study_name, rung_study=climbed[-1].study_name, storage_url=storage_url,
-                tracking_uri=uri, experiment=EXPERIMENT, parent_run_id=run_id, budget=upper[-1],
-                data_path=args.data, split_seed=data.DEFAULT_SPLIT_SEED, model_name=tracking.REGISTERED_MODEL),
-                client, experiment_id)
-    cores_used = (children_cpu_seconds() - cpu_before) / max(time.time() - started, 1e-9)
+    record_stop(sweep, phase, sweep.study, outcome)
 
-    complete = study.get_trials(deepcopy=False, states=[TrialState.COMPLETE])
+
+def climb(sweep: Sweep, sweep_plan: plan.Plan, phase: plan.Phase, lower: optuna.Study,
+          climbed: list[tuple[plan.Phase, optuna.Study]]) -> optuna.Study:
+    outcome, rung = rungs.run_rung(phase, sweep_plan, sweep.study, lower, sweep.settings, sweep.workers,
+                                   sweep.storage, sweep.client, sweep.experiment_id)
+    climbed.append((phase, rung))
+    sweep.end_on_store_failure(outcome, [study for _, study in climbed])
+    record_stop(sweep, phase, rung, outcome)
+    return rung
+
+
+def ensemble(sweep: Sweep, phase: plan.Phase, top_rung: optuna.Study) -> None:
+    if not ladder.needs_ensemble(sweep.study, top_rung, ENSEMBLE_MEMBERS):
+        phase.stopped, phase.detail = plan.Stop.DONE, "nothing new to ensemble"
+        return
+    failure = rungs.ensemble(EnsembleSettings(
+        exploring_study=sweep.study.study_name, rung_study=top_rung.study_name, storage_url=sweep.storage_url,
+        tracking_uri=sweep.uri, experiment=EXPERIMENT, parent_run_id=sweep.run_id, budget=phase.budget,
+        data_path=sweep.args.data, split_seed=data.DEFAULT_SPLIT_SEED, model_name=tracking.REGISTERED_MODEL),
+        sweep.client, sweep.experiment_id)
+    phase.stopped, phase.detail = (plan.Stop.FAILED, failure) if failure else (plan.Stop.DONE, "")
+
+
+def record_stop(sweep: Sweep, phase: plan.Phase, study: optuna.Study, outcome: supervisor.Outcome) -> None:
+    sweep.crashed += outcome.crashed
+    phase.stopped = plan.stop_of(phase, interrupted=outcome.interrupted, store_failed=outcome.store_failure is not None,
+                                 crashed=bool(outcome.crashed), now=time.time(),
+                                 counted=records.counted_trials(study.get_trials(deepcopy=False), phase.trials))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    invoked = time.time()
+    args = parse_args(argv)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar and summary say it
+    sweep = open_sweep(args)
+    sweep_plan = plan.make(invoked, sweep.settings.budget, args.study, args.trials, args.pruner, args.finalists,
+                           timeout=args.timeout, hours=args.hours)
+    print(opening(sweep, sweep_plan), flush=True)
+    started, cpu_before = time.time(), children_cpu_seconds()
+    climbed: list[tuple[plan.Phase, optuna.Study]] = []
+    for phase in sweep_plan.phases:
+        if phase.kind == "explore":
+            explore(sweep, phase)
+        elif not sweep_plan.may_follow(phase):
+            break
+        elif phase.kind == "rung":
+            climb(sweep, sweep_plan, phase, climbed[-1][1] if climbed else sweep.study, climbed)
+        else:
+            ensemble(sweep, phase, climbed[-1][1])
+        phase.ended = time.time()
+    cores_used = (children_cpu_seconds() - cpu_before) / max(time.time() - started, 1e-9)
+    return finish(sweep, sweep_plan, climbed, time.time() - started, cores_used)
+
+
+def opening(sweep: Sweep, sweep_plan: plan.Plan) -> str:
+    budget, args, threads = sweep.settings.budget, sweep.args, sweep.settings.threads
+    explore_seconds = plan.policy(budget).explore_seconds
+    wall_clock = f", {explore_seconds / 60:g} min a sweep" if explore_seconds else ""
+    line = (f"Study {args.study!r}: budget {budget.name} ({budget.train_size or 'all'} training images, "
+            f"up to {budget.max_epochs} epochs, at most {budget.max_training_tflop:g} TFLOP and "
+            f"{budget.trial_seconds:g} s a trial{wall_clock}); sampler {args.sampler}, pruner {args.pruner}, "
+            f"{sweep.workers} worker(s){f' of {threads} thread(s)' if threads else ''}; "
+            f"storage {sweep_study.redact(sweep.storage_url)}")
+    ladder_line = plan.describe(sweep_plan)
+    return f"{line}\n{ladder_line}" if ladder_line else line
+
+
+def finish(sweep: Sweep, sweep_plan: plan.Plan, climbed: list[tuple[plan.Phase, optuna.Study]],
+           seconds: float, cores_used: float) -> int:
+    """Record the answer on the parent run, close it, write its page and print the summary."""
+    study, client, run_id = sweep.study, sweep.client, sweep.run_id
+    stops = [phase.stopped for phase in sweep_plan.phases]
+    interrupted = plan.Stop.INTERRUPTED in stops
+    failed = sweep_plan.explore.stopped == plan.Stop.WORKERS_FAILED
+    ensemble_failure = next((p.detail for p in sweep_plan.phases if p.stopped == plan.Stop.FAILED), None)
     client.log_metric(run_id, "worker_cpu_cores", cores_used)
-    if complete:
+    if study.get_trials(deepcopy=False, states=[TrialState.COMPLETE]):
         client.log_metric(run_id, "best_validation_accuracy", study.best_value)
-        client.set_tag(run_id, "best_trial", str(study.best_trial.number))
-    result = study.user_attrs.get(records.LADDER_RESULT)
+        client.set_tag(run_id, records.BEST_TRIAL_TAG, str(study.best_trial.number))
+    result = records.ladder_result(study)
     if result and climbed:
-        for key, value in {"top_rung_validation_accuracy": result["champion"]["validation_accuracy"],
-                           "ensemble_validation_accuracy": result["ensemble"]["validation_accuracy"],
-                           "top_rung_test_accuracy": result["champion"]["test_accuracy"],
-                           "ensemble_test_accuracy": result["ensemble"]["test_accuracy"]}.items():
+        for key, value in {"top_rung_validation_accuracy": result.champion.validation_accuracy,
+                           "ensemble_validation_accuracy": result.ensemble.validation_accuracy,
+                           "top_rung_test_accuracy": result.champion.test_accuracy,
+                           "ensemble_test_accuracy": result.ensemble.test_accuracy}.items():
             client.log_metric(run_id, key, value)
-        client.set_tag(run_id, "top_rung_winner", result["champion"]["label"])
-    running = any(s.get_trials(deepcopy=False, states=[TrialState.RUNNING]) for s in [study, *climbed])
-    if outcome.interrupted:
+        client.set_tag(run_id, records.TOP_RUNG_WINNER_TAG, result.champion.label)
+    studies = [study, *(rung for _, rung in climbed)]
+    running = any(s.get_trials(deepcopy=False, states=[TrialState.RUNNING]) for s in studies)
+    if interrupted:
         client.set_terminated(run_id, "KILLED")
     elif failed or ensemble_failure:
         client.set_terminated(run_id, "FAILED")
     elif not running:
         client.set_terminated(run_id, "FINISHED")  # else another invocation's workers are still at it
-    front_page.write(study, client, run_id, uri, experiment_id, climbed)
-    print(summary(study, args, budget.name, write_best_params(study), uri, run_id, experiment_id,
-                  time.time() - started, cores_used))
+    front_page.write(study, client, run_id, sweep.uri, sweep.experiment_id, studies[1:])
+    print(summary(sweep, sweep_plan, write_best_params(study), seconds, cores_used))
     if climbed:
         print(rungs.ladder_summary(study, climbed))
-    if explore_stopped:
-        limit = (f"--timeout {args.timeout}" if timed_out
-                 else f"exploration's share of the sweep's {ladder_seconds / 3600:g}-hour wall-clock"
-                 if upper and explore_ends is not None and settings.last_start == explore_ends - budget.longest_trial_seconds
-                 else f"the {budget.name} budget's {budget.sweep_seconds / 60:g}-minute wall-clock" if budget.sweep_seconds
-                 else f"the sweep's {ladder_seconds / 3600:g}-hour wall-clock")
+    explored = sweep_plan.explore
+    if explored.stopped == plan.Stop.OUT_OF_TIME:
+        counted = records.counted_trials(study.get_trials(deepcopy=False), explored.trials)
         going_on = " The ladder went on with the trials explored." if climbed else " Run the same command again to go on."
-        print(f"Stopped starting exploring trials at {limit}: the time left could not hold another whole trial; "
-              f"{counted} of {args.trials} trials are done.{going_on} "
-              f"This invocation took {(time.time() - invoked) / 60:.1f} min.")
-    if outcome.interrupted:
+        print(f"Stopped starting exploring trials at {explored.limit}: the time left could not hold another whole "
+              f"trial; {counted} of {explored.trials} trials are done.{going_on} "
+              f"This invocation took {(time.time() - sweep_plan.invoked) / 60:.1f} min.")
+    if interrupted:
         print("interrupted: run the same command again to go on to the requested total", file=sys.stderr)
         return 130
-    if crashed:
-        print(f"{'error: ' if failed else ''}{len(crashed)} worker(s) exited abnormally (exit codes "
-              f"{crashed}); the trials they left running were recorded as failed and retried once",
+    if sweep.crashed:
+        print(f"{'error: ' if failed else ''}{len(sweep.crashed)} worker(s) exited abnormally (exit codes "
+              f"{sweep.crashed}); the trials they left running were recorded as failed and retried once",
               file=sys.stderr)
     if ensemble_failure:
         print(f"error: {ensemble_failure}", file=sys.stderr)

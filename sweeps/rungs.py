@@ -11,63 +11,49 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from sweeps import ladder, records, recovery
+from harness import records
+from sweeps import ladder, recovery
+from sweeps.plan import Phase, Plan, Stop, upper_rungs
 from sweeps.settings import EnsembleSettings, SweepSettings
 from sweeps.supervisor import Outcome, report_orphans, report_retries, supervise
 
 
-def describe_ladder(budget, rungs, finalists: int, seconds: float | None) -> str:
-    counts = ladder.promotion_counts(finalists, len(rungs))
-    steps = [f"{budget.name} (explore)"] + [
-        f"{rung.name} ({rung.train_size or 'all'} images, {rung.max_epochs} epochs: best {count}"
-        f"{' and the 5 baselines' if index == len(rungs) - 1 else ''})"
-        for index, (rung, count) in enumerate(zip(rungs, counts))]
-    limit = f", all within {seconds / 3600:g} h" if seconds else ""
-    return f"Ladder: {' -> '.join(steps)}, then an ensemble of the top rung's best{limit}"
+def run_rung(phase: Phase, sweep_plan: Plan, exploring: optuna.Study, lower: optuna.Study, settings: SweepSettings,
+             workers: int, storage, client, experiment_id: str) -> tuple[Outcome, optuna.Study]:
+    """One rung of the ladder: promote the best of ``lower`` into the rung's study, then train
+    what it holds until it holds them all or its time is up. Returns how its workers ended."""
+    rung = open_rung(exploring, storage, phase.budget)
+    now = time.time()
+    sweep_plan.start(phase, now)
+    promoted = ladder.promote(lower, exploring, rung, phase.budget, phase.trials, top=phase.top,
+                              worker_seconds=(phase.deadline - now) * workers if phase.deadline else None)
+    phase.trials = ladder.requested_trials(rung)
+    rung_settings = dataclasses.replace(
+        settings, study_name=rung.study_name, budget=phase.budget, pruner=phase.pruner, total_trials=phase.trials,
+        last_start=phase.last_start, deadline=phase.deadline,
+        lock_path=str(Path(settings.lock_path).with_name(f"ask-{phase.budget.name}.lock")))
 
+    def recover_rung() -> None:
+        where = f"Rung {phase.budget.name}: "
+        report_orphans(recovery.end_orphaned_trials(rung, storage, client, experiment_id, settings.parent_run_id), where)
+        report_retries(recovery.retry_lost_trials(rung, storage, rung_settings.lock_path), where)
 
-def climb(study: optuna.Study, settings: SweepSettings, workers: int, storage, client, experiment_id: str,
-          finalists: int, ladder_ends: float | None) -> tuple[Outcome, list[optuna.Study]]:
-    """Carry the explored trials up the ladder, a rung at a time: promote, train, go on.
-    Returns how the last rung's workers ended and the rung studies climbed so far."""
-    rungs = ladder.upper_rungs(settings.budget)
-    counts = ladder.promotion_counts(finalists, len(rungs))
-    lower, climbed, outcome = study, [], Outcome()
-    for index, (budget, count) in enumerate(zip(rungs, counts)):
-        rung = open_rung(study, storage, budget)
-        climbed.append(rung)
-        now = time.time()
-        ends = ladder.rung_ends(now, ladder_ends, len(rungs) - index)
-        promoted = ladder.promote(lower, study, rung, budget, count, top=index == len(rungs) - 1,
-                                  worker_seconds=(ends - now) * workers if ends else None)
-        rung_settings = dataclasses.replace(
-            settings, study_name=rung.study_name, budget=budget, pruner="none",
-            total_trials=ladder.requested_trials(rung), last_start=ladder.rung_last_start(now, ends, budget),
-            ends_by=ends, lock_path=str(Path(settings.lock_path).with_name(f"ask-{budget.name}.lock")))
-
-        def recover_rung(rung=rung, lock_path=rung_settings.lock_path) -> None:
-            where = f"Rung {records.rung_budget_name(rung.study_name)}: "
-            report_orphans(recovery.end_orphaned_trials(rung, storage, client, experiment_id, settings.parent_run_id), where)
-            report_retries(recovery.retry_lost_trials(rung, storage, lock_path), where)
-
+    recover_rung()
+    deadline = f"; ends by {time.strftime('%H:%M', time.localtime(phase.deadline))}" if phase.deadline else ""
+    step = sweep_plan.rungs.index(phase) + 2
+    print(f"Rung {step} of {len(sweep_plan.rungs) + 1}, {phase.budget.name} ({phase.budget.train_size or 'all'} training images, "
+          f"up to {phase.budget.max_epochs} epochs): "
+          f"{'promoted ' + ', '.join(promoted) if promoted else 'nothing new promoted'}{deadline}", flush=True)
+    outcome = supervise(rung, rung_settings, workers, on_worker_lost=recover_rung, title=phase.title)
+    if not outcome.interrupted and outcome.store_failure is None:
         recover_rung()
-        deadline = f"; ends by {time.strftime('%H:%M', time.localtime(ends))}" if ends else ""
-        print(f"Rung {index + 2} of {len(rungs) + 1}, {budget.name} ({budget.train_size or 'all'} training images, "
-              f"up to {budget.max_epochs} epochs): "
-              f"{'promoted ' + ', '.join(promoted) if promoted else 'nothing new promoted'}{deadline}", flush=True)
-        outcome = supervise(rung, rung_settings, workers, on_worker_lost=recover_rung,
-                            phase=f"rung {index + 2}/{len(rungs) + 1} ({budget.name})")
-        if outcome.interrupted or outcome.store_failure is not None:
-            return outcome, climbed
-        recover_rung()
-        lower = rung
-    return outcome, climbed
+    return outcome, rung
 
 
 def existing_rungs(exploring: optuna.Study, storage, budget) -> list[optuna.Study]:
     """The upper rungs of ``exploring``'s ladder that an invocation has opened."""
     names = set(optuna.study.get_all_study_names(storage))
-    return [optuna.load_study(study_name=name, storage=storage) for rung in ladder.upper_rungs(budget)
+    return [optuna.load_study(study_name=name, storage=storage) for rung in upper_rungs(budget)
             if (name := records.rung_study_name(exploring.study_name, rung.name)) in names]
 
 
@@ -112,33 +98,33 @@ def ensemble(settings: EnsembleSettings, client, experiment_id: str) -> str | No
 
 def close_stale_ensembles(rung_study: str, client, experiment_id: str) -> None:
     stale = client.search_runs([experiment_id], max_results=100, filter_string=(
-        f"tags.{records.FIDELITY} = 'ensemble' and tags.{records.STUDY_TAG} = '{rung_study}' "
+        f"tags.{records.FIDELITY} = '{records.ENSEMBLE_FIDELITY}' and tags.{records.STUDY_TAG} = '{rung_study}' "
         "and attributes.status = 'RUNNING'"))
     for run in stale:
         client.set_tag(run.info.run_id, records.REASON, "its process ended before the ensemble was registered")
         client.set_terminated(run.info.run_id, "KILLED")
 
 
-def ladder_summary(study: optuna.Study, climbed: list[optuna.Study]) -> str:
+def ladder_summary(study: optuna.Study, climbed: list[tuple[Phase, optuna.Study]]) -> str:
     """Each rung's results, then the headline: the top rung's winner and the ensemble."""
     lines = []
-    for rung in climbed:
+    for phase, rung in climbed:
         trials = sorted((t for t in rung.get_trials(deepcopy=False) if t.value is not None),
                         key=lambda t: t.value, reverse=True)
-        budget = records.rung_budget_name(rung.study_name)
         waiting = sum(t.state == TrialState.WAITING for t in rung.get_trials(deepcopy=False))
-        untrained = f"; {waiting} not started (the rung's time ran out)" if waiting else ""
-        lines.append(f"Rung {budget}: " + (", ".join(f"{records.label(t)} {t.value:.4f}" for t in trials) or "nothing finished")
-                     + untrained)
-    result = study.user_attrs.get(records.LADDER_RESULT)
+        why = "the rung's time ran out" if phase.stopped == Stop.OUT_OF_TIME else "the rung was stopped"
+        untrained = f"; {waiting} not started ({why})" if waiting else ""
+        lines.append(f"Rung {phase.budget.name}: "
+                     + (", ".join(f"{records.label(t)} {t.value:.4f}" for t in trials) or "nothing finished") + untrained)
+    result = records.ladder_result(study)
     if result:
-        champion, averaged = result["champion"], result["ensemble"]
-        lines.append(f"Top rung's winner: {champion['label']}, validation {champion['validation_accuracy']:.4f}, "
-                     f"test {champion['test_accuracy']:.4f} (read once): {champion['model']}")
-        if "runner_up" in champion:
+        champion, averaged = result.champion, result.ensemble
+        lines.append(f"Top rung's winner: {champion.label}, validation {champion.validation_accuracy:.4f}, "
+                     f"test {champion.test_accuracy:.4f} (read once): {champion.model}")
+        if champion.runner_up:
             lines.append("  " + ladder.describe_lead(champion))
-        lines.append(f"Ensemble of {len(averaged['members'])} ({', '.join(averaged['members'])}; k chosen on validation): "
-                     f"validation {averaged['validation_accuracy']:.4f}, test {averaged['test_accuracy']:.4f} "
-                     f"(read once): {averaged['model']}")
-        lines.append(f"Label your digits with it: python -m digits.predict --model {averaged['model']} YOUR.csv")
+        lines.append(f"Ensemble of {len(averaged.members)} ({', '.join(averaged.members)}; k chosen on validation): "
+                     f"validation {averaged.validation_accuracy:.4f}, test {averaged.test_accuracy:.4f} "
+                     f"(read once): {averaged.model}")
+        lines.append(f"Label your digits with it: python -m digits.predict --model {averaged.model} YOUR.csv")
     return "\n".join(lines)

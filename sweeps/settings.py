@@ -8,10 +8,9 @@ from dataclasses import dataclass
 from harness.budgets import Budget
 
 # A worker process trains at most this many trials, then exits and the parent starts a
-# fresh one if the study needs more: TensorFlow keeps about 10-20 MB of every trained
-# model even after clear_session(), and glibc the pages a large trial freed; a fresh
-# process is the one portable way to give them back. Over 8 smoke trials a worker grew
-# 20-256 MB after its first (RESULTS.md, structure); starting one costs about 15 s here.
+# fresh one if the study needs more: TensorFlow keeps part of every trained model even
+# after clear_session(), and glibc the pages a large trial freed; a fresh process is the
+# one portable way to give them back, for seconds of start-up (RESULTS.md, "Structure").
 TRIALS_PER_PROCESS = 8
 # A worker that could not write a store (full disk, file-size limit, I/O error) stops with this
 # exit code (sysexits' EX_IOERR), after putting the reason on the queue the parent gave it.
@@ -36,19 +35,12 @@ class SweepSettings:
     data_path: str | None
     split_seed: int
     lock_path: str
-    last_start: float | None  # time.time() after which no trial starts (--timeout, the budget's wall-clock)
+    # The phase's (sweeps/plan.py): time.time() after which no trial starts, and by which the
+    # phase must end, a trial's time share cut to fit. None: no limit.
+    last_start: float | None
+    deadline: float | None = None
     trials_per_process: int = TRIALS_PER_PROCESS
     threads: int | None = None  # CPU threads per worker; None: the backend's default
-    # time.time() by which a ladder's rung must end: a trial's time share is cut to fit
-    # (its validation and logging included). None: the budget's time share alone.
-    ends_by: float | None = None
-
-    def time_share(self, now: float) -> float:
-        """How long a trial starting now may train."""
-        if self.ends_by is None:
-            return self.budget.trial_seconds
-        room = self.ends_by - now - (self.budget.longest_trial_seconds - self.budget.trial_seconds)
-        return max(1.0, min(self.budget.trial_seconds, room))
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 import optuna
 from optuna.trial import TrialState
 
-from sweeps import progress, records
+from harness import records
+from sweeps import progress
 from sweeps.settings import STORE_FAILED_EXIT, SweepSettings
 
 
@@ -51,7 +52,7 @@ def _worker_process(settings: SweepSettings, worker_index: int, failures) -> Non
 
 
 def supervise(study: optuna.Study, settings: SweepSettings, worker_count: int,
-              on_worker_lost: Callable[[], None] = lambda: None, phase: str | None = None) -> Outcome:
+              on_worker_lost: Callable[[], None] = lambda: None, title: str | None = None) -> Outcome:
     """Run the workers under a live progress bar (done, time left, pruned, failed, best so far),
     starting a fresh one whenever a worker has trained its share of trials and the study
     still needs more. A worker that dies (killed, crashed) is replaced too, after
@@ -96,11 +97,9 @@ def supervise(study: optuna.Study, settings: SweepSettings, worker_count: int,
     previous = {number: signal.signal(number, on_stop_signal) for number in (signal.SIGINT, signal.SIGTERM)}
     workers = [start_worker() for _ in range(worker_count)]
     initial = finished(counts(study.get_trials(deepcopy=False)))
-    ends_by = settings.ends_by or (settings.last_start + settings.budget.longest_trial_seconds
-                                   if settings.last_start else None)
-    time_left = progress.TimeLeft(total, initial, ends_by=ends_by)
+    time_left = progress.TimeLeft(total, initial, ends_by=settings.deadline)
     try:
-        with tqdm(total=total, initial=min(initial, total), unit="trial", desc=phase or study.study_name,
+        with tqdm(total=total, initial=min(initial, total), unit="trial", desc=title or study.study_name,
                   file=sys.stderr, mininterval=1, dynamic_ncols=True, bar_format=progress.BAR_FORMAT) as bar:
             while workers:
                 woken.wait(2)

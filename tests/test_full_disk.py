@@ -11,7 +11,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from sweeps import records, run as sweep_run, study as sweep_study
+from harness import records
+from sweeps import run as sweep_run, study as sweep_study
 
 pytestmark = pytest.mark.slow
 FAST_SMOKE = ["--budget", "smoke", "--train-size", "300", "--max-epochs", "1", "--workers", "1", "--no-baselines", "--finalists", "0"]

@@ -13,8 +13,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from harness import tracking
-from sweeps import ladder, records, run as sweep_run, study as sweep_study
+from harness import records, tracking
+from sweeps import ladder, run as sweep_run, study as sweep_study
 from sweeps.settings import ENSEMBLE_MEMBERS
 from test_reliability import as_in_a_terminal, sweep_command, user_environment
 
@@ -139,8 +139,8 @@ def test_kill_9_in_the_top_rung_then_the_same_command_loses_nothing(tmp_path):
     assert ensemble_run.data.tags[records.STUDY_TAG] == TOP and records.TRIAL_NUMBER_TAG not in ensemble_run.data.tags
 
     exploring = load(storage, STUDY)
-    result = exploring.user_attrs[records.LADDER_RESULT]
-    assert result["top_rung"] == TOP and result["ensemble"]["run_id"] == ensemble_run.info.run_id
+    result = records.ladder_result(exploring)
+    assert result.top_rung == TOP and result.ensemble.run_id == ensemble_run.info.run_id
     assert not ladder.needs_ensemble(exploring, load(storage, TOP), ENSEMBLE_MEMBERS)  # it weighed the retry too
     version = client.get_model_version_by_alias(tracking.REGISTERED_MODEL, "ensemble")
     assert version.run_id == ensemble_run.info.run_id

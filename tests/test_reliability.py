@@ -20,7 +20,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from sweeps import records, run as sweep_run, study as sweep_study, supervisor
+from harness import records
+from sweeps import run as sweep_run, study as sweep_study, supervisor
 
 pytestmark = pytest.mark.slow  # sweeps in subprocesses, PostgreSQL, an mlflow server
 

@@ -8,6 +8,7 @@ import mlflow
 import numpy as np
 import pytest
 
+import search_space
 from harness import data, tracking
 from sweeps import reproduce, study as sweep_study
 
@@ -139,3 +140,39 @@ def test_the_tolerance_narrows_on_a_larger_validation_set():
 def test_a_trial_without_a_value_gets_no_verdict_only_the_seeds_mean():
     assert reproduce.verdict(None, [0.987, 0.989], 6000) == (
         "the trial has no final value in the study to compare with (seeds' mean 0.9880)")
+
+
+@pytest.mark.slow
+def test_the_seed_registered_is_the_one_with_the_best_validation_accuracy(reproduced):
+    uri, _ = reproduced
+    second_invocation = seed_runs(uri)[2:]
+    best = max(second_invocation, key=lambda run: run.data.metrics["validation_accuracy"])
+    version = tracking.client(uri).get_model_version_by_alias(reproduce.REGISTERED_MODEL, reproduce.ALIAS)
+    assert version.run_id == best.info.run_id
+    assert version.tags["seed"] == best.data.tags["seed"]
+
+
+def seed_run(seed: int, validation: float, test: float) -> reproduce.SeedRun:
+    result = type("Result", (), {"validation_accuracy": validation})()
+    return reproduce.SeedRun(seed, f"run-{seed}", result, test_accuracy=test)
+
+
+def test_the_best_seed_is_chosen_on_validation_whatever_the_test_set_says():
+    runs = [seed_run(1, 0.990, 0.996), seed_run(2, 0.993, 0.991), seed_run(3, 0.993, 0.999)]
+    assert reproduce.best_on_validation(runs).seed == 2
+
+
+def test_a_baseline_trial_is_reproduced_with_its_seeds_own_epochs():
+    import optuna
+
+    from harness import records
+
+    study = optuna.create_study(direction="maximize")
+    study.enqueue_trial(search_space.baseline("gradio_cnn"), user_attrs={records.BASELINE: "gradio_cnn"})
+    trial = study.ask()
+    search_space.suggest(trial)
+    study.tell(trial, 0.98)
+    frozen = study.best_trial
+    assert "epochs" not in frozen.params  # the study stores what is searched
+    assert reproduce.recipe(frozen, "s") == search_space.baseline("gradio_cnn")
+    assert reproduce.recipe(frozen, "s")["epochs"] == 5

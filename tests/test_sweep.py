@@ -18,10 +18,11 @@ from optuna.trial import TrialState
 
 import search_space
 from conftest import SMOKE
+from harness import records
 from harness.backend import keras
 from harness.budgets import BUDGETS
-from sweeps import objective, records, recovery, run as sweep_run, study as sweep_study, supervisor
-from sweeps.records import StopCause
+from harness.records import StopCause
+from sweeps import objective, recovery, run as sweep_run, study as sweep_study, supervisor
 from sweeps.settings import SweepSettings
 
 MLFLOW_STATUS = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "FINISHED", TrialState.FAIL: "FAILED"}
@@ -313,19 +314,24 @@ def test_a_budget_recorded_before_first_rung_existed_still_reads():
     assert budget.first_rung == 1 and budget.train_size == BUDGETS["quick"].train_size
 
 
-def test_the_budgets_wall_clock_leaves_room_for_one_whole_trial():
-    budget = dataclasses.replace(BUDGETS["smoke"], trial_seconds=100, sweep_seconds=600)
-    assert sweep_run.last_start(1000.0, None, budget) == 1000 + 600 - budget.longest_trial_seconds
-    assert budget.longest_trial_seconds > budget.trial_seconds
-    assert sweep_run.last_start(1000.0, 60, budget) == 1060  # --timeout, when sooner, wins
-    assert sweep_run.last_start(1000.0, None, BUDGETS["smoke"]) is None
-    assert BUDGETS["quick"].sweep_seconds == 45 * 60
-
-
 def test_the_wall_clock_is_not_part_of_a_studys_fingerprint():
-    # A longer or shorter limit for one invocation does not change what the trials are.
-    shorter = dataclasses.replace(BUDGETS["quick"], sweep_seconds=10 * 60)
-    assert records.fingerprint("sha", shorter, 0) == records.fingerprint("sha", BUDGETS["quick"], 0)
+    # A longer or shorter limit for one invocation does not change what the trials are: the
+    # fingerprint holds the per-trial budget only.
+    recorded = records.fingerprint(5, "sha", BUDGETS["quick"], 0)
+    assert set(recorded[records.BUDGET_KEY]) == {f.name for f in dataclasses.fields(BUDGETS["quick"])}
+    assert "promotes_to" not in recorded[records.BUDGET_KEY]
+
+
+def test_a_study_that_recorded_the_ladders_policy_in_its_budget_still_resumes():
+    # Studies before the plan recorded promotes_to (and earlier the wall-clocks) in the budget.
+    requested = records.fingerprint(5, "sha", BUDGETS["quick"], 0)
+    old = {**requested, records.BUDGET_KEY: {**requested[records.BUDGET_KEY], "promotes_to": "long",
+                                             "sweep_seconds": 2700, "ladder_seconds": 7200}}
+    assert records.same_setup(old, requested)
+    changed = {**old, records.BUDGET_KEY: {**old[records.BUDGET_KEY], "max_epochs": 5}}
+    assert not records.same_setup(changed, requested)
+    assert records.describe_difference(changed, requested) == "budget max_epochs 5 -> 4"
+    assert not records.same_setup({**old, records.SPLIT_SEED_KEY: 1}, requested)
 
 
 def test_a_worker_starts_no_trial_once_the_last_start_has_passed(tmp_path):
@@ -382,3 +388,15 @@ def test_a_resumed_sweep_does_not_draw_the_first_invocations_samples_again(sweep
     sampled = [t for t in load(sweep).trials if "baseline" not in t.user_attrs and t.params]
     assert len(sampled) >= 2
     assert len({json.dumps(t.params, sort_keys=True) for t in sampled}) == len(sampled)
+
+
+def test_best_params_of_a_baseline_keep_its_seeds_epochs(tmp_path, monkeypatch):
+    # best_params.json is what the summary's reproduce line hands to train_trial.py --params.
+    monkeypatch.chdir(tmp_path)
+    study = optuna.create_study(study_name="baseline-best", direction="maximize")
+    study.enqueue_trial(search_space.baseline("chollet_cnn"), user_attrs={records.BASELINE: "chollet_cnn"})
+    trial = study.ask()
+    search_space.suggest(trial)
+    study.tell(trial, 0.98)
+    written = json.loads(sweep_run.write_best_params(study).read_text())
+    assert written == search_space.baseline("chollet_cnn") and written["epochs"] == 5

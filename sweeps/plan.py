@@ -1,0 +1,242 @@
+"""A sweep as a plan of phases: exploration, each rung of the fidelity ladder, the ensemble.
+
+The plan is made once, when the command starts, from the budget it explores at, the flags and
+the clock. Each phase says its study, its per-trial budget, its pruner, how many trials it
+asks for, when its last trial may start and by when it must end, and, once it has run, why
+it stopped. The command runs the phases in order; the progress bar and the summary read them.
+
+Every rule of a sweep's time lives here: which rung follows which and the wall-clock a
+command gets (the ladder's policy, kept out of the per-trial budget so that a change of
+policy never changes a study's fingerprint), how that wall-clock is shared among the
+phases, and how long a trial started at a given moment may train.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from harness import records
+from harness.budgets import BUDGETS, Budget
+from sweeps import ladder
+
+# What a trial takes besides its time share: the validation pass that ends its last epoch and
+# its logging (under 40 s at quick; doubled).
+TRIAL_OVERHEAD_SECONDS = 80
+# What exploration may take of the ladder's wall-clock at most (its budget may allow less).
+EXPLORE_SHARE = 0.4
+# How the time after exploration is shared among the upper rungs: the top rung, which trains
+# the finalists and the baselines to the full budget, gets twice a middle rung's share.
+TOP_RUNG_WEIGHT = 2
+# Kept at the end of the ladder's wall-clock for the ensemble: loading the finalists, choosing
+# its members on validation, one test pass, logging and registering.
+ENSEMBLE_SECONDS = 300
+
+
+@dataclass(frozen=True)
+class Policy:
+    """How a sweep that starts at a budget is scheduled."""
+    # The next rung of the ladder (a budget's name): the sweep carries its best trials there
+    # once this budget's trials are done. None: the top rung.
+    promotes_to: str | None = None
+    # Wall-clock of exploring at this budget: no trial starts once the time left cannot hold a
+    # whole one, so exploration ends within it whatever its trials cost. None: no limit.
+    explore_seconds: float | None = None
+    # Wall-clock of the whole command (explore, the rungs, the ensemble) when it explores at
+    # this budget, unless --hours says otherwise. None: no limit.
+    command_seconds: float | None = None
+
+
+POLICIES = {
+    "smoke": Policy(promotes_to="smoke-long"),
+    "smoke-long": Policy(promotes_to="smoke-full"),
+    # 50 trials within 45 minutes on two CPU cores, then long and full within two hours.
+    "quick": Policy(promotes_to="long", explore_seconds=45 * 60, command_seconds=2 * 3600),
+    # A GPU explores here and climbs to full within the same two hours.
+    "long": Policy(promotes_to="full", command_seconds=2 * 3600),
+}
+
+
+def policy(budget: Budget) -> Policy:
+    return POLICIES.get(budget.name, Policy())
+
+
+def upper_rungs(budget: Budget) -> list[Budget]:
+    """The budgets above ``budget`` on its ladder, lowest first (empty for a top rung)."""
+    rungs = []
+    while (above := policy(budget).promotes_to) is not None:
+        budget = BUDGETS[above]
+        rungs.append(budget)
+    return rungs
+
+
+# --- The time rules -----------------------------------------------------------------------
+
+def longest_trial_seconds(budget: Budget) -> float:
+    """What one trial can take at most: its time share, its validation and its logging."""
+    return budget.trial_seconds + TRIAL_OVERHEAD_SECONDS
+
+
+def time_share(budget: Budget, deadline: float | None, now: float) -> float:
+    """How long a trial starting ``now`` may train: the budget's share, cut so that the trial,
+    its validation and its logging end by the phase's deadline."""
+    if deadline is None:
+        return budget.trial_seconds
+    return max(1.0, min(budget.trial_seconds, deadline - now - TRIAL_OVERHEAD_SECONDS))
+
+
+def rung_deadline(now: float, command_ends: float | None, rungs_left: int) -> float | None:
+    """By when a rung starting ``now`` must end: its share of the time left before the
+    ensemble's, ``rungs_left`` counting it and the ones above it (the last is the top)."""
+    if command_ends is None:
+        return None
+    weights = [1] * (rungs_left - 1) + [TOP_RUNG_WEIGHT]
+    room = max(0.0, command_ends - ENSEMBLE_SECONDS - now)
+    return now + room * weights[0] / sum(weights)
+
+
+def rung_last_start(now: float, deadline: float | None, budget: Budget) -> float | None:
+    """When a rung's last trial may start: while a quarter of the rung's time (or a whole time
+    share, if less) is left for it to train, besides its validation and logging."""
+    if deadline is None:
+        return None
+    return deadline - TRIAL_OVERHEAD_SECONDS - min(budget.trial_seconds, (deadline - now) / 4)
+
+
+# --- Phases -------------------------------------------------------------------------------
+
+class Stop(str, enum.Enum):
+    """Why a phase ended."""
+    DONE = "done"  # it holds every trial it asked for (or had nothing new to do)
+    OUT_OF_TIME = "out_of_time"  # its last start passed before it held them all
+    INTERRUPTED = "interrupted"  # the user stopped the command (Ctrl-C)
+    STORE_FAILED = "store_failed"  # a store could not be written
+    WORKERS_FAILED = "workers_failed"  # workers died and their retries could not make up for them
+    FAILED = "failed"  # the ensemble step failed
+
+
+@dataclass
+class Phase:
+    kind: str  # "explore", "rung" or "ensemble"
+    title: str  # how the progress bar and the summary name it
+    study_name: str
+    budget: Budget  # of each trial (the ensemble's: the top rung's)
+    pruner: str
+    trials: int  # asked for; a rung's is its promotion count until it is promoted
+    top: bool = False  # the ladder's top rung
+    last_start: float | None = None  # time.time() after which no trial starts
+    deadline: float | None = None  # time.time() by which the phase must have ended
+    limit: str | None = None  # what sets the last start, in words
+    stopped: Stop | None = None  # None until it has run
+    ended: float | None = None  # time.time() when it stopped
+    detail: str = ""  # the stop in words, where there is more to say
+
+
+@dataclass
+class Plan:
+    invoked: float
+    command_ends: float | None  # the whole command's deadline
+    command_seconds: float | None
+    timeout_at: float | None  # --timeout: no exploring trial starts after it, and no phase after exploration
+    phases: list[Phase] = field(default_factory=list)
+
+    @property
+    def explore(self) -> Phase:
+        return self.phases[0]
+
+    @property
+    def rungs(self) -> list[Phase]:
+        return [phase for phase in self.phases if phase.kind == "rung"]
+
+    def climbs(self) -> bool:
+        return bool(self.rungs)
+
+    def start(self, phase: Phase, now: float) -> None:
+        """Fix a rung's deadline and last start as it begins: its share of the time then left."""
+        if phase.kind != "rung":
+            return
+        rungs_left = len(self.rungs) - self.rungs.index(phase)
+        phase.deadline = rung_deadline(now, self.command_ends, rungs_left)
+        phase.last_start = rung_last_start(now, phase.deadline, phase.budget)
+        if phase.deadline is not None:
+            phase.limit = f"the rung's share of the sweep's {self.command_seconds / 3600:g}-hour wall-clock"
+
+    def may_follow(self, phase: Phase) -> bool:
+        """Whether ``phase`` may run after the phases before it have: exploration counted its
+        trials, or ran out of its share of the time but not past --timeout (which no phase
+        after exploration starts past), and no one stopped the command."""
+        earlier = self.phases[:self.phases.index(phase)]
+        if any(p.stopped in (Stop.INTERRUPTED, Stop.STORE_FAILED) for p in earlier):
+            return False
+        explored = self.explore
+        if explored.stopped not in (Stop.DONE, Stop.OUT_OF_TIME):
+            return False
+        if self.timeout_at is not None and (explored.ended is None or explored.ended > self.timeout_at):
+            return False
+        return phase.kind != "ensemble" or any(rung.stopped is not None for rung in self.rungs)
+
+    def time_left(self, now: float) -> float | None:
+        return None if self.command_ends is None else max(0.0, self.command_ends - now)
+
+
+def make(invoked: float, budget: Budget, study_name: str, trials: int, pruner: str, finalists: int,
+         timeout: float | None = None, hours: float | None = None) -> Plan:
+    """The plan of a command that explores at ``budget`` and climbs with ``finalists``."""
+    rules = policy(budget)
+    upper = upper_rungs(budget) if finalists else []
+    command_seconds = hours * 3600 if hours else rules.command_seconds
+    plan = Plan(invoked=invoked, command_ends=invoked + command_seconds if command_seconds else None,
+                command_seconds=command_seconds, timeout_at=invoked + timeout if timeout else None)
+    limits = []  # (last start, what sets it)
+    if timeout:
+        limits.append((invoked + timeout, f"--timeout {timeout:g}"))
+    if rules.explore_seconds:
+        limits.append((invoked + rules.explore_seconds - longest_trial_seconds(budget),
+                       f"the {budget.name} budget's {rules.explore_seconds / 60:g}-minute wall-clock"))
+    if command_seconds:
+        share = EXPLORE_SHARE if upper else 1.0
+        limits.append((invoked + share * command_seconds - longest_trial_seconds(budget),
+                       f"exploration's share of the sweep's {command_seconds / 3600:g}-hour wall-clock" if upper
+                       else f"the sweep's {command_seconds / 3600:g}-hour wall-clock"))
+    last_start, limit = min(limits, key=lambda pair: pair[0]) if limits else (None, None)
+    plan.phases.append(Phase(
+        kind="explore", title=f"explore ({budget.name})" if upper else study_name, study_name=study_name,
+        budget=budget, pruner=pruner, trials=trials, last_start=last_start, limit=limit,
+        deadline=last_start + longest_trial_seconds(budget) if last_start is not None else None))
+    counts = ladder.promotion_counts(finalists, len(upper))
+    for index, (rung, count) in enumerate(zip(upper, counts)):
+        plan.phases.append(Phase(
+            kind="rung", title=f"rung {index + 2}/{len(upper) + 1} ({rung.name})",
+            study_name=records.rung_study_name(study_name, rung.name), budget=rung, pruner="none",
+            trials=count, top=index == len(upper) - 1))
+    if upper:
+        plan.phases.append(Phase(kind="ensemble", title="ensemble", study_name=plan.phases[-1].study_name,
+                                 budget=upper[-1], pruner="none", trials=0))
+    return plan
+
+
+def stop_of(phase: Phase, *, interrupted: bool, store_failed: bool, crashed: bool, counted: int,
+            now: float) -> Stop:
+    """Why a phase whose workers have all ended stopped, from what they left."""
+    if interrupted:
+        return Stop.INTERRUPTED
+    if store_failed:
+        return Stop.STORE_FAILED
+    if counted >= phase.trials:
+        return Stop.DONE
+    if crashed:
+        return Stop.WORKERS_FAILED
+    if phase.last_start is not None and now > phase.last_start:
+        return Stop.OUT_OF_TIME
+    return Stop.DONE  # the rest runs in another invocation's workers
+
+
+def describe(plan: Plan) -> str | None:
+    """The ladder in one line, for the command's opening."""
+    if not plan.climbs():
+        return None
+    steps = [f"{plan.explore.budget.name} (explore)"] + [
+        f"{rung.budget.name} ({rung.budget.train_size or 'all'} images, {rung.budget.max_epochs} epochs: best "
+        f"{rung.trials}{' and the 5 baselines' if rung.top else ''})" for rung in plan.rungs]
+    limit = f", all within {plan.command_seconds / 3600:g} h" if plan.command_seconds else ""
+    return f"Ladder: {' -> '.join(steps)}, then an ensemble of the top rung's best{limit}"

@@ -1,0 +1,164 @@
+"""The sweep's plan of phases and its time rules, on a fake clock: when each phase's last
+trial may start, by when it must end, how long a trial may train, what may follow what, and
+why each phase stopped."""
+
+import dataclasses
+
+import pytest
+
+from harness.budgets import BUDGETS
+from sweeps import ladder, plan
+from sweeps.plan import Stop
+
+T0 = 1_000_000.0  # the fake clock's reading when the command starts
+QUICK, LONG, FULL, SMOKE = (BUDGETS[name] for name in ("quick", "long", "full", "smoke"))
+
+
+def default_plan(**flags) -> plan.Plan:
+    """The plan of `python -m sweeps.run --trials 50` on a CPU (budget quick, 3 finalists)."""
+    return plan.make(T0, QUICK, "s", 50, "hyperband", finalists=3, **flags)
+
+
+def test_the_default_command_explores_then_climbs_long_and_full_then_ensembles():
+    made = default_plan()
+    assert [(p.kind, p.study_name, p.budget.name, p.pruner, p.trials) for p in made.phases] == [
+        ("explore", "s", "quick", "hyperband", 50),
+        ("rung", "s@long", "long", "none", 3 * ladder.PROMOTION_FACTOR),
+        ("rung", "s@full", "full", "none", 3),
+        ("ensemble", "s@full", "full", "none", 0)]
+    assert [p.top for p in made.rungs] == [False, True]
+    assert made.command_ends == T0 + 2 * 3600
+    assert plan.describe(made).startswith("Ladder: quick (explore) -> long (all images, 10 epochs: best 6) -> "
+                                          "full (all images, 30 epochs: best 3 and the 5 baselines)")
+
+
+def test_explore_only_has_no_rungs_and_no_ensemble():
+    made = plan.make(T0, QUICK, "s", 50, "hyperband", finalists=0)
+    assert [p.kind for p in made.phases] == ["explore"] and not made.climbs() and plan.describe(made) is None
+    assert plan.upper_rungs(FULL) == [] and [b.name for b in plan.upper_rungs(QUICK)] == ["long", "full"]
+
+
+def test_quicks_45_minutes_bind_exploration_before_its_share_of_two_hours():
+    explore = default_plan().explore
+    # 45 min < 40 % of 2 h (48 min): the budget's wall-clock binds; one whole trial fits after the last start.
+    assert explore.last_start == T0 + 45 * 60 - plan.longest_trial_seconds(QUICK)
+    assert explore.deadline == T0 + 45 * 60
+    assert explore.limit == "the quick budget's 45-minute wall-clock"
+    assert plan.longest_trial_seconds(QUICK) > QUICK.trial_seconds
+
+
+def test_a_shorter_hours_makes_explorations_share_bind():
+    explore = default_plan(hours=1).explore
+    assert explore.last_start == T0 + plan.EXPLORE_SHARE * 3600 - plan.longest_trial_seconds(QUICK)
+    assert explore.limit == "exploration's share of the sweep's 1-hour wall-clock"
+
+
+def test_without_a_ladder_the_whole_hours_are_explorations():
+    explore = plan.make(T0, QUICK, "s", 50, "hyperband", finalists=0, hours=0.5).explore
+    assert explore.last_start == T0 + 1800 - plan.longest_trial_seconds(QUICK)
+    assert explore.limit == "the sweep's 0.5-hour wall-clock"
+
+
+def test_a_sooner_timeout_wins_and_is_a_last_start_itself():
+    explore = default_plan(timeout=60).explore
+    assert explore.last_start == T0 + 60 and explore.limit == "--timeout 60"
+
+
+def test_smoke_has_no_wall_clock_unless_asked():
+    explore = plan.make(T0, SMOKE, "s", 5, "none", finalists=1).explore
+    assert explore.last_start is None and explore.deadline is None and explore.limit is None
+
+
+def test_each_rungs_deadline_is_its_share_of_the_time_left_when_it_starts():
+    made = default_plan()
+    explore_ended = T0 + 2700.0
+    middle, top = made.rungs
+    made.start(middle, explore_ended)
+    room = 2 * 3600 - plan.ENSEMBLE_SECONDS - 2700
+    assert middle.deadline == pytest.approx(explore_ended + room / (1 + plan.TOP_RUNG_WEIGHT))
+    # A middle rung that ends early leaves its time to the top rung.
+    made.start(top, middle.deadline - 600)
+    assert top.deadline == pytest.approx(T0 + 2 * 3600 - plan.ENSEMBLE_SECONDS)
+    assert top.limit == "the rung's share of the sweep's 2-hour wall-clock"
+
+
+def test_a_rungs_last_start_leaves_a_quarter_of_its_time_or_a_whole_time_share():
+    # Long's time share is 1,200 s: a rung of 2,000 s keeps its last quarter (500 s) free.
+    assert plan.rung_last_start(T0, T0 + 2000, LONG) == T0 + 2000 - plan.TRIAL_OVERHEAD_SECONDS - 500
+    # A rung of 10,000 s keeps one whole time share, not a quarter of it.
+    assert plan.rung_last_start(T0, T0 + 10_000, LONG) == T0 + 10_000 - plan.TRIAL_OVERHEAD_SECONDS - 1200
+    assert plan.rung_last_start(T0, None, LONG) is None
+    assert plan.rung_deadline(T0, None, 2) is None
+
+
+def test_a_trials_time_share_is_cut_to_end_by_the_phases_deadline():
+    assert plan.time_share(FULL, None, T0) == FULL.trial_seconds
+    assert plan.time_share(FULL, T0 + 10_000, T0) == FULL.trial_seconds
+    assert plan.time_share(FULL, T0 + 1000, T0) == 1000 - plan.TRIAL_OVERHEAD_SECONDS
+    assert plan.time_share(FULL, T0 + 10, T0) == 1.0  # never nothing: a started trial trains a little
+
+
+def test_exploring_trials_started_before_the_last_start_keep_their_whole_time_share():
+    explore = default_plan().explore
+    assert plan.time_share(QUICK, explore.deadline, explore.last_start) == QUICK.trial_seconds
+
+
+def explored(made: plan.Plan, stop: Stop, ended: float) -> plan.Plan:
+    made.explore.stopped, made.explore.ended = stop, ended
+    return made
+
+
+def test_the_ladder_climbs_after_exploration_finished_or_ran_out_of_its_time():
+    for stop in (Stop.DONE, Stop.OUT_OF_TIME):
+        made = explored(default_plan(), stop, T0 + 2700)
+        assert made.may_follow(made.rungs[0])
+    for stop in (Stop.INTERRUPTED, Stop.WORKERS_FAILED, Stop.STORE_FAILED):
+        made = explored(default_plan(), stop, T0 + 2700)
+        assert not made.may_follow(made.rungs[0]) and not made.may_follow(made.phases[-1])
+
+
+def test_no_phase_follows_exploration_past_the_timeout():
+    made = explored(default_plan(timeout=600), Stop.OUT_OF_TIME, T0 + 601)
+    assert not made.may_follow(made.rungs[0])
+    made = explored(default_plan(timeout=6000), Stop.DONE, T0 + 2700)
+    assert made.may_follow(made.rungs[0])
+
+
+def test_the_ensemble_follows_a_rung_that_ran_and_nothing_follows_an_interrupted_one():
+    made = explored(default_plan(), Stop.DONE, T0 + 2700)
+    assert not made.may_follow(made.phases[-1])  # no rung has run
+    made.rungs[0].stopped = Stop.OUT_OF_TIME
+    assert made.may_follow(made.rungs[1])
+    made.rungs[1].stopped = Stop.INTERRUPTED
+    assert not made.may_follow(made.phases[-1])
+
+
+def test_why_a_phase_stopped_is_recorded_from_what_its_workers_left():
+    phase = dataclasses.replace(default_plan().explore)
+    common = {"interrupted": False, "store_failed": False, "crashed": False}
+    assert plan.stop_of(phase, **common, counted=50, now=T0) == Stop.DONE
+    assert plan.stop_of(phase, **common, counted=30, now=phase.last_start + 1) == Stop.OUT_OF_TIME
+    assert plan.stop_of(phase, **{**common, "crashed": True}, counted=30, now=T0) == Stop.WORKERS_FAILED
+    # Workers that died but whose retries made up for them leave a finished phase.
+    assert plan.stop_of(phase, **{**common, "crashed": True}, counted=50, now=T0) == Stop.DONE
+    assert plan.stop_of(phase, **{**common, "interrupted": True}, counted=50, now=T0) == Stop.INTERRUPTED
+    assert plan.stop_of(phase, **{**common, "store_failed": True}, counted=3, now=T0) == Stop.STORE_FAILED
+
+
+def test_a_whole_default_command_on_a_fake_clock_ends_within_its_two_hours():
+    """Every phase's deadline falls within the command's, each after the one before, and the
+    ensemble keeps its reserve, however early or late the phases before end."""
+    for explore_ends_after in (600.0, 2700.0):
+        made = default_plan()
+        now = T0 + explore_ends_after
+        made.explore.stopped, made.explore.ended = Stop.DONE, now
+        previous = made.explore.ended
+        for rung in made.rungs:
+            made.start(rung, now)
+            assert now <= rung.last_start < rung.deadline <= made.command_ends - plan.ENSEMBLE_SECONDS + 1e-6
+            now = rung.deadline
+            rung.stopped, rung.ended = Stop.DONE, now
+            assert rung.deadline > previous
+            previous = rung.deadline
+        assert made.may_follow(made.phases[-1])
+        assert made.command_ends - now == pytest.approx(plan.ENSEMBLE_SECONDS)
