@@ -3,7 +3,7 @@
 Exploration (the budget a sweep starts at, e.g. quick: 45,000 images, 4 epochs) ranks many
 recipes cheaply, with Hyperband pruning inside it. Each upper rung (``plan.upper_rungs``:
 long, then full) retrains the best of the rung below at a higher fidelity, more images and
-more epochs, successive-halving style: PROMOTION_FACTOR times fewer each rung, down to
+more epochs, successive-halving style: plan.PROMOTION_FACTOR times fewer each rung, down to
 ``--finalists`` at the top. The five baselines skip the middle rungs and train at the top,
 so the top rung compares the sweep's finalists and every baseline at one budget.
 
@@ -19,17 +19,9 @@ import json
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-import search_space
 from harness import records
 from harness.budgets import Budget
-
-# Each rung below the top holds this many times the trials of the rung above it.
-PROMOTION_FACTOR = 2
-
-
-def promotion_counts(finalists: int, rungs: int) -> list[int]:
-    """Sampled recipes each upper rung trains, lowest rung first: ``finalists`` at the top."""
-    return [finalists * PROMOTION_FACTOR ** (rungs - 1 - index) for index in range(rungs)]
+from sweeps import plan
 
 
 def source_number(trial: FrozenTrial) -> int:
@@ -50,21 +42,6 @@ def ranked(trials: list[FrozenTrial]) -> list[FrozenTrial]:
     return best
 
 
-def seconds_per_epoch(trial: FrozenTrial) -> float:
-    """What an epoch of this recipe cost where it last trained (its wall-clock over the epochs
-    it reported): the rung's relative price of it."""
-    if trial.datetime_start is None or trial.datetime_complete is None or not trial.intermediate_values:
-        return 0.0
-    return (trial.datetime_complete - trial.datetime_start).total_seconds() / len(trial.intermediate_values)
-
-
-def price(trial: FrozenTrial, rung_budget: Budget) -> float:
-    """A rough forecast of the seconds one worker takes to train ``trial``'s recipe at the rung:
-    its seconds per epoch where it last trained times its epochs there, at most a time share."""
-    epochs = rung_budget.epochs_for(search_space.with_recipe_keys(trial.params, trial.user_attrs.get(records.BASELINE)))
-    return min(seconds_per_epoch(trial) * epochs, rung_budget.trial_seconds)
-
-
 def promote(lower: optuna.Study, exploring: optuna.Study, rung: optuna.Study, rung_budget: Budget,
             count: int, top: bool, worker_seconds: float | None = None) -> list[str]:
     """Enqueue in ``rung`` the ``count`` best recipes of ``lower`` (and, at the top rung, the
@@ -81,7 +58,7 @@ def promote(lower: optuna.Study, exploring: optuna.Study, rung: optuna.Study, ru
                      if records.BASELINE in t.user_attrs and records.RETRY_OF not in t.user_attrs]
         chosen += sorted(baselines, key=lambda t: t.value if t.value is not None else -1.0, reverse=True)
     chosen = [t for t in chosen if source_number(t) not in held]
-    prices = [price(t, rung_budget) for t in chosen]
+    prices = [plan.price(t, rung_budget) for t in chosen]
     first, spent = [], 0.0
     for index, cost in enumerate(prices):
         if worker_seconds is None or spent + cost <= worker_seconds:

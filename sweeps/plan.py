@@ -5,10 +5,12 @@ the clock. Each phase says its study, its per-trial budget, its pruner, how many
 asks for, when its last trial may start and by when it must end, and, once it has run, why
 it stopped. The command runs the phases in order; the progress bar and the summary read them.
 
-Every rule of a sweep's time lives here: which rung follows which and the wall-clock a
-command gets (the ladder's policy, kept out of the per-trial budget so that a change of
-policy never changes a study's fingerprint), how that wall-clock is shared among the
-phases, and how long a trial started at a given moment may train.
+Every rule of a sweep's schedule and time lives here: which rung follows which, how many
+recipes each holds and the wall-clock a command gets (the ladder's policy, kept out of the
+per-trial budget so that a change of policy never changes a study's fingerprint), how that
+wall-clock is shared among the phases, what a recipe is forecast to cost at a rung, and how
+long a trial started at a given moment may train. Which recipes a rung takes, and in what
+order, is sweeps/ladder.py's.
 """
 
 from __future__ import annotations
@@ -16,13 +18,17 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from optuna.trial import FrozenTrial
+
+import search_space
 from harness import records
 from harness.budgets import BUDGETS, Budget
-from sweeps import ladder
 
 # What a trial takes besides its time share: the validation pass that ends its last epoch and
 # its logging (under 40 s at quick; doubled).
 TRIAL_OVERHEAD_SECONDS = 80
+# Each rung below the top holds this many times the trials of the rung above it.
+PROMOTION_FACTOR = 2
 # What exploration may take of the ladder's wall-clock at most (its budget may allow less).
 EXPLORE_SHARE = 0.4
 # How the time after exploration is shared among the upper rungs: the top rung, which trains
@@ -70,6 +76,11 @@ def upper_rungs(budget: Budget) -> list[Budget]:
     return rungs
 
 
+def promotion_counts(finalists: int, rungs: int) -> list[int]:
+    """Sampled recipes each upper rung trains, lowest rung first: ``finalists`` at the top."""
+    return [finalists * PROMOTION_FACTOR ** (rungs - 1 - index) for index in range(rungs)]
+
+
 # --- The time rules -----------------------------------------------------------------------
 
 def longest_trial_seconds(budget: Budget) -> float:
@@ -83,6 +94,21 @@ def time_share(budget: Budget, deadline: float | None, now: float) -> float:
     if deadline is None:
         return budget.trial_seconds
     return max(1.0, min(budget.trial_seconds, deadline - now - TRIAL_OVERHEAD_SECONDS))
+
+
+def seconds_per_epoch(trial: FrozenTrial) -> float:
+    """What an epoch of this recipe cost where it last trained (its wall-clock over the epochs
+    it reported): the rung's relative price of it."""
+    if trial.datetime_start is None or trial.datetime_complete is None or not trial.intermediate_values:
+        return 0.0
+    return (trial.datetime_complete - trial.datetime_start).total_seconds() / len(trial.intermediate_values)
+
+
+def price(trial: FrozenTrial, rung_budget: Budget) -> float:
+    """A rough forecast of the seconds one worker takes to train ``trial``'s recipe at the rung:
+    its seconds per epoch where it last trained times its epochs there, at most a time share."""
+    epochs = rung_budget.epochs_for(search_space.with_recipe_keys(trial.params, trial.user_attrs.get(records.BASELINE)))
+    return min(seconds_per_epoch(trial) * epochs, rung_budget.trial_seconds)
 
 
 def rung_deadline(now: float, command_ends: float | None, rungs_left: int) -> float | None:
@@ -203,7 +229,7 @@ def make(invoked: float, budget: Budget, study_name: str, trials: int, pruner: s
         kind="explore", title=f"explore ({budget.name})" if upper else study_name, study_name=study_name,
         budget=budget, pruner=pruner, trials=trials, last_start=last_start, limit=limit,
         deadline=last_start + longest_trial_seconds(budget) if last_start is not None else None))
-    counts = ladder.promotion_counts(finalists, len(upper))
+    counts = promotion_counts(finalists, len(upper))
     for index, (rung, count) in enumerate(zip(upper, counts)):
         plan.phases.append(Phase(
             kind="rung", title=f"rung {index + 2}/{len(upper) + 1} ({rung.name})",

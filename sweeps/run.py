@@ -58,7 +58,7 @@ def parse_args(argv: Sequence[str] | None):
     parser.add_argument("--finalists", type=cli.non_negative_int, default=3,
                         help="sampled recipes carried up the ladder to the top rung (the full budget), where "
                              "they and the baselines train at one budget and the best are ensembled; "
-                             f"each rung below holds {ladder.PROMOTION_FACTOR}x as many (default: 3; 0: explore only)")
+                             f"each rung below holds {plan.PROMOTION_FACTOR}x as many (default: 3; 0: explore only)")
     parser.add_argument("--hours", type=cli.positive_float, metavar="H",
                         help="wall-clock of the whole sweep, ladder and ensemble included (default: the budget's, "
                              "2 at quick and at long, the GPU default; none at smoke); exploration takes at most "

@@ -189,8 +189,8 @@ def test_the_report_ranks_the_top_rung_with_all_five_baselines(climbed, run_comm
 # --- Units --------------------------------------------------------------------------------
 
 def test_each_rung_holds_promotion_factor_times_the_rung_above():
-    assert ladder.promotion_counts(3, 2) == [3 * ladder.PROMOTION_FACTOR, 3]
-    assert ladder.promotion_counts(1, 1) == [1]
+    assert plan.promotion_counts(3, 2) == [3 * plan.PROMOTION_FACTOR, 3]
+    assert plan.promotion_counts(1, 1) == [1]
 
 
 def test_a_gpu_explores_at_long_and_climbs_to_full_within_the_same_two_hours(tmp_path, monkeypatch):
@@ -231,7 +231,7 @@ def test_rank_decides_what_a_short_rung_trains_and_the_longest_of_those_go_first
     for x, value, seconds in ((1, 0.99, 30), (2, 0.98, 100), (3, 0.97, 60), (4, 0.96, 10)):
         lower.add_trial(timed_trial(x, value, seconds))
     # Forecast at the rung (10 epochs): 300, 1000, 600 and 100 s.
-    assert [ladder.price(t, rung_budget) for t in ladder.ranked(lower.trials)] == [300, 1000, 600, 100]
+    assert [plan.price(t, rung_budget) for t in ladder.ranked(lower.trials)] == [300, 1000, 600, 100]
 
     def promoted(worker_seconds):  # the lower trials' numbers, in the order the rung holds them
         rung = optuna.create_study(direction="maximize")
@@ -246,7 +246,7 @@ def test_rank_decides_what_a_short_rung_trains_and_the_longest_of_those_go_first
     # (600) and the fourth (100); those go first, longest first, the second after them.
     assert promoted(1000) == [2, 0, 3, 1]
     # A price over the time share is capped at it.
-    assert ladder.price(timed_trial(5, 0.9, 500), rung_budget) == rung_budget.trial_seconds
+    assert plan.price(timed_trial(5, 0.9, 500), rung_budget) == rung_budget.trial_seconds
 
 
 def test_the_top_rung_takes_the_baselines_best_explored_first_after_the_finalists():

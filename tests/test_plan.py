@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from harness.budgets import BUDGETS
-from sweeps import ladder, plan
+from sweeps import plan
 from sweeps.plan import Stop
 
 T0 = 1_000_000.0  # the fake clock's reading when the command starts
@@ -23,7 +23,7 @@ def test_the_default_command_explores_then_climbs_long_and_full_then_ensembles()
     made = default_plan()
     assert [(p.kind, p.study_name, p.budget.name, p.pruner, p.trials) for p in made.phases] == [
         ("explore", "s", "quick", "hyperband", 50),
-        ("rung", "s@long", "long", "none", 3 * ladder.PROMOTION_FACTOR),
+        ("rung", "s@long", "long", "none", 3 * plan.PROMOTION_FACTOR),
         ("rung", "s@full", "full", "none", 3),
         ("ensemble", "s@full", "full", "none", 0)]
     assert [p.top for p in made.rungs] == [False, True]
