@@ -158,17 +158,28 @@ def test_ctrl_c_records_the_running_trial_and_a_second_one_quits_at_once(tmp_pat
 
     # A second Ctrl-C does not wait for the trial to be recorded.
     process = start(["--trials", 4, "--study", "stopped", *SLOW_SMOKE], tmp_path)
-    running_trial(storage_url, "stopped", process)
+    second = running_trial(storage_url, "stopped", process)
     os.killpg(process.pid, signal.SIGINT)
     time.sleep(0.3)
     os.killpg(process.pid, signal.SIGINT)
     started = time.time()
     process.communicate(timeout=30)
     assert process.returncode == 130 and time.time() - started < 5
+    # The worker was killed either before it recorded the trial or just after: whichever it
+    # was, the rerun must do exactly what that state calls for.
+    left = optuna.load_study(study_name="stopped", storage=sweep_study.open_storage(storage_url)).trials[second.number]
     again = rerun(["--trials", 4, "--study", "stopped", *SLOW_SMOKE], tmp_path)
     assert again.returncode == 0, again.stderr
-    # Killed mid-trial, the trial may be left running: then it is lost, retried, and not counted.
-    check_consistent(*trials_and_runs(storage_url, "stopped", uri), 4, lost=None)
+    study, runs = trials_and_runs(storage_url, "stopped", uri)
+    if left.state == TrialState.RUNNING:  # killed before recording it: ended, retried, not counted
+        assert f"Ended trial(s) {second.number}: left running by a worker that is gone" in again.stdout
+        assert f"Queued a retry of trial(s) {second.number}" in again.stdout
+        check_consistent(study, runs, 4, lost=1)
+        assert study.trials[second.number].user_attrs["stop_cause"] == "worker_lost"
+    else:  # it recorded the interruption first: a failed trial of its own, not retried
+        assert left.state == TrialState.FAIL and left.user_attrs["stop_cause"] == "interrupted"
+        assert "Ended trial(s)" not in again.stdout and "Queued a retry" not in again.stdout
+        check_consistent(study, runs, 4, lost=0)
 
 
 # --- PostgreSQL ---------------------------------------------------------------------------
@@ -310,17 +321,27 @@ def test_a_stop_signal_during_study_tell_lets_the_write_finish_then_the_worker_s
 
     settings = worker_settings(tmp_path, "told", total_trials=3)
     study = optuna.load_study(study_name="told", storage=sweep_study.open_storage(settings.storage_url))
-    real_tell, tells = optuna.Study.tell, []
+    real_tell, real_fsync, telling, signalled = optuna.Study.tell, os.fsync, [], []
 
-    def tell_signalled_midway(self, *args, **kwargs):
-        tells.append(1)
-        os.kill(os.getpid(), signal.SIGTERM)  # what the parent sends on Ctrl-C, mid-write
-        return real_tell(self, *args, **kwargs)
+    def tell(self, *args, **kwargs):
+        telling.append(1)
+        try:
+            return real_tell(self, *args, **kwargs)
+        finally:
+            telling.pop()
 
-    monkeypatch.setattr(optuna.Study, "tell", tell_signalled_midway)
+    def fsync_signalled(descriptor):
+        # Inside the journal's locked append of the tell's record: written, not yet synced.
+        if telling and not signalled:
+            signalled.append(1)
+            os.kill(os.getpid(), signal.SIGTERM)  # what the parent sends on Ctrl-C
+        return real_fsync(descriptor)
+
+    monkeypatch.setattr(optuna.Study, "tell", tell)
+    monkeypatch.setattr(os, "fsync", fsync_signalled)
     objective.worker_main(settings, 0)
     (trial,) = study.trials  # told once, then no further trial was asked for
-    assert tells == [1] and trial.state == TrialState.COMPLETE and trial.value is not None
+    assert signalled == [1] and trial.state == TrialState.COMPLETE and trial.value is not None
     assert trial.user_attrs["stop_cause"] == "completed"
     run = mlflow.MlflowClient(settings.tracking_uri).get_run(trial.user_attrs["mlflow_run_id"])
     assert run.info.status == "FINISHED"

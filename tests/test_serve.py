@@ -155,13 +155,19 @@ def test_drawing_on_the_page_in_chromium_shows_the_prediction(server, chromium, 
         .move_by_offset(-30, 60).move_by_offset(-30, 60).move_by_offset(-30, 60).release().perform()
     WebDriverWait(driver, 30).until(lambda d: d.find_element(By.ID, "prediction").text.isdigit()
                                     and d.find_element(By.ID, "seen").get_attribute("src"))
-    time.sleep(1)  # let the last stroke's request land
-    shown = int(driver.find_element(By.ID, "prediction").text)
-    percentages = [float(driver.find_element(By.ID, f"p-{d}").text.rstrip("%")) for d in range(10)]
-    # The page shows what the endpoint says for the pad as drawn.
+    # The page comes to show what the endpoint says for the pad as drawn (its last stroke's
+    # answer may still be on its way: waited for, not slept on).
     drawing = driver.execute_script("return document.getElementById('pad').toDataURL('image/png');")
     status, answer = post(server, json.dumps({"image": drawing}).encode())
-    assert status == 200 and shown == answer["label"] == int(np.argmax(percentages))
+    assert status == 200
+
+    def shown_percentages(d):
+        return [float(d.find_element(By.ID, f"p-{digit}").text.rstrip("%")) for digit in range(10)]
+
+    WebDriverWait(driver, 30).until(lambda d: all(
+        abs(shown - 100 * p) <= 0.05 + 1e-6 for shown, p in zip(shown_percentages(d), answer["probabilities"])))
+    percentages = shown_percentages(driver)
+    assert int(driver.find_element(By.ID, "prediction").text) == answer["label"] == int(np.argmax(percentages))
     assert sum(percentages) == pytest.approx(100, abs=0.6)
     assert driver.save_screenshot(str(tmp_path / "page.png"))
     assert Image.open(tmp_path / "page.png").size[0] > 500
