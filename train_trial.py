@@ -31,6 +31,10 @@ DEFAULT_EXPERIMENT = "mnist-trials"
 # 5e-4 for epochs 0-2, 2e-4 for 3-5, 5e-5 for 6-9 and 1e-5 after.
 STEP_SCHEDULE = ((3, 1.0), (6, 0.4), (10, 0.1), (math.inf, 0.02))
 ONE_CYCLE_WARMUP_FRACTION = 0.3  # of all steps, rising from a 25th of the peak rate (Smith's 1cycle)
+# Part of every run's training fingerprint: bump it whenever a change here (or in what this
+# file calls) changes the model a params dict, budget, seed and split train into, so that
+# sweeps stop reusing runs trained by the older code.
+TRAINING_CODE_VERSION = 1
 
 
 # --- The model --------------------------------------------------------------------------
@@ -263,6 +267,7 @@ def log_trial(params: dict, dataset: data.Dataset, split: data.Split, budget: Bu
 
     mlflow.log_params({k: json.dumps(v) if isinstance(v, dict) else v for k, v in params.items()})
     mlflow.log_dict(params, "params.json")
+    mlflow.set_tag(records.TRAINING_FINGERPRINT_TAG, training_fingerprint(params, dataset, split, budget, seed))
     run_logging.log_training_inputs(dataset, split)
     result = train(params, split, budget, seed=seed, verbose=verbose,
                    callbacks=[run_logging.MlflowEpochLogger(), *callbacks])
@@ -283,6 +288,12 @@ def log_trial(params: dict, dataset: data.Dataset, split: data.Split, budget: Bu
     mlflow.log_metrics(metrics)
     run_logging.log_artifacts(result.model, result.history, result.validation_probabilities, split, title)
     return result, metrics
+
+
+def training_fingerprint(params: dict, dataset: data.Dataset, split: data.Split, budget: Budget, seed: int) -> str:
+    """What this run's result depends on, as records.training_fingerprint digests it."""
+    return records.training_fingerprint(params, budget, seed, dataset.sha256, split.train_sha256,
+                                        split.validation_sha256, TRAINING_CODE_VERSION, keras.backend.backend())
 
 
 def run_logged_trial(params: dict, dataset: data.Dataset, split: data.Split, budget: Budget, *,

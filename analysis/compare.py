@@ -26,7 +26,7 @@ from optuna.trial import FrozenTrial, TrialState
 import search_space
 from harness import cli, figures, records, tracking
 from harness.errors import UserError
-from sweeps import front_page, ladder, plan, study as sweep_study
+from sweeps import answer, front_page, plan, study as sweep_study
 from harness.records import StopCause
 
 # Where measured test accuracies of the baselines live: sweeps.baselines, train_trial.py.
@@ -212,14 +212,10 @@ def ladder_section(study: optuna.Study, rungs: list[optuna.Study], client, finis
                       "accuracy; \"exploration\" is the figure (and rank among completed trials) each had at the "
                       "exploring budget, where a time share or the pruner may have cut it.", ""]
             if result:
-                champion, averaged = result.champion, result.ensemble
-                lines += [f"- **Answer: {champion.label}**, validation {champion.validation_accuracy:.4f}, "
-                          f"test {champion.test_accuracy:.4f} (read once, after every choice): `{champion.model}`"
-                          + (f"; {ladder.describe_lead(champion)}" if champion.runner_up else ""),
-                          f"- Ensemble of {len(averaged.members)} ({', '.join(averaged.members)}), k chosen on "
-                          f"validation: validation {averaged.validation_accuracy:.4f}, test "
-                          f"{averaged.test_accuracy:.4f} (read once): `{averaged.model}`; validation by k: "
-                          + ", ".join(f"{k}: {v:.4f}" for k, v in enumerate(averaged.validation_by_size, 1)), ""]
+                lines += ["**Answer:** every choice made on validation, each test figure read once after them.", "",
+                          *(f"- {line.strip()}" for line in answer.answer_lines(result)), "",
+                          "The top rung's models as the ensemble step weighed them, on the validation images:", "",
+                          *answer.candidate_table(result), ""]
         else:
             lines += [f"## Rung `{budget}`", ""]
         lines += rung_table(rows, explored, explored_rank, documented=position == 0) if rows else [

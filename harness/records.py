@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import hashlib
+import json
 from dataclasses import dataclass, field
 
 import optuna
@@ -38,6 +40,14 @@ RETRY_OF = "retry_of"  # on a retry: the number of the trial lost with its worke
 # the exploring study it belongs to.
 FIDELITY = "fidelity"
 SOURCE_TRIAL = "source_trial"
+# A promoted trial's forecast: the seconds it is expected to train at its rung (sweeps.plan.price).
+FORECAST_SECONDS = "forecast_seconds"
+# A trial that trained nothing itself: the finished run whose model and figures it took
+# (also an MLflow tag, linking the two), and the seconds an epoch cost that run.
+REUSED_FROM = "reused_from"
+SECONDS_PER_EPOCH = "seconds_per_epoch"
+# A trial enqueued from an earlier study's best: "study#trial".
+WARM_START = "warm_start"
 EXPLORING_STUDY = "exploring_study"
 # The exploring study's user attribute once the ladder has ended: a LadderResult.
 LADDER_RESULT = "ladder_result"
@@ -69,6 +79,9 @@ VALIDATION_SHA256_TAG = "validation_sha256"
 TRAIN_SIZE_TAG = "train_size"
 SEED_TAG = "seed"
 FAILURE_REASON_TAG = "failure_reason"  # a run whose loss diverged
+# What a training run's result depends on, hashed (training_fingerprint): two runs with the
+# same one train the same model, so a sweep reuses the first instead of training it again.
+TRAINING_FINGERPRINT_TAG = "training_fingerprint"
 # The runs table's Source column (a sweep worker's own command line is multiprocessing's).
 SOURCE_NAME_TAG = "mlflow.source.name"
 SOURCE_TYPE_TAG = "mlflow.source.type"
@@ -133,6 +146,22 @@ def label(trial: FrozenTrial | optuna.Trial) -> str:
     if BASELINE in trial.user_attrs:
         return trial.user_attrs[BASELINE]
     return f"trial {trial.user_attrs.get(SOURCE_TRIAL, trial.number)}"
+
+
+def model_run_id(trial: FrozenTrial) -> str | None:
+    """The MLflow run that holds a trial's model: its own, or the run it reused."""
+    return trial.user_attrs.get(REUSED_FROM) or trial.user_attrs.get(MLFLOW_RUN_ID)
+
+
+def training_fingerprint(params: dict, budget: Budget, seed: int, data_sha256: str, train_sha256: str,
+                         validation_sha256: str, code_version: int, backend: str) -> str:
+    """A digest of everything a training run's result depends on: the recipe, the per-trial
+    budget, the seed, the data and both halves of its split, the training code's version and
+    the Keras backend."""
+    payload = {"params": params, "budget": dataclasses.asdict(budget), "seed": seed, "data_sha256": data_sha256,
+               "train_sha256": train_sha256, "validation_sha256": validation_sha256,
+               "code_version": code_version, "backend": backend}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
 
 
 def rung_study_name(exploring_study: str, budget_name: str) -> str:
@@ -260,6 +289,17 @@ def describe_difference(recorded: dict, requested: dict) -> str:
 # --- The ladder's result ---------------------------------------------------------------------
 
 @dataclass(frozen=True)
+class PairedLead:
+    """A model against another on the same validation images: the images only one of them
+    gets right, and McNemar's exact two-sided p-value of that difference."""
+    against: str  # the other model's label
+    against_accuracy: float  # its validation accuracy
+    only_this: int
+    only_against: int
+    p_value: float
+
+
+@dataclass(frozen=True)
 class Registered:
     """A model of the top rung chosen on validation, tested once, and registered."""
     run_id: str
@@ -278,12 +318,26 @@ class Champion(Registered):
     only_leader: int = 0  # validation images only the champion gets right
     only_runner_up: int = 0
     p_value: float = 1.0  # McNemar's exact two-sided test of the lead
+    versus_baseline: PairedLead | None = None  # against the top rung's best baseline
 
 
 @dataclass(frozen=True)
 class Ensemble(Registered):
-    members: list[str] = field(default_factory=list)  # labels, best validation first
-    validation_by_size: list[float] = field(default_factory=list)  # of the best k, k = 1, 2, ...
+    members: list[str] = field(default_factory=list)  # labels, heaviest first
+    weights: list[float] = field(default_factory=list)  # the members', summing to 1
+    validation_log_loss: float | None = None
+    selection_log_loss: list[float] = field(default_factory=list)  # after each round of selection
+    versus_baseline: PairedLead | None = None  # against the top rung's best baseline
+    # Ladders before selection on log-loss: the accuracy of the best k averaged, k = 1, 2, ...
+    validation_by_size: list[float] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class CandidateScore:
+    """A top-rung model as the ensemble step weighed it, on the validation images."""
+    label: str
+    validation_accuracy: float
+    validation_log_loss: float
 
 
 @dataclass(frozen=True)
@@ -292,6 +346,7 @@ class LadderResult:
     candidates: list[int]  # its trials the ensemble step weighed, best validation first
     champion: Champion
     ensemble: Ensemble
+    scores: list[CandidateScore] = field(default_factory=list)  # the candidates', in that order
 
     def to_attr(self) -> dict:
         return dataclasses.asdict(self)
@@ -303,7 +358,14 @@ def ladder_result(study: optuna.Study) -> LadderResult | None:
     if not recorded:
         return None
     return LadderResult(top_rung=recorded["top_rung"], candidates=list(recorded["candidates"]),
-                        champion=Champion(**recorded["champion"]), ensemble=Ensemble(**recorded["ensemble"]))
+                        champion=Champion(**_with_lead(recorded["champion"])),
+                        ensemble=Ensemble(**_with_lead(recorded["ensemble"])),
+                        scores=[CandidateScore(**score) for score in recorded.get("scores", [])])
+
+
+def _with_lead(recorded: dict) -> dict:
+    lead = recorded.get("versus_baseline")
+    return {**recorded, "versus_baseline": PairedLead(**lead) if lead else None}
 
 
 def record_ladder_result(study: optuna.Study, result: LadderResult) -> None:

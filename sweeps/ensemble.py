@@ -1,36 +1,73 @@
 """The ladder's last step, in a worker process of its own: the top rung's models averaged.
 
 The top rung's models (the sweep's finalists and the baselines, all at one full budget) are
-ranked by validation accuracy; the ensemble averages the probabilities of the best k, with k
-chosen on the validation set alone (the smallest k that reaches the best accuracy). After
-every choice is made, the test set is read once for the ensemble and once for the best single
-model. Both are registered: the single model under the ``champion`` alias, the ensemble under
-``ensemble``, so ``digits.predict`` and ``digits.serve`` load either like any model.
+the candidates. The ensemble is chosen by greedy forward selection with replacement on the
+validation set's log-loss (Caruana et al., 2004): starting from the best model, each round
+adds the candidate (again, if it helps most) whose addition lowers the weighted average's
+log-loss most, and the rounds up to the lowest log-loss are kept; a model's weight is how
+often it was chosen. Log-loss, not accuracy: on 6,000 validation images, accuracy moves in
+steps of a few images, within the split's noise, and choosing on it made most ensembles one
+model. After every choice is made, the test set is read once for the ensemble and once for
+the best single model (the top rung's best validation accuracy). Both are registered: the
+single model under the ``champion`` alias, the ensemble under ``ensemble``, so
+``digits.predict`` and ``digits.serve`` load either like any model.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
+
 import numpy as np
 
 from harness import backend, data, run_logging, tracking
 from harness.backend import keras
-from sweeps.settings import ENSEMBLE_MEMBERS, EnsembleSettings
+from sweeps.settings import ENSEMBLE_CANDIDATES, ENSEMBLE_MEMBERS, ENSEMBLE_ROUNDS, EnsembleSettings
 
-def accuracies_by_size(probabilities: list[np.ndarray], labels: np.ndarray) -> list[float]:
-    """Validation accuracy of the average of the first k members' probabilities, for each k."""
-    total = np.zeros_like(probabilities[0], dtype=np.float64)
-    accuracies = []
-    for k, member in enumerate(probabilities, 1):
-        total += member
-        accuracies.append(float(((total / k).argmax(axis=1) == labels).mean()))
-    return accuracies
+# Probabilities are clipped here before the log: a confident error costs a finite loss.
+PROBABILITY_FLOOR = 1e-7
 
 
-def chosen_size(accuracies: list[float]) -> int:
-    """The smallest k with the best validation accuracy: a larger ensemble that reads the
-    same on validation only costs more at prediction time."""
-    return accuracies.index(max(accuracies)) + 1
+def log_loss(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    """Mean negative log-probability of the true digit."""
+    chosen = probabilities[np.arange(len(labels)), labels]
+    return float(-np.log(np.clip(chosen, PROBABILITY_FLOOR, 1.0)).mean())
+
+
+def accuracy(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    return float((probabilities.argmax(axis=1) == labels).mean())
+
+
+def greedy_selection(probabilities: list[np.ndarray], labels: np.ndarray, rounds: int = ENSEMBLE_ROUNDS,
+                     most_members: int = ENSEMBLE_MEMBERS) -> tuple[list[int], list[float]]:
+    """Caruana's forward selection with replacement on validation log-loss. Returns the
+    candidates chosen, one entry per round kept (a model chosen twice weighs twice), and the
+    log-loss after each round tried. At most ``most_members`` distinct models: past that, a
+    round may only weigh up a model already in."""
+    losses = [log_loss(p, labels) for p in probabilities]
+    chosen = [int(np.argmin(losses))]
+    total = probabilities[chosen[0]].astype(np.float64)
+    curve = [losses[chosen[0]]]
+    for _ in range(rounds - 1):
+        allowed = range(len(probabilities)) if len(set(chosen)) < most_members else sorted(set(chosen))
+        size = len(chosen) + 1
+        trials = {index: log_loss((total + probabilities[index]) / size, labels) for index in allowed}
+        best = min(trials, key=lambda index: (trials[index], index))
+        chosen.append(best)
+        total += probabilities[best]
+        curve.append(trials[best])
+    kept = int(np.argmin(curve)) + 1  # the first round with the lowest log-loss
+    return chosen[:kept], curve
+
+
+def weights_of(chosen: list[int]) -> dict[int, float]:
+    """Each chosen candidate's weight: its share of the rounds kept, heaviest first."""
+    counts = Counter(chosen)
+    return {index: count / len(chosen) for index, count in counts.most_common()}
+
+
+def weighted_average(probabilities: list[np.ndarray], weights: dict[int, float]) -> np.ndarray:
+    return sum(weight * probabilities[index] for index, weight in weights.items())
 
 
 def paired_lead(leader: np.ndarray, runner_up: np.ndarray, labels: np.ndarray) -> dict:
@@ -48,18 +85,21 @@ def paired_lead(leader: np.ndarray, runner_up: np.ndarray, labels: np.ndarray) -
     return {"only_leader": only_leader, "only_runner_up": only_runner, "p_value": min(1.0, 2 * tail)}
 
 
-def averaged(members: list[keras.Model]) -> keras.Model:
-    """One model that takes uint8 digits and returns the members' mean probabilities."""
+def averaged(members: list[keras.Model], weights: list[float]) -> keras.Model:
+    """One model that takes uint8 digits and returns the members' weighted mean probabilities
+    (plain Keras layers, so it loads in safe mode like any model)."""
     inputs = keras.Input(shape=(28, 28, 1), dtype="uint8", name="digits")
     for index, member in enumerate(members):
         member.name = f"member_{index + 1}"  # a functional model needs its layers' names unique
-    outputs = [member(inputs) for member in members]
-    mean = keras.layers.Average(name="mean_probabilities")(outputs) if len(outputs) > 1 else outputs[0]
-    return keras.Model(inputs, mean, name="ensemble")
+    if len(members) == 1:
+        return keras.Model(inputs, members[0](inputs), name="ensemble")
+    scaled = [keras.layers.Rescaling(weight, name=f"weight_{index + 1}")(member(inputs))
+              for index, (member, weight) in enumerate(zip(members, weights))]
+    return keras.Model(inputs, keras.layers.Add(name="mean_probabilities")(scaled), name="ensemble")
 
 
 def main(settings: EnsembleSettings) -> None:
-    """Rank the top rung, choose k, test once, log and register; the outcome goes to the
+    """Choose the members on validation, test once, log and register; the outcome goes to the
     exploring study's ``records.LadderResult``, which the parent reports."""
     import mlflow
     import optuna
@@ -80,38 +120,52 @@ def main(settings: EnsembleSettings) -> None:
     exploring = optuna.load_study(study_name=settings.exploring_study, storage=storage)
     top = optuna.load_study(study_name=settings.rung_study, storage=storage)
     finished = sorted((t for t in top.get_trials(deepcopy=False)
-                       if t.state == TrialState.COMPLETE and records.MLFLOW_RUN_ID in t.user_attrs),
-                      key=lambda t: t.value, reverse=True)[:ENSEMBLE_MEMBERS]
+                       if t.state == TrialState.COMPLETE and records.model_run_id(t)),
+                      key=lambda t: t.value, reverse=True)[:ENSEMBLE_CANDIDATES]
     if not finished:
         return
-    members = [mlflow.keras.load_model(f"runs:/{t.user_attrs[records.MLFLOW_RUN_ID]}/model") for t in finished]
+    models = [mlflow.keras.load_model(f"runs:/{records.model_run_id(t)}/model") for t in finished]
     x_val = split.x_val[..., None]
-    probabilities = [member.predict(x_val, batch_size=1000, verbose=0) for member in members]
-    accuracies = accuracies_by_size(probabilities, split.y_val)
-    k = chosen_size(accuracies)
-    ensemble = averaged(members[:k])
+    probabilities = [model.predict(x_val, batch_size=1000, verbose=0) for model in models]
+    chosen, curve = greedy_selection(probabilities, split.y_val)
+    weights = weights_of(chosen)
+    mean = weighted_average(probabilities, weights)
     labels = [records.label(t) for t in finished]
+    scores = [records.CandidateScore(label=label, validation_accuracy=accuracy(p, split.y_val),
+                                     validation_log_loss=log_loss(p, split.y_val))
+              for label, p in zip(labels, probabilities)]
+    members = [labels[index] for index in weights]
+    ensemble = averaged([models[index] for index in weights], list(weights.values()))
+    described = ", ".join(f"{labels[index]} x{weight:.2f}" for index, weight in weights.items())
+    ensemble_accuracy, ensemble_loss = accuracy(mean, split.y_val), log_loss(mean, split.y_val)
 
     # Every choice is made; the test set is read now, once for each registered model.
     best = finished[0]
     champion = evaluate_and_register(
-        best.user_attrs[records.MLFLOW_RUN_ID], members[0], dataset, settings.model_name, tracking.CHAMPION_ALIAS,
+        best.user_attrs[records.MLFLOW_RUN_ID], models[0], dataset, settings.model_name, tracking.CHAMPION_ALIAS,
         {records.SOURCE_STUDY_TAG: settings.exploring_study,
          records.SOURCE_TRIAL_TAG: str(best.user_attrs.get(records.SOURCE_TRIAL, "")),
-         records.BUDGET_TAG: settings.budget.name, records.VALIDATION_ACCURACY_TAG: f"{best.value:.4f}"})
+         records.BUDGET_TAG: settings.budget.name, records.VALIDATION_ACCURACY_TAG: f"{best.value:.4f}"},
+        model_run_id=records.model_run_id(best))
     tags = {**run_logging.run_tags(dataset, split, settings.budget, seed=0, baseline=None),
             records.PARENT_RUN_TAG: settings.parent_run_id, records.STUDY_TAG: settings.rung_study,
-            records.FIDELITY: records.ENSEMBLE_FIDELITY, records.ENSEMBLE_MEMBERS_TAG: ", ".join(labels[:k]),
+            records.FIDELITY: records.ENSEMBLE_FIDELITY, records.ENSEMBLE_MEMBERS_TAG: described,
             records.SOURCE_NAME_TAG: "python -m sweeps.run", records.SOURCE_TYPE_TAG: "LOCAL"}
-    rows = "\n".join(f"| {size} | {', '.join(labels[:size])} | {accuracy:.4f} |"
-                     for size, accuracy in enumerate(accuracies, 1))
-    note = (f"**Ensemble** of study `{settings.exploring_study}`: the mean probabilities of the top rung's best "
-            f"{k} model(s) at budget `{settings.budget.name}`, k chosen on validation.\n\n"
-            f"| k | members (best validation first) | validation accuracy |\n| --- | --- | --- |\n{rows}\n")
-    with mlflow.start_run(run_name=f"ensemble of {k} @ {settings.budget.name}", tags={**tags, records.NOTE_TAG: note}) as run:
-        mlflow.log_params({"k": k, "members": ", ".join(labels[:k]), "candidates": len(finished)})
-        mlflow.log_metrics({"validation_accuracy": accuracies[k - 1],
-                            **{f"validation_accuracy_k{size}": value for size, value in enumerate(accuracies, 1)}})
+    rows = "\n".join(f"| {score.label} | {score.validation_accuracy:.4f} | {score.validation_log_loss:.4f} | "
+                     f"{weights.get(index, 0):.2f} |" for index, score in enumerate(scores))
+    note = (f"**Ensemble** of study `{settings.exploring_study}`: the weighted mean probabilities of the top rung's "
+            f"models at budget `{settings.budget.name}`, chosen by greedy forward selection on validation log-loss "
+            f"({len(chosen)} of {len(curve)} rounds kept): validation accuracy {ensemble_accuracy:.4f}, "
+            f"log-loss {ensemble_loss:.4f}.\n\n"
+            f"| candidate (best validation accuracy first) | validation accuracy | validation log-loss | weight |\n"
+            f"| --- | --- | --- | --- |\n{rows}\n")
+    with mlflow.start_run(run_name=f"ensemble of {len(members)} @ {settings.budget.name}",
+                          tags={**tags, records.NOTE_TAG: note}) as run:
+        mlflow.log_params({"members": described, "candidates": len(finished), "rounds_kept": len(chosen),
+                           "selection": "greedy forward selection with replacement on validation log-loss"})
+        mlflow.log_metrics({"validation_accuracy": ensemble_accuracy, "validation_log_loss": ensemble_loss})
+        for step, loss in enumerate(curve, 1):
+            mlflow.log_metric("selection_validation_log_loss", loss, step=step)
         run_logging.log_training_inputs(dataset, split)
         signature = mlflow.models.infer_signature(x_val[:5], probabilities[0][:5])
         packages = (*run_logging.BACKEND_PACKAGES[keras.backend.backend()], "keras", "numpy")
@@ -119,12 +173,26 @@ def main(settings: EnsembleSettings) -> None:
                                pip_requirements=[f"{name}=={tracking.package_version(name)}" for name in packages])
     averaged_model = evaluate_and_register(
         run.info.run_id, ensemble, dataset, settings.model_name, tracking.ENSEMBLE_ALIAS,
-        {records.SOURCE_STUDY_TAG: settings.exploring_study, records.MEMBERS_TAG: ", ".join(labels[:k]),
-         records.BUDGET_TAG: settings.budget.name, records.VALIDATION_ACCURACY_TAG: f"{accuracies[k - 1]:.4f}"})
+        {records.SOURCE_STUDY_TAG: settings.exploring_study, records.MEMBERS_TAG: described,
+         records.BUDGET_TAG: settings.budget.name, records.VALIDATION_ACCURACY_TAG: f"{ensemble_accuracy:.4f}"})
     lead = {"runner_up": labels[1], **paired_lead(probabilities[0], probabilities[1], split.y_val)} if len(finished) > 1 else {}
+    baseline = next((index for index, t in enumerate(finished) if records.BASELINE in t.user_attrs), None)
+
+    def versus_baseline(model_probabilities: np.ndarray, is_the_baseline: bool):
+        if baseline is None or is_the_baseline:
+            return None
+        paired = paired_lead(model_probabilities, probabilities[baseline], split.y_val)
+        return records.PairedLead(against=labels[baseline], against_accuracy=scores[baseline].validation_accuracy,
+                                  only_this=paired["only_leader"], only_against=paired["only_runner_up"],
+                                  p_value=paired["p_value"])
+
     records.record_ladder_result(exploring, records.LadderResult(
         top_rung=settings.rung_study, candidates=[t.number for t in finished],
         champion=records.Champion(label=labels[0], run_id=best.user_attrs[records.MLFLOW_RUN_ID],
-                                  validation_accuracy=best.value, **champion, **lead),
-        ensemble=records.Ensemble(members=labels[:k], run_id=run.info.run_id, validation_accuracy=accuracies[k - 1],
-                                  validation_by_size=accuracies, **averaged_model)))
+                                  validation_accuracy=best.value, **champion, **lead,
+                                  versus_baseline=versus_baseline(probabilities[0], baseline == 0)),
+        ensemble=records.Ensemble(members=members, weights=list(weights.values()), run_id=run.info.run_id,
+                                  validation_accuracy=ensemble_accuracy, validation_log_loss=ensemble_loss,
+                                  selection_log_loss=curve, **averaged_model,
+                                  versus_baseline=versus_baseline(mean, list(weights) == [baseline])),
+        scores=scores))

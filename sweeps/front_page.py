@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 
 import search_space
 from harness import records, tracking
-from sweeps import ladder
+from sweeps import answer
 
 LEADERS = 10
 # The plots' known notes, each true of a drawing that is right as drawn (ignore_plot_warnings):
@@ -50,13 +50,11 @@ def leaderboard(study: optuna.Study, tracking_uri: str, experiment_id: str, run_
     lines = [f"# Sweep `{study.study_name}`", ""]
     result = records.ladder_result(study)
     if result:
-        champion, averaged = result.champion, result.ensemble
-        lines += [f"**Answer (the top rung, every model at one full budget): {champion.label}, validation "
-                  f"{champion.validation_accuracy:.4f}, test {champion.test_accuracy:.4f}** "
-                  f"(`{champion.model}`); the [ensemble]({tracking.run_link(tracking_uri, experiment_id, averaged.run_id)}) "
-                  f"of {', '.join(averaged.members)}: validation {averaged.validation_accuracy:.4f}, "
-                  f"test {averaged.test_accuracy:.4f} (`{averaged.model}`). Each test figure was read once, "
-                  "after every choice." + (f" The winner is {ladder.describe_lead(champion)}." if champion.runner_up else ""), ""]
+        ensemble_link = f"[ensemble]({tracking.run_link(tracking_uri, experiment_id, result.ensemble.run_id)})"
+        lines += ["**Answer (the top rung, every model at one full budget):**", "",
+                  *(f"- {line.strip()}" for line in answer.answer_lines(result)), "",
+                  f"The {ensemble_link} and the best single model are registered; each test figure was read once, "
+                  "after every choice.", "", *answer.candidate_table(result), ""]
     for rung in reversed(list(rungs)):
         finished = sorted((t for t in rung.get_trials(deepcopy=False) if t.value is not None),
                           key=lambda t: t.value, reverse=True)

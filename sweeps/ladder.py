@@ -42,9 +42,43 @@ def ranked(trials: list[FrozenTrial]) -> list[FrozenTrial]:
     return best
 
 
+# Architecture choices two recipes must share to count as the same kind of network at
+# promotion (widths and rates vary within a kind).
+ARCHITECTURE_KEYS = ("family", "conv_blocks", "downsample", "downsample_last_block", "batch_norm", "dense_layers",
+                     *(f"block{block}_{key}" for block in range(1, 4) for key in ("convs", "kernel", "padding")))
+
+
+def architecture(params: dict) -> tuple:
+    return tuple(params.get(key) for key in ARCHITECTURE_KEYS)
+
+
+def augmented(trial: FrozenTrial) -> bool:
+    return any(trial.params.get(key) for key in ("rotation", "zoom", "shift"))
+
+
+def finalists(ranked_trials: list[FrozenTrial], count: int) -> list[FrozenTrial]:
+    """The ``count`` recipes a rung carries up, best first, from a ranking where a few epochs
+    decide: distinct architectures first among the best ``2 * count`` (a near-copy of a
+    better recipe adds little to the rung or its ensemble), then the rest by rank; and, when
+    none of those is augmented, the best augmented recipe in the last place, since
+    augmentation pays only over the epochs the upper rungs have."""
+    window = ranked_trials[:2 * count]
+    seen, distinct = set(), []
+    for trial in window:
+        if architecture(trial.params) not in seen:
+            seen.add(architecture(trial.params))
+            distinct.append(trial)
+    chosen = (distinct + [t for t in window if t not in distinct])[:count]
+    if count >= 2 and not any(augmented(t) for t in chosen):
+        best_augmented = next((t for t in ranked_trials if augmented(t)), None)
+        if best_augmented is not None:
+            chosen[-1] = best_augmented
+    return sorted(chosen, key=ranked_trials.index)
+
+
 def promote(lower: optuna.Study, exploring: optuna.Study, rung: optuna.Study, rung_budget: Budget,
             count: int, top: bool, worker_seconds: float | None = None) -> list[str]:
-    """Enqueue in ``rung`` the ``count`` best recipes of ``lower`` (and, at the top rung, the
+    """Enqueue in ``rung`` the ``count`` finalists of ``lower`` (and, at the top rung, the
     baselines of ``exploring``, best explored first) that it does not hold yet; returns their
     labels in the order they will train. Rank decides what trains when the rung's time
     (``worker_seconds``: its wall-clock times its workers) cannot hold them all: the recipes
@@ -52,7 +86,7 @@ def promote(lower: optuna.Study, exploring: optuna.Study, rung: optuna.Study, ru
     workers end close together; the others follow in rank order, for whatever time is left.
     A rerun adds only what is missing."""
     held = {source_number(t) for t in rung.get_trials(deepcopy=False)}
-    chosen = ranked(lower.get_trials(deepcopy=False))[:count]
+    chosen = finalists(ranked(lower.get_trials(deepcopy=False)), count)
     if top:
         baselines = [t for t in exploring.get_trials(deepcopy=False)
                      if records.BASELINE in t.user_attrs and records.RETRY_OF not in t.user_attrs]
@@ -66,8 +100,10 @@ def promote(lower: optuna.Study, exploring: optuna.Study, rung: optuna.Study, ru
             spent += cost
     first.sort(key=lambda index: prices[index], reverse=True)
     order = [chosen[index] for index in first + [i for i in range(len(chosen)) if i not in first]]
+    forecasts = dict(zip(map(source_number, chosen), prices))
     for trial in order:
-        attributes = {records.SOURCE_TRIAL: source_number(trial), records.FIDELITY: rung_budget.name}
+        attributes = {records.SOURCE_TRIAL: source_number(trial), records.FIDELITY: rung_budget.name,
+                      records.FORECAST_SECONDS: forecasts[source_number(trial)]}
         if records.BASELINE in trial.user_attrs:
             attributes[records.BASELINE] = trial.user_attrs[records.BASELINE]
         rung.enqueue_trial(trial.params, user_attrs=attributes)
@@ -79,19 +115,9 @@ def requested_trials(rung: optuna.Study) -> int:
     return sum(records.RETRY_OF not in t.user_attrs for t in rung.get_trials(deepcopy=False))
 
 
-def needs_ensemble(exploring: optuna.Study, top: optuna.Study, members: int) -> bool:
+def needs_ensemble(exploring: optuna.Study, top: optuna.Study, candidates_at_most: int) -> bool:
     """Whether the top rung holds finished models that the recorded ensemble did not weigh."""
     candidates = sorted((t for t in top.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE),
-                        key=lambda t: t.value, reverse=True)[:members]
+                        key=lambda t: t.value, reverse=True)[:candidates_at_most]
     recorded = records.ladder_result(exploring)
     return bool(candidates) and (recorded is None or recorded.candidates != [t.number for t in candidates])
-
-
-def describe_lead(champion: records.Champion) -> str:
-    """The top rung winner's lead over the runner-up on the paired validation images, and
-    whether that lead is more than the split's noise."""
-    lead = (f"ahead of {champion.runner_up} on {champion.only_leader} validation images, behind on "
-            f"{champion.only_runner_up} (McNemar p = {champion.p_value:.2g})")
-    if champion.p_value < 0.05:
-        return f"{lead}: a real lead"
-    return f"{lead}: within the validation split's noise, so the ensemble, which averages them, is the steadier answer"

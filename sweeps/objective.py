@@ -28,7 +28,7 @@ from harness.backend import keras
 from harness.budgets import Budget
 from harness.errors import StoreUnwritable, store_failure
 from harness.records import StopCause
-from sweeps import plan, study as sweep_study
+from sweeps import plan, reuse, study as sweep_study
 from sweeps.settings import STORE_FAILED_EXIT, SweepSettings
 
 # Set by SIGTERM (the parent's "stop": Ctrl-C, or the parent itself being stopped). A flag,
@@ -155,13 +155,25 @@ def _work(settings: SweepSettings, worker_index: int) -> None:
 
 def next_trial(study: optuna.Study, storage: optuna.storages.BaseStorage,
                settings: SweepSettings) -> optuna.Trial | None:
-    """A new (or enqueued) trial, or None when the study holds the requested number. The
-    count and the ask happen under a lock, so workers never overshoot the total."""
+    """A new (or enqueued) trial, or None when the study holds the requested number (or, at a
+    rung, when nothing queued fits the time left). The count and the ask happen under a lock,
+    so workers never overshoot the total."""
     if settings.last_start is not None and time.time() > settings.last_start:
         return None
     with sweep_study.ask_lock(storage, settings.study_name, settings.lock_path):
         trials = study.get_trials(deepcopy=False)
-        return study.ask() if records.counted_trials(trials, settings.total_trials) < settings.total_trials else None
+        if records.counted_trials(trials, settings.total_trials) >= settings.total_trials:
+            return None
+        if not settings.fit_forecasts:
+            return study.ask()
+        for waiting in plan.startable(trials, settings.budget, settings.deadline, time.time()):
+            # Study.ask() would pop the first queued trial, fitting or not: this claims the one
+            # that fits as ask() claims its own, through the storage (False: another machine's
+            # worker took it first).
+            trial_id = sweep_study.trial_id(storage, study, waiting.number)
+            if storage.set_trial_state_values(trial_id, state=TrialState.RUNNING):
+                return optuna.Trial(study, trial_id)
+        return None
 
 
 def run_trial(study: optuna.Study, storage: optuna.storages.BaseStorage, trial: optuna.Trial,
@@ -175,6 +187,8 @@ def run_trial(study: optuna.Study, storage: optuna.storages.BaseStorage, trial: 
             # The ladder's rung this run trained at, and the exploring trial it carries up.
             records.FIDELITY: settings.budget.name,
             records.SOURCE_NAME_TAG: "python -m sweeps.run", records.SOURCE_TYPE_TAG: "LOCAL"}
+    fingerprint = train_trial.training_fingerprint(params, dataset, split, settings.budget, settings.seed)
+    source = None if settings.retrain else reuse.find(tracking.client(settings.tracking_uri), fingerprint)
     promoted = records.SOURCE_TRIAL in trial.user_attrs
     if promoted:
         tags[records.SOURCE_TRIAL] = str(trial.user_attrs[records.SOURCE_TRIAL])
@@ -204,6 +218,12 @@ def run_trial(study: optuna.Study, storage: optuna.storages.BaseStorage, trial: 
                 _finish(study, trial, params, note, StopCause.PRICED_OUT,
                         f"priced at {cost:.1f} TFLOP of training, over the {settings.budget.name} "
                         f"budget's {settings.budget.max_training_tflop:g}; not trained")
+                return
+            if source is not None:
+                value = reuse.record(trial, source, tracking.client(settings.tracking_uri), params, fingerprint)
+                _finish(study, trial, params, note, StopCause.COMPLETED,
+                        f"reused run {source.info.run_id}: the same recipe, budget, seed, data and split were "
+                        "trained there to completion, so its model and figures are this trial's", value=value)
                 return
             time_share = TimeShare(plan.time_share(settings.budget, settings.deadline, time.time()))
             epochs = settings.budget.epochs_for(params)

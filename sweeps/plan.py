@@ -18,7 +18,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 
 import search_space
 from harness import records
@@ -98,7 +98,9 @@ def time_share(budget: Budget, deadline: float | None, now: float) -> float:
 
 def seconds_per_epoch(trial: FrozenTrial) -> float:
     """What an epoch of this recipe cost where it last trained (its wall-clock over the epochs
-    it reported): the rung's relative price of it."""
+    it reported; a reused trial's source run's): the rung's relative price of it."""
+    if records.SECONDS_PER_EPOCH in trial.user_attrs:
+        return trial.user_attrs[records.SECONDS_PER_EPOCH]
     if trial.datetime_start is None or trial.datetime_complete is None or not trial.intermediate_values:
         return 0.0
     return (trial.datetime_complete - trial.datetime_start).total_seconds() / len(trial.intermediate_values)
@@ -121,12 +123,25 @@ def rung_deadline(now: float, command_ends: float | None, rungs_left: int) -> fl
     return now + room * weights[0] / sum(weights)
 
 
-def rung_last_start(now: float, deadline: float | None, budget: Budget) -> float | None:
-    """When a rung's last trial may start: while a quarter of the rung's time (or a whole time
-    share, if less) is left for it to train, besides its validation and logging."""
+def rung_last_start(deadline: float | None) -> float | None:
+    """When a rung's last trial may start: while any time is left to train. Which queued
+    trial starts is the forecast's to say (``fits``)."""
+    return None if deadline is None else deadline - TRIAL_OVERHEAD_SECONDS
+
+
+def fits(budget: Budget, deadline: float | None, forecast_seconds: float | None, now: float) -> bool:
+    """Whether a trial forecast to train ``forecast_seconds`` (at most a time share; unknown:
+    any time will do) ends by the deadline with its validation and logging."""
     if deadline is None:
-        return None
-    return deadline - TRIAL_OVERHEAD_SECONDS - min(budget.trial_seconds, (deadline - now) / 4)
+        return True
+    seconds = min(forecast_seconds or 0.0, budget.trial_seconds)
+    return now + seconds + TRIAL_OVERHEAD_SECONDS <= deadline
+
+
+def startable(trials: list[FrozenTrial], budget: Budget, deadline: float | None, now: float) -> list[FrozenTrial]:
+    """A rung's queued trials that fit the time left, in queue order."""
+    return [t for t in trials if t.state == TrialState.WAITING
+            and fits(budget, deadline, t.user_attrs.get(records.FORECAST_SECONDS), now)]
 
 
 # --- Phases -------------------------------------------------------------------------------
@@ -183,7 +198,7 @@ class Plan:
             return
         rungs_left = len(self.rungs) - self.rungs.index(phase)
         phase.deadline = rung_deadline(now, self.command_ends, rungs_left)
-        phase.last_start = rung_last_start(now, phase.deadline, phase.budget)
+        phase.last_start = rung_last_start(phase.deadline)
         if phase.deadline is not None:
             phase.limit = f"the rung's share of the sweep's {self.command_seconds / 3600:g}-hour wall-clock"
 

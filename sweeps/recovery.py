@@ -71,7 +71,8 @@ def retry_lost_trials(study: optuna.Study, storage: optuna.storages.BaseStorage,
         lost = [t for t in records.lost_first_time(trials) if t.number not in retried]
         for trial in lost:
             attributes = {records.RETRY_OF: trial.number}
-            for key in (records.BASELINE, records.SOURCE_TRIAL, records.FIDELITY):  # what it was enqueued as
+            # What it was enqueued as.
+            for key in (records.BASELINE, records.SOURCE_TRIAL, records.FIDELITY, records.FORECAST_SECONDS):
                 if key in trial.user_attrs:
                     attributes[key] = trial.user_attrs[key]
             study.enqueue_trial(trial.params, user_attrs=attributes)

@@ -129,10 +129,11 @@ def record_test(run_id: str, model, dataset: data.Dataset) -> float:
 
 
 def evaluate_and_register(run_id: str, model, dataset: data.Dataset, model_name: str, alias: str,
-                          tags: dict[str, str]) -> dict:
-    """Test a model whose every choice is made, once, then register it under ``alias``."""
+                          tags: dict[str, str], model_run_id: str | None = None) -> dict:
+    """Test a model whose every choice is made, once, recorded on ``run_id``, then register it
+    under ``alias`` from the run that logged it (``model_run_id``: a reused trial's source)."""
     accuracy = record_test(run_id, model, dataset)
-    version = register(tracking.client(mlflow.get_tracking_uri()), run_id, model_name, alias,
+    version = register(tracking.client(mlflow.get_tracking_uri()), model_run_id or run_id, model_name, alias,
                        {**tags, records.TEST_ACCURACY_TAG: f"{accuracy:.4f}"})
     return {"test_accuracy": accuracy, "model": f"models:/{model_name}@{alias}", "version": version}
 

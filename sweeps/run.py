@@ -32,7 +32,7 @@ from harness import cli, data, records, tracking
 from harness.budgets import BUDGETS
 from harness.errors import StoreUnwritable, UserError
 from sweeps import front_page, journal, ladder, plan, recovery, rungs, study as sweep_study, supervisor
-from sweeps.settings import ENSEMBLE_MEMBERS, EnsembleSettings, SweepSettings
+from sweeps.settings import ENSEMBLE_CANDIDATES, EnsembleSettings, SweepSettings
 
 EXPERIMENT = "mnist-sweeps"
 DEFAULT_STUDY = sweep_study.DEFAULT_STUDY
@@ -55,6 +55,11 @@ def parse_args(argv: Sequence[str] | None):
                         help="Optuna storage URL, e.g. postgresql://user:pass@host/db "
                              f"(default: a journal file, mlruns/{sweep_study.JOURNAL_NAME})")
     parser.add_argument("--no-baselines", action="store_true", help="do not enqueue the five baselines first")
+    parser.add_argument("--retrain", action="store_true",
+                        help="train every trial, even where a finished run of this MLflow store trained the same "
+                             "recipe at the same budget, seed, data and split (by default that run is reused)")
+    parser.add_argument("--no-warm-start", action="store_true",
+                        help="a new study does not start from the best recipes of this storage's earlier sweeps")
     parser.add_argument("--finalists", type=cli.non_negative_int, default=3,
                         help="sampled recipes carried up the ladder to the top rung (the full budget), where "
                              "they and the baselines train at one budget and the best are ensembled; "
@@ -84,8 +89,9 @@ def default_budget_name(gpu: bool | None = None) -> str:
 
 def open_study(args, storage, fingerprint: dict, set_up: Callable[[optuna.Study], None]) -> optuna.Study:
     """Create the study, or join it if its fingerprint matches. Its creator enqueues the
-    baselines first, then ``set_up`` runs (the MLflow parent run), and the fingerprint goes
-    last: other invocations, here or on other machines, wait for it before they ask."""
+    baselines first and the best recipes of the storage's earlier sweeps after them, then
+    ``set_up`` runs (the MLflow parent run), and the fingerprint goes last: other
+    invocations, here or on other machines, wait for it before they ask."""
     try:
         if args.study in optuna.study.get_all_study_names(storage):  # checked first: a refused
             raise optuna.exceptions.DuplicatedStudyError  # resume writes nothing to the storage
@@ -98,9 +104,14 @@ def open_study(args, storage, fingerprint: dict, set_up: Callable[[optuna.Study]
                             f"({records.describe_difference(recorded, fingerprint)}); "
                             "resume it with its original flags, or name a new one with --study") from None
         return study
+    enqueued = 0
     if not args.no_baselines:
         for name in list(search_space.BASELINES)[:args.trials]:
             study.enqueue_trial(search_space.baseline(name), user_attrs={records.BASELINE: name})
+            enqueued += 1
+    if not args.no_warm_start:
+        for name, trial in sweep_study.earlier_best(storage, args.study, fingerprint)[:max(0, args.trials - enqueued)]:
+            study.enqueue_trial(trial.params, user_attrs={records.WARM_START: f"{name}#{trial.number}"})
     set_up(study)
     study.set_user_attr(records.FINGERPRINT, fingerprint)
     return study
@@ -282,7 +293,7 @@ def open_sweep(args) -> Sweep:
         parent_run_id=run_id, total_trials=args.trials, sampler=args.sampler, pruner=args.pruner,
         seed=args.seed, budget=budget, data_path=args.data, split_seed=data.DEFAULT_SPLIT_SEED,
         lock_path=str(tracking.store_folder() / "studies" / args.study / "ask.lock"), last_start=None,
-        threads=threads)
+        threads=threads, retrain=args.retrain)
     sweep = Sweep(args, study, storage, storage_url, uri, client, client.get_run(run_id).info.experiment_id,
                   run_id, settings, workers, stores_folder)
     sweep.recover(lock_path=settings.lock_path)
@@ -313,7 +324,7 @@ def climb(sweep: Sweep, sweep_plan: plan.Plan, phase: plan.Phase, lower: optuna.
 
 
 def ensemble(sweep: Sweep, phase: plan.Phase, top_rung: optuna.Study) -> None:
-    if not ladder.needs_ensemble(sweep.study, top_rung, ENSEMBLE_MEMBERS):
+    if not ladder.needs_ensemble(sweep.study, top_rung, ENSEMBLE_CANDIDATES):
         phase.stopped, phase.detail = plan.Stop.DONE, "nothing new to ensemble"
         return
     failure = rungs.ensemble(EnsembleSettings(
@@ -326,9 +337,15 @@ def ensemble(sweep: Sweep, phase: plan.Phase, top_rung: optuna.Study) -> None:
 
 def record_stop(sweep: Sweep, phase: plan.Phase, study: optuna.Study, outcome: supervisor.Outcome) -> None:
     sweep.crashed += outcome.crashed
+    trials = study.get_trials(deepcopy=False)
     phase.stopped = plan.stop_of(phase, interrupted=outcome.interrupted, store_failed=outcome.store_failure is not None,
                                  crashed=bool(outcome.crashed), now=time.time(),
-                                 counted=records.counted_trials(study.get_trials(deepcopy=False), phase.trials))
+                                 counted=records.counted_trials(trials, phase.trials))
+    if outcome.idle_since is not None:
+        phase.stopped = plan.Stop.OUT_OF_TIME
+        left = (phase.deadline - outcome.idle_since) / 60 if phase.deadline else 0.0
+        phase.detail = (f"from {time.strftime('%H:%M', time.localtime(outcome.idle_since))} a worker found none of the "
+                        f"{outcome.unstarted} queued trial(s) fits the {left:.0f} min left: each is forecast to take longer")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -12,7 +12,7 @@ import optuna
 from optuna.trial import TrialState
 
 from harness import records
-from sweeps import ladder, recovery
+from sweeps import answer, ladder, recovery
 from sweeps.plan import Phase, Plan, Stop, upper_rungs
 from sweeps.settings import EnsembleSettings, SweepSettings
 from sweeps.supervisor import Outcome, report_orphans, report_retries, supervise
@@ -30,7 +30,7 @@ def run_rung(phase: Phase, sweep_plan: Plan, exploring: optuna.Study, lower: opt
     phase.trials = ladder.requested_trials(rung)
     rung_settings = dataclasses.replace(
         settings, study_name=rung.study_name, budget=phase.budget, pruner=phase.pruner, total_trials=phase.trials,
-        last_start=phase.last_start, deadline=phase.deadline,
+        last_start=phase.last_start, deadline=phase.deadline, fit_forecasts=True,
         lock_path=str(Path(settings.lock_path).with_name(f"ask-{phase.budget.name}.lock")))
 
     def recover_rung() -> None:
@@ -77,8 +77,8 @@ def ensemble(settings: EnsembleSettings, client, experiment_id: str) -> str | No
     """Ensemble the top rung in a process of its own (the parent never loads TensorFlow).
     Returns why it failed, or None. An ensemble run left RUNNING (its process killed, here or
     by an earlier invocation) is closed as KILLED: a rerun builds a new one."""
-    print("Ensembling the top rung: k chosen on validation, then one test pass each for the ensemble "
-          "and the best single model", flush=True)
+    print("Ensembling the top rung: members chosen on validation log-loss, then one test pass each for the "
+          "ensemble and the best single model", flush=True)
     close_stale_ensembles(settings.rung_study, client, experiment_id)
     process = multiprocessing.get_context("spawn").Process(target=_ensemble_process, args=(settings,))
     process.start()
@@ -106,25 +106,18 @@ def close_stale_ensembles(rung_study: str, client, experiment_id: str) -> None:
 
 
 def ladder_summary(study: optuna.Study, climbed: list[tuple[Phase, optuna.Study]]) -> str:
-    """Each rung's results, then the headline: the top rung's winner and the ensemble."""
+    """Each rung's results, then the headline: the ensemble and the best single model."""
     lines = []
     for phase, rung in climbed:
         trials = sorted((t for t in rung.get_trials(deepcopy=False) if t.value is not None),
                         key=lambda t: t.value, reverse=True)
         waiting = sum(t.state == TrialState.WAITING for t in rung.get_trials(deepcopy=False))
-        why = "the rung's time ran out" if phase.stopped == Stop.OUT_OF_TIME else "the rung was stopped"
+        why = phase.detail or ("the rung's time ran out" if phase.stopped == Stop.OUT_OF_TIME else "the rung was stopped")
         untrained = f"; {waiting} not started ({why})" if waiting else ""
         lines.append(f"Rung {phase.budget.name}: "
                      + (", ".join(f"{records.label(t)} {t.value:.4f}" for t in trials) or "nothing finished") + untrained)
     result = records.ladder_result(study)
     if result:
-        champion, averaged = result.champion, result.ensemble
-        lines.append(f"Top rung's winner: {champion.label}, validation {champion.validation_accuracy:.4f}, "
-                     f"test {champion.test_accuracy:.4f} (read once): {champion.model}")
-        if champion.runner_up:
-            lines.append("  " + ladder.describe_lead(champion))
-        lines.append(f"Ensemble of {len(averaged.members)} ({', '.join(averaged.members)}; k chosen on validation): "
-                     f"validation {averaged.validation_accuracy:.4f}, test {averaged.test_accuracy:.4f} "
-                     f"(read once): {averaged.model}")
-        lines.append(f"Label your digits with it: python -m digits.predict --model {averaged.model} YOUR.csv")
+        lines += answer.answer_lines(result)
+        lines.append(f"Label your digits with it: python -m digits.predict --model {result.ensemble.model} YOUR.csv")
     return "\n".join(lines)

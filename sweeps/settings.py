@@ -15,8 +15,12 @@ TRIALS_PER_PROCESS = 8
 # A worker that could not write a store (full disk, file-size limit, I/O error) stops with this
 # exit code (sysexits' EX_IOERR), after putting the reason on the queue the parent gave it.
 STORE_FAILED_EXIT = 74
-# How many of the top rung's best models the ensemble may average: each more costs every
+# The ensemble weighs the top rung's best ENSEMBLE_CANDIDATES models (by validation accuracy:
+# enough for three finalists and the five baselines) over ENSEMBLE_ROUNDS rounds of forward
+# selection, and averages at most ENSEMBLE_MEMBERS distinct ones: each more costs every
 # prediction a pass of one more network, for ever smaller gains.
+ENSEMBLE_CANDIDATES = 8
+ENSEMBLE_ROUNDS = 20
 ENSEMBLE_MEMBERS = 5
 
 
@@ -39,6 +43,10 @@ class SweepSettings:
     # phase must end, a trial's time share cut to fit. None: no limit.
     last_start: float | None
     deadline: float | None = None
+    # A rung's workers start only queued trials whose forecast fits the time left before the
+    # deadline (sweeps.plan.fits), in queue order; exploration's ask for the next sample.
+    fit_forecasts: bool = False
+    retrain: bool = False  # train every trial, even where a finished run of the store trained the same
     trials_per_process: int = TRIALS_PER_PROCESS
     threads: int | None = None  # CPU threads per worker; None: the backend's default
 

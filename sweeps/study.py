@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import fcntl
 import importlib.util
+import json
 import warnings
 import zlib
 from contextlib import contextmanager
 from pathlib import Path
 
 import optuna
+from optuna.trial import TrialState
 
 from harness import tracking
 from harness.budgets import Budget
@@ -193,3 +195,34 @@ def make_pruner(name: str, budget: Budget) -> optuna.pruners.BasePruner:
 def trial_id(storage: optuna.storages.BaseStorage, study: optuna.Study, number: int) -> int:
     """The storage's id of a study's trial, for the storage calls that take one."""
     return storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study.study_name), number)
+
+
+# A new study starts from this many of the best recipes its storage's earlier sweeps found.
+WARM_START_RECIPES = 5
+
+
+def earlier_best(storage: optuna.storages.BaseStorage, study_name: str, fingerprint: dict,
+                 count: int = WARM_START_RECIPES) -> list[tuple[str, optuna.trial.FrozenTrial]]:
+    """The best sampled recipes of the storage's other exploring studies of the same search
+    space, data and split (each recipe once, best validation accuracy first), with the study
+    each is from: a new sweep enqueues them, so it explores new ground instead of re-finding
+    them, and its sampler learns from them at once."""
+    from harness import records
+
+    same = (records.SEARCH_SPACE_VERSION_KEY, records.DATA_SHA256_KEY, records.SPLIT_SEED_KEY)
+    found, seen = [], set()
+    for summary in optuna.study.get_all_study_summaries(storage, include_best_trial=False):
+        recorded = summary.user_attrs.get(records.FINGERPRINT, {})
+        if (summary.study_name == study_name or "@" in summary.study_name
+                or any(recorded.get(key) != fingerprint.get(key) for key in same)):
+            continue
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        found += [(summary.study_name, trial) for trial in study.get_trials(deepcopy=False, states=[TrialState.COMPLETE])
+                  if records.BASELINE not in trial.user_attrs and trial.value is not None]
+    best = []
+    for name, trial in sorted(found, key=lambda pair: pair[1].value, reverse=True):
+        key = json.dumps(trial.params, sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            best.append((name, trial))
+    return best[:count]

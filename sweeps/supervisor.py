@@ -17,7 +17,7 @@ import optuna
 from optuna.trial import TrialState
 
 from harness import records
-from sweeps import progress
+from sweeps import plan, progress
 from sweeps.settings import STORE_FAILED_EXIT, SweepSettings
 
 
@@ -41,6 +41,10 @@ class Outcome:
     crashed: list[int] = field(default_factory=list)  # exit codes of workers that died abnormally
     interrupted: bool = False  # stopped by Ctrl-C (or SIGTERM)
     store_failure: str | None = None  # what a worker could not write, when one could not
+    # A rung's: when a worker first found nothing queued that fits the time left, and how many
+    # trials were queued then.
+    idle_since: float | None = None
+    unstarted: int = 0
 
 
 def _worker_process(settings: SweepSettings, worker_index: int, failures) -> None:
@@ -79,9 +83,19 @@ def supervise(study: optuna.Study, settings: SweepSettings, worker_count: int,
         return worker
 
     def needs_more() -> bool:
-        return (not outcome.interrupted and outcome.store_failure is None
-                and (settings.last_start is None or time.time() < settings.last_start)
-                and records.counted_trials(study.get_trials(deepcopy=False), total) < total)
+        if outcome.interrupted or outcome.store_failure is not None:
+            return False
+        if settings.last_start is not None and time.time() >= settings.last_start:
+            return False
+        trials = study.get_trials(deepcopy=False)
+        if records.counted_trials(trials, total) >= total:
+            return False
+        if settings.fit_forecasts and not plan.startable(trials, settings.budget, settings.deadline, time.time()):
+            if outcome.idle_since is None:  # what is queued needs more time than is left
+                outcome.idle_since = time.time()
+                outcome.unstarted = sum(t.state == TrialState.WAITING for t in trials)
+            return False
+        return True
 
     stop_signals: list[int] = []
     woken = threading.Event()
@@ -92,8 +106,8 @@ def supervise(study: optuna.Study, settings: SweepSettings, worker_count: int,
 
     outcome = Outcome()
     total = settings.total_trials
-    if records.counted_trials(study.get_trials(deepcopy=False), total) >= total:
-        return outcome  # done before: no worker need load TensorFlow to find that out
+    if not needs_more():
+        return outcome  # done before, or out of time: no worker need load TensorFlow to find that out
     previous = {number: signal.signal(number, on_stop_signal) for number in (signal.SIGINT, signal.SIGTERM)}
     workers = [start_worker() for _ in range(worker_count)]
     initial = finished(counts(study.get_trials(deepcopy=False)))

@@ -1,5 +1,5 @@
 """The fidelity ladder: exploration's best recipes are carried up rung by rung, the five
-baselines join the top rung, the top rung's best are ensembled with k chosen on validation,
+baselines join the top rung, the top rung's models are ensembled as validation log-loss chooses,
 tested once and registered, and the winner is usable like any model."""
 
 import contextlib
@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 
 from harness import cli, records, tracking
 from harness.budgets import BUDGETS
-from sweeps import ladder, plan, run as sweep_run, study as sweep_study
+from sweeps import answer, ladder, plan, run as sweep_run, study as sweep_study
 
 # Sampled trials must complete for the middle rung to get recipes: no pruner here.
 LADDER = ["--trials", "7", "--workers", "2", "--finalists", "1", "--pruner", "none",
@@ -102,20 +102,26 @@ def test_the_ensemble_is_chosen_on_validation_tested_once_and_registered(climbed
     result = records.ladder_result(climbed.studies["mnist-sweep"])
     averaged, champion = result.ensemble, result.champion
     full = climbed.studies["mnist-sweep@smoke-full"]
-    # The stored figures are the candidates' accuracies on the validation images, worked out
-    # here again from their models, and k is chosen on them; the test images read otherwise.
+    # The stored figures are the candidates' on the validation images, worked out here again
+    # from their models, and the members are chosen on them; the test images read otherwise.
     candidates = [full.trials[number] for number in result.candidates]
-    assert [t.value for t in candidates] == sorted((t.value for t in full.trials if t.value is not None), reverse=True)[:5]
+    assert [t.value for t in candidates] == sorted((t.value for t in full.trials if t.value is not None), reverse=True)[:8]
     mlflow.set_tracking_uri(climbed.uri)
     models = [mlflow.keras.load_model(f"runs:/{t.user_attrs[records.MLFLOW_RUN_ID]}/model") for t in candidates]
     split = data.split(mnist, data.DEFAULT_SPLIT_SEED)
-    on_validation = ensemble.accuracies_by_size([m.predict(split.x_val[..., None], verbose=0) for m in models], split.y_val)
-    on_test = ensemble.accuracies_by_size([m.predict(mnist.x_test[..., None], verbose=0) for m in models], mnist.y_test)
-    assert averaged.validation_by_size == pytest.approx(on_validation, abs=2e-4)
-    assert averaged.validation_by_size != pytest.approx(on_test, abs=2e-4)
-    assert len(averaged.members) == ensemble.chosen_size(on_validation)
-    assert averaged.members == [records.label(t) for t in candidates][:len(averaged.members)]
-    assert averaged.validation_accuracy == max(averaged.validation_by_size)
+    on_validation = [m.predict(split.x_val[..., None], verbose=0) for m in models]
+    on_test = [m.predict(mnist.x_test[..., None], verbose=0) for m in models]
+    stored = [(score.validation_accuracy, score.validation_log_loss) for score in result.scores]
+    assert stored == pytest.approx([(ensemble.accuracy(p, split.y_val), ensemble.log_loss(p, split.y_val))
+                                    for p in on_validation], abs=2e-4)
+    assert stored != pytest.approx([(ensemble.accuracy(p, mnist.y_test), ensemble.log_loss(p, mnist.y_test))
+                                    for p in on_test], abs=2e-4)
+    chosen, curve = ensemble.greedy_selection(on_validation, split.y_val)
+    weights = ensemble.weights_of(chosen)
+    assert averaged.members == [records.label(candidates[index]) for index in weights]
+    assert averaged.weights == pytest.approx(list(weights.values()))
+    assert averaged.selection_log_loss == pytest.approx(curve, abs=2e-4)
+    assert averaged.validation_log_loss == pytest.approx(min(curve), abs=2e-4)
     assert champion.run_id == candidates[0].user_attrs[records.MLFLOW_RUN_ID]
     registered = {alias: climbed.client.get_model_version_by_alias(tracking.REGISTERED_MODEL, alias)
                   for alias in (tracking.CHAMPION_ALIAS, tracking.ENSEMBLE_ALIAS)}
@@ -152,7 +158,7 @@ def test_predict_labels_a_csv_with_the_registered_ensemble(climbed, mnist, run_c
 def test_the_summary_and_the_front_page_give_the_top_rungs_answer(climbed):
     first = climbed.outputs[0]
     assert "Ladder: smoke (explore) -> smoke-long" in first
-    assert "Rung 3 of 3, smoke-full" in first and "Top rung's winner:" in first and "Ensemble of" in first
+    assert "Rung 3 of 3, smoke-full" in first and "Best single model:" in first and "Ensemble of" in first
     assert "python -m digits.predict --model models:/mnist-digits@ensemble" in first
     parent = climbed.client.get_run(climbed.studies["mnist-sweep"].user_attrs[records.PARENT_RUN_ID])
     note = parent.data.tags[records.NOTE_TAG]
@@ -178,11 +184,14 @@ def test_the_report_ranks_the_top_rung_with_all_five_baselines(climbed, run_comm
     assert code == 0, err
     report = (climbed.folder / "report" / "report.md").read_text()
     top = report.split("## Top rung: every model at budget `smoke-full`")[1].split("\n## ")[0]
-    table = [line for line in top.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    ranking = top.split("| rank | model |")[1]
+    table = [line for line in ranking.splitlines()[1:] if line.startswith("| ") and "---" not in line]
     assert len(table) == 6
+    weighed = top.split("| candidate | validation accuracy | validation log-loss | weight in the ensemble |")[1]
+    assert len([line for line in weighed.split("\n\n")[0].splitlines() if line.startswith("| ")]) == 1 + 6
     for name in ("kaggle_cnn", "mlp_3x256", "chollet_cnn", "gradio_cnn", "lenet5"):
         assert any(f"| {name} |" in line for line in table), name
-    assert "**Answer:" in top and "models:/mnist-digits@ensemble" in top
+    assert "**Answer:**" in top and "models:/mnist-digits@ensemble" in top and "Best single model:" in top
     assert "## Rung `smoke-long`" in report
 
 
@@ -260,17 +269,53 @@ def test_the_top_rung_takes_the_baselines_best_explored_first_after_the_finalist
     assert labels == ["trial 3", "gradio_cnn", "kaggle_cnn", "mlp_3x256"]  # nothing fits: rank order
 
 
-def test_k_is_the_smallest_ensemble_with_the_best_validation_accuracy():
+def test_the_members_are_chosen_on_log_loss_where_accuracy_ties():
     from sweeps import ensemble
 
-    labels = np.array([0, 1, 2, 0])
-    sure = np.eye(3)[[0, 1, 1, 0]]  # wrong on the third image
-    other = np.eye(3)[[0, 2, 2, 1]] * 0.9 + 0.05
-    accuracies = ensemble.accuracies_by_size([sure, other, other], labels)
-    assert accuracies[0] == 0.75
-    assert ensemble.chosen_size([0.99, 0.995, 0.995]) == 2
-    assert ensemble.chosen_size([0.99, 0.98]) == 1
+    labels = np.array([0, 1, 0, 1])
+    # Each model gets three of the four images right, so all tie on accuracy; the confident
+    # one has the lowest log-loss, and the one wrong elsewhere lowers it further, averaged in:
+    # choices accuracy could not make.
+    hesitant = np.array([[0.6, 0.4], [0.4, 0.6], [0.6, 0.4], [0.55, 0.45]])
+    confident = np.array([[0.9, 0.1], [0.1, 0.9], [0.9, 0.1], [0.7, 0.3]])
+    diverse = np.array([[0.4, 0.6], [0.2, 0.8], [0.8, 0.2], [0.2, 0.8]])
+    probabilities = [hesitant, confident, diverse]
+    assert len({ensemble.accuracy(p, labels) for p in probabilities}) == 1
+    chosen, curve = ensemble.greedy_selection(probabilities, labels, rounds=6)
+    assert chosen[0] == 1  # the lowest log-loss alone comes first, not the first listed
+    weights = ensemble.weights_of(chosen)
+    assert set(weights) == {1, 2} and sum(weights.values()) == pytest.approx(1)
+    assert min(curve) < ensemble.log_loss(confident, labels)
+    assert ensemble.log_loss(ensemble.weighted_average(probabilities, weights), labels) == pytest.approx(min(curve))
 
+
+def test_selection_keeps_the_rounds_up_to_the_lowest_log_loss_and_caps_distinct_members():
+    from sweeps import ensemble
+
+    labels = np.array([0, 0])
+    best = np.array([[0.9, 0.1], [0.9, 0.1]])
+    worse = [np.array([[0.6 - i / 100, 0.4 + i / 100]] * 2) for i in range(4)]
+    chosen, curve = ensemble.greedy_selection([best, *worse], labels, rounds=5)
+    assert chosen == [0]  # nothing averaged in helps: the best alone, its weight 1
+    assert curve[0] == min(curve) and ensemble.weights_of(chosen) == {0: 1.0}
+    spread = [np.eye(5)[[i, i]] * 0.5 + 0.1 for i in range(5)]  # each sure of another class
+    chosen, _ = ensemble.greedy_selection(spread, np.array([0, 1]), rounds=10, most_members=2)
+    assert len(set(chosen)) <= 2
+
+
+def test_the_averaged_model_weighs_its_members_as_chosen():
+    from harness.backend import keras
+    from sweeps import ensemble
+
+    def constant(probabilities):
+        inputs = keras.Input((28, 28, 1), dtype="uint8")
+        flat = keras.layers.Flatten()(keras.layers.Rescaling(0.0)(inputs))
+        return keras.Model(inputs, keras.layers.Dense(2, activation="softmax", kernel_initializer="zeros",
+                                                      bias_initializer=keras.initializers.Constant(np.log(probabilities)))(flat))
+
+    model = ensemble.averaged([constant([0.8, 0.2]), constant([0.2, 0.8])], [0.75, 0.25])
+    predicted = model.predict(np.zeros((1, 28, 28, 1), dtype="uint8"), verbose=0)[0]
+    assert predicted == pytest.approx([0.65, 0.35], abs=1e-5)
 
 
 def test_a_lead_counts_only_the_images_one_model_gets_right_and_says_when_it_is_noise():
@@ -283,11 +328,52 @@ def test_a_lead_counts_only_the_images_one_model_gets_right_and_says_when_it_is_
     lead = ensemble.paired_lead(leader, close, labels)
     assert (lead["only_leader"], lead["only_runner_up"]) == (5, 0)
     assert lead["p_value"] == pytest.approx(2 / 32)  # exact: both tails of Binomial(5, 1/2) at 0
-    assert "within the validation split's noise" in ladder.describe_lead(champion_with(lead))
+    assert "within the validation split's noise" in answer.describe_lead(champion_with(lead))
     far = ensemble.paired_lead(leader, np.array([right] * 950 + [wrong] * 50), labels)
-    assert far["p_value"] < 1e-6 and "a real lead" in ladder.describe_lead(champion_with(far))
+    assert far["p_value"] < 1e-6 and "a real lead" in answer.describe_lead(champion_with(far))
 
 
 def champion_with(lead: dict) -> records.Champion:
     return records.Champion(run_id="r", validation_accuracy=0.99, test_accuracy=0.99, model="models:/m@champion",
                             version="1", label="a", runner_up="b", **lead)
+
+
+def recipe_trial(number: int, value: float, **params) -> optuna.trial.FrozenTrial:
+    recipe = {"family": "cnn", "conv_blocks": 2, "batch_norm": False, **params}
+    return optuna.trial.create_trial(
+        value=value, params=recipe, user_attrs={},
+        distributions={k: optuna.distributions.CategoricalDistribution([v]) for k, v in recipe.items()})
+
+
+def ranking(*trials):
+    study = optuna.create_study(direction="maximize")
+    for trial in trials:
+        study.add_trial(trial)
+    return ladder.ranked(study.trials)
+
+
+def test_promotion_keeps_the_best_augmented_recipe_when_one_completed():
+    ranked = ranking(*(recipe_trial(i, 0.99 - i / 1000, block1_convs=i) for i in range(6)),
+                     recipe_trial(6, 0.95, block1_convs=9, augment=True, rotation=10.0))
+    chosen = ladder.finalists(ranked, 3)
+    assert [t.value for t in chosen] == [0.99, 0.989, 0.95]  # the augmented one takes the last place
+    assert ladder.augmented(chosen[-1])
+    # Where one of the best is augmented already, rank alone decides.
+    ranked = ranking(recipe_trial(0, 0.99, augment=True, rotation=5.0), recipe_trial(1, 0.98, block1_convs=2),
+                     recipe_trial(2, 0.97, block1_convs=3), recipe_trial(3, 0.96, augment=True, zoom=0.1))
+    assert [t.value for t in ladder.finalists(ranked, 2)] == [0.99, 0.98]
+    # No augmented recipe completed: the best by rank.
+    ranked = ranking(*(recipe_trial(i, 0.99 - i / 100, block1_convs=i) for i in range(4)))
+    assert [t.value for t in ladder.finalists(ranked, 2)] == [0.99, 0.98]
+
+
+def test_promotion_prefers_distinct_architectures_among_the_best():
+    same = {"block1_convs": 2, "block2_convs": 2}
+    ranked = ranking(recipe_trial(0, 0.995, **same), recipe_trial(1, 0.994, **same),
+                     recipe_trial(2, 0.993, block1_convs=1, batch_norm=True, augment=True, shift=0.1),
+                     recipe_trial(3, 0.990, conv_blocks=3), recipe_trial(4, 0.980, conv_blocks=1))
+    # Of the best four (2 x 2), the near-copy of the winner waits behind other architectures.
+    assert [t.value for t in ladder.finalists(ranked, 2)] == [0.995, 0.993]
+    assert [t.value for t in ladder.finalists(ranked, 3)] == [0.995, 0.993, 0.990]
+    # A window of twice the places: for one place, only the best two are weighed.
+    assert [t.value for t in ladder.finalists(ranked, 1)] == [0.995]

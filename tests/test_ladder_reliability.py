@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 
 from harness import records, tracking
 from sweeps import ladder, run as sweep_run, study as sweep_study
-from sweeps.settings import ENSEMBLE_MEMBERS
+from sweeps.settings import ENSEMBLE_CANDIDATES
 from test_reliability import as_in_a_terminal, sweep_command, user_environment
 
 pytestmark = pytest.mark.slow  # a whole ladder sweep, twice, in subprocesses
@@ -141,6 +141,6 @@ def test_kill_9_in_the_top_rung_then_the_same_command_loses_nothing(tmp_path):
     exploring = load(storage, STUDY)
     result = records.ladder_result(exploring)
     assert result.top_rung == TOP and result.ensemble.run_id == ensemble_run.info.run_id
-    assert not ladder.needs_ensemble(exploring, load(storage, TOP), ENSEMBLE_MEMBERS)  # it weighed the retry too
+    assert not ladder.needs_ensemble(exploring, load(storage, TOP), ENSEMBLE_CANDIDATES)  # it weighed the retry too
     version = client.get_model_version_by_alias(tracking.REGISTERED_MODEL, "ensemble")
     assert version.run_id == ensemble_run.info.run_id

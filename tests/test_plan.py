@@ -4,8 +4,10 @@ why each phase stopped."""
 
 import dataclasses
 
+import optuna
 import pytest
 
+from harness import records
 from harness.budgets import BUDGETS
 from sweeps import plan
 from sweeps.plan import Stop
@@ -82,13 +84,24 @@ def test_each_rungs_deadline_is_its_share_of_the_time_left_when_it_starts():
     assert top.limit == "the rung's share of the sweep's 2-hour wall-clock"
 
 
-def test_a_rungs_last_start_leaves_a_quarter_of_its_time_or_a_whole_time_share():
-    # Long's time share is 1,200 s: a rung of 2,000 s keeps its last quarter (500 s) free.
-    assert plan.rung_last_start(T0, T0 + 2000, LONG) == T0 + 2000 - plan.TRIAL_OVERHEAD_SECONDS - 500
-    # A rung of 10,000 s keeps one whole time share, not a quarter of it.
-    assert plan.rung_last_start(T0, T0 + 10_000, LONG) == T0 + 10_000 - plan.TRIAL_OVERHEAD_SECONDS - 1200
-    assert plan.rung_last_start(T0, None, LONG) is None
+def test_a_rung_starts_any_queued_trial_whose_forecast_fits_the_time_left():
+    # Long's time share is 1,200 s; with 1,000 s left, a 600 s forecast fits, a 950 s one does not
+    # (its validation and logging would end past the deadline), an unknown one does.
+    deadline = T0 + 1000
+    assert plan.rung_last_start(deadline) == deadline - plan.TRIAL_OVERHEAD_SECONDS
+    assert plan.fits(LONG, deadline, 600, T0) and not plan.fits(LONG, deadline, 950, T0)
+    assert plan.fits(LONG, deadline, None, T0)
+    assert plan.fits(LONG, T0 + 1300, 5000, T0)  # a forecast past the time share is capped by it
+    assert plan.fits(LONG, None, 10**9, T0) and plan.rung_last_start(None) is None
     assert plan.rung_deadline(T0, None, 2) is None
+
+
+def test_only_the_queued_trials_that_fit_are_startable_in_queue_order():
+    study = optuna.create_study(direction="maximize")
+    for forecast in (3000.0, 500.0, 900.0, 100.0):
+        study.enqueue_trial({}, user_attrs={records.FORECAST_SECONDS: forecast})
+    startable = plan.startable(study.trials, FULL, T0 + 950, T0)  # 900 s and its overhead do not fit
+    assert [t.user_attrs[records.FORECAST_SECONDS] for t in startable] == [500.0, 100.0]
 
 
 def test_a_trials_time_share_is_cut_to_end_by_the_phases_deadline():
@@ -155,7 +168,7 @@ def test_a_whole_default_command_on_a_fake_clock_ends_within_its_two_hours():
         previous = made.explore.ended
         for rung in made.rungs:
             made.start(rung, now)
-            assert now <= rung.last_start < rung.deadline <= made.command_ends - plan.ENSEMBLE_SECONDS + 1e-6
+            assert now < rung.last_start < rung.deadline <= made.command_ends - plan.ENSEMBLE_SECONDS + 1e-6
             now = rung.deadline
             rung.stopped, rung.ended = Stop.DONE, now
             assert rung.deadline > previous

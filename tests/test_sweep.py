@@ -91,7 +91,8 @@ def test_hyperband_pruned_at_least_one_trial_on_validation_accuracy(sweep):
 def test_the_summary_files_the_best_params_for_reproduction(sweep):
     study = load(sweep)
     stored = json.loads((sweep / "mlruns/studies/mnist-sweep/best_params.json").read_text())
-    assert stored == study.best_trial.params
+    best = study.best_trial  # a baseline keeps its seed's epochs there
+    assert stored == search_space.with_recipe_keys(best.params, best.user_attrs.get(records.BASELINE))
     assert search_space.validate(stored) == stored
 
 
@@ -400,3 +401,18 @@ def test_best_params_of_a_baseline_keep_its_seeds_epochs(tmp_path, monkeypatch):
     study.tell(trial, 0.98)
     written = json.loads(sweep_run.write_best_params(study).read_text())
     assert written == search_space.baseline("chollet_cnn") and written["epochs"] == 5
+
+
+def test_a_rung_worker_starts_the_queued_trial_that_fits_and_none_that_does_not(tmp_path):
+    settings = worker_settings(tmp_path, "rung", total_trials=3, fit_forecasts=True,
+                               deadline=time.time() + 600, last_start=time.time() + 520)
+    storage = sweep_study.open_storage(settings.storage_url)
+    study = optuna.load_study(study_name="rung", storage=storage)
+    for forecast in (5000.0, 60.0, 3000.0):  # capped at smoke's 120 s time share: 120, 60, 120 s
+        study.enqueue_trial(search_space.baseline("gradio_cnn"), user_attrs={records.FORECAST_SECONDS: forecast})
+    first = objective.next_trial(study, storage, settings)
+    assert first.number == 0  # all fit: queue order
+    tight = dataclasses.replace(settings, deadline=time.time() + 170)  # 60 s and its overhead fit; 120 s does not
+    assert objective.next_trial(study, storage, tight).number == 1
+    assert objective.next_trial(study, storage, tight) is None  # trial 2 waits: it does not fit
+    assert [t.state for t in study.get_trials()] == [TrialState.RUNNING, TrialState.RUNNING, TrialState.WAITING]

@@ -1,0 +1,67 @@
+"""The ladder's answer in words, as the summary, the sweep's front page and the report give
+it: the ensemble and the best single model, each with its validation figures and its one test
+figure, and how far each is ahead of the best baseline at the same budget, on the same
+validation images."""
+
+from __future__ import annotations
+
+from harness import records
+
+# A paired difference with McNemar's p under this is called a real lead.
+SIGNIFICANCE = 0.05
+
+
+def describe_lead(champion: records.Champion) -> str:
+    """The top rung winner's lead over the runner-up on the paired validation images, and
+    whether that lead is more than the split's noise."""
+    lead = (f"ahead of {champion.runner_up} on {champion.only_leader} validation images, behind on "
+            f"{champion.only_runner_up} (McNemar p = {champion.p_value:.2g})")
+    if champion.p_value < SIGNIFICANCE:
+        return f"{lead}: a real lead"
+    return f"{lead}: within the validation split's noise, so the ensemble, which averages them, is the steadier answer"
+
+
+def describe_versus_baseline(lead: records.PairedLead | None, validation_accuracy: float) -> str:
+    """How far a model is ahead of the top rung's best baseline, paired on the same images."""
+    if lead is None:
+        return "no baseline finished at the top rung to compare with"
+    points = (validation_accuracy - lead.against_accuracy) * 100
+    verdict = "a real difference" if lead.p_value < SIGNIFICANCE else "within the validation split's noise"
+    return (f"{points:+.2f} points against {lead.against} ({lead.against_accuracy:.4f}) at the same budget: right on "
+            f"{lead.only_this} validation images it gets wrong, wrong on {lead.only_against} it gets right "
+            f"(McNemar p = {lead.p_value:.2g}, {verdict})")
+
+
+def describe_members(ensemble: records.Ensemble) -> str:
+    """The ensemble's members with their weights (older ladders averaged the best k equally)."""
+    if not ensemble.weights:
+        return ", ".join(ensemble.members)
+    return ", ".join(f"{member} x{weight:.2f}" for member, weight in zip(ensemble.members, ensemble.weights))
+
+
+def answer_lines(result: records.LadderResult) -> list[str]:
+    """The answer, a line each for the ensemble and the best single model."""
+    averaged, champion = result.ensemble, result.champion
+    loss = f", log-loss {averaged.validation_log_loss:.4f}" if averaged.validation_log_loss is not None else ""
+    how = ("chosen on validation log-loss" if averaged.weights else "k chosen on validation accuracy")
+    lines = [f"Ensemble of {len(averaged.members)} ({describe_members(averaged)}; {how}): validation "
+             f"{averaged.validation_accuracy:.4f}{loss}, test {averaged.test_accuracy:.4f} (read once): {averaged.model}",
+             f"  {describe_versus_baseline(averaged.versus_baseline, averaged.validation_accuracy)}",
+             f"Best single model: {champion.label}, validation {champion.validation_accuracy:.4f}, "
+             f"test {champion.test_accuracy:.4f} (read once): {champion.model}",
+             f"  {describe_versus_baseline(champion.versus_baseline, champion.validation_accuracy)}"]
+    if champion.runner_up:
+        lines.append(f"  {describe_lead(champion)}")
+    return lines
+
+
+def candidate_table(result: records.LadderResult) -> list[str]:
+    """The top rung's models as the ensemble step weighed them (Markdown)."""
+    if not result.scores:
+        return []
+    weights = dict(zip(result.ensemble.members, result.ensemble.weights))
+    lines = ["| candidate | validation accuracy | validation log-loss | weight in the ensemble |",
+             "| --- | --- | --- | --- |"]
+    lines += [f"| {score.label} | {score.validation_accuracy:.4f} | {score.validation_log_loss:.4f} | "
+              f"{weights.get(score.label, 0):.2f} |" for score in result.scores]
+    return lines

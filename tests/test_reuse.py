@@ -1,0 +1,103 @@
+"""Nothing trained twice across sweeps: a trial whose training fingerprint matches a finished
+run of the same store takes that run's model and figures (tagged and linked); a new study
+starts from the earlier sweeps' best recipes; --retrain trains anyway."""
+
+import contextlib
+import dataclasses
+import io
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+import search_space
+import train_trial
+from harness import cli, data, records, tracking
+from harness.budgets import BUDGETS
+from sweeps import run as sweep_run, study as sweep_study
+
+SMOKE = ["--budget", "smoke", "--train-size", "300", "--max-epochs", "1", "--finalists", "0", "--workers", "1",
+         "--pruner", "none"]
+
+
+def fingerprint(mnist, params=None, budget=BUDGETS["smoke"], seed=0, split_seed=0, train_size=300, dataset=None):
+    dataset = dataset or mnist
+    split = data.split(dataset, split_seed, train_size)
+    return train_trial.training_fingerprint(params or search_space.baseline("gradio_cnn"), dataset, split, budget, seed)
+
+
+def test_the_fingerprint_changes_with_anything_the_result_depends_on(mnist):
+    same = fingerprint(mnist)
+    assert fingerprint(mnist) == same
+    assert fingerprint(mnist, seed=1) != same
+    assert fingerprint(mnist, split_seed=1) != same
+    assert fingerprint(mnist, train_size=400) != same  # another training subset
+    assert fingerprint(mnist, budget=dataclasses.replace(BUDGETS["smoke"], max_epochs=3)) != same
+    assert fingerprint(mnist, params={**search_space.baseline("gradio_cnn"), "batch_size": 32}) != same
+    other_data = dataclasses.replace(mnist, sha256="0" * 64)  # another data file
+    assert fingerprint(mnist, dataset=other_data) != same
+    assert records.training_fingerprint({}, BUDGETS["smoke"], 0, "d", "t", "v", 1, "tensorflow") != \
+        records.training_fingerprint({}, BUDGETS["smoke"], 0, "d", "t", "v", 2, "tensorflow")  # the code's version
+
+
+def sweep_in(folder, *argv):
+    output = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(output):
+        patch.chdir(folder)
+        with pytest.raises(SystemExit) as exit_info:
+            cli.run(sweep_run.main, [*argv, *SMOKE])
+    assert exit_info.value.code == 0, output.getvalue()
+    return output.getvalue()
+
+
+@pytest.fixture(scope="module")
+def two_sweeps(tmp_path_factory):
+    """Two studies of 7 trials in one store, then a third with --retrain."""
+    folder = tmp_path_factory.mktemp("reuse")
+    for study, extra in (("first", ()), ("second", ()), ("third", ("--retrain",))):
+        sweep_in(folder, "--trials", "7", "--study", study, *extra)
+    storage = sweep_study.open_storage(f"journal:{folder}/mlruns/optuna.journal")
+    studies = {name: optuna.load_study(study_name=name, storage=storage) for name in ("first", "second", "third")}
+    return studies, tracking.client(f"sqlite:///{folder}/mlruns/mlflow.db")
+
+
+@pytest.mark.slow
+def test_a_second_sweep_reuses_the_baselines_runs_and_links_them(two_sweeps):
+    studies, client = two_sweeps
+    first = {t.user_attrs[records.BASELINE]: t for t in studies["first"].trials if records.BASELINE in t.user_attrs}
+    second = {t.user_attrs[records.BASELINE]: t for t in studies["second"].trials if records.BASELINE in t.user_attrs}
+    assert sorted(first) == sorted(second) == sorted(search_space.BASELINES)
+    for name, trial in second.items():
+        source = first[name]
+        assert trial.state == TrialState.COMPLETE and trial.value == source.value, name
+        assert trial.user_attrs[records.REUSED_FROM] == source.user_attrs[records.MLFLOW_RUN_ID]
+        assert records.model_run_id(trial) == source.user_attrs[records.MLFLOW_RUN_ID]
+        assert trial.intermediate_values == source.intermediate_values
+        run = client.get_run(trial.user_attrs[records.MLFLOW_RUN_ID])
+        assert run.data.tags[records.REUSED_FROM] == source.user_attrs[records.MLFLOW_RUN_ID]
+        assert f"reused run {source.user_attrs[records.MLFLOW_RUN_ID]}" in run.data.tags[records.REASON]
+        assert run.data.metrics["validation_accuracy"] == source.value
+        assert "test_accuracy" not in run.data.metrics
+        assert run.data.params["batch_size"] == str(search_space.baseline(name)["batch_size"])
+
+
+@pytest.mark.slow
+def test_a_second_study_starts_from_the_first_ones_best_recipes(two_sweeps):
+    studies, _ = two_sweeps
+    sampled = sorted((t for t in studies["first"].trials if t.state == TrialState.COMPLETE
+                      and records.BASELINE not in t.user_attrs), key=lambda t: t.value, reverse=True)
+    carried = [t for t in studies["second"].trials if records.WARM_START in t.user_attrs]
+    assert [t.params for t in carried] == [t.params for t in sampled][:2]  # 7 trials: 5 baselines and 2
+    assert [t.user_attrs[records.WARM_START] for t in carried] == [f"first#{t.number}" for t in sampled][:2]
+    assert all(records.REUSED_FROM in t.user_attrs for t in carried)  # trained by the first already
+
+
+@pytest.mark.slow
+def test_retrain_trains_what_it_could_reuse(two_sweeps):
+    studies, client = two_sweeps
+    third = [t for t in studies["third"].trials if records.BASELINE in t.user_attrs]
+    assert len(third) == 5 and not any(records.REUSED_FROM in t.user_attrs for t in third)
+    for trial in third:
+        run = client.get_run(trial.user_attrs[records.MLFLOW_RUN_ID])
+        assert records.REUSED_FROM not in run.data.tags and "model_summary.txt" in \
+            [artifact.path for artifact in client.list_artifacts(run.info.run_id)]
