@@ -245,13 +245,18 @@ def _class_weights(params: dict) -> dict[int, float] | None:
 def evaluate_test(model: keras.Model, dataset: data.Dataset) -> dict[str, float]:
     """The one place the test set is used. From the model's probabilities, so any model that
     gives them (an uncompiled ensemble too) is measured the same way."""
-    if dataset.x_test is None:
-        raise UserError(f"{dataset.source} has no labelled test set ({dataset.format}); "
-                        "drop --evaluate-test or use data with test labels")
+    require_test_set(dataset, "--evaluate-test")
     probabilities = model.predict(dataset.x_test[..., None], batch_size=1000, verbose=0)
     chosen = probabilities[np.arange(len(dataset.y_test)), dataset.y_test]
     return {"test_accuracy": float((probabilities.argmax(axis=1) == dataset.y_test).mean()),
             "test_loss": float(-np.log(np.clip(chosen, 1e-7, 1.0)).mean())}
+
+
+def require_test_set(dataset: data.Dataset, needed_by: str) -> None:
+    """Refuse data without a labelled test set where ``needed_by`` will read one."""
+    if dataset.x_test is None:
+        raise UserError(f"{dataset.source} has no labelled test set ({dataset.format}), which {needed_by} reads; "
+                        "use data with test labels")
 
 
 # --- The MLflow run ------------------------------------------------------------------------
@@ -320,12 +325,14 @@ def load_params(args) -> tuple[dict, str | None]:
     if args.baseline:
         return search_space.baseline(args.baseline), args.baseline
     try:
-        with open(args.params) as file:
+        with open(args.params, encoding="utf-8") as file:
             raw = json.load(file)
     except OSError as error:
         raise ParamsError(f"{args.params}: {error.strerror}") from None
     except json.JSONDecodeError as error:
         raise ParamsError(f"{args.params}: not valid JSON ({error})") from None
+    except UnicodeDecodeError as error:
+        raise ParamsError(f"{args.params}: not UTF-8 text, as JSON files are ({error.reason} at byte {error.start})") from None
     return search_space.validate(raw, args.params), None
 
 
@@ -349,6 +356,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     params, baseline = load_params(args)
     budget = BUDGETS[args.budget].overridden(train_size=args.train_size, max_epochs=args.max_epochs)
     dataset = data.load(args.data)
+    if args.evaluate_test:
+        require_test_set(dataset, "--evaluate-test")
     split = data.split(dataset, args.split_seed, budget.train_size)
     uri = tracking.use_experiment(args.experiment, args.tracking_uri)
     name = baseline or os.path.splitext(os.path.basename(args.params))[0]

@@ -10,6 +10,7 @@ The files go to --out and, as artifacts under report/, to the study's parent MLf
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import tempfile
 import warnings
@@ -93,7 +94,23 @@ def existing_store(requested: str | None) -> str:
     uri = tracking.tracking_uri(requested)
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         raise UserError(f"no MLflow store at {uri.removeprefix('sqlite:///')} (pass --tracking-uri)")
+    if uri.startswith(("http://", "https://")):
+        tracking.check_server(uri)
     return uri
+
+
+def report_folder(requested: str | None, study_name: str) -> Path:
+    """Where the report goes: a folder, made now, so a bad --out is refused before any work."""
+    out = Path(requested) if requested else Path("reports") / study_name
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: a file is there; the report is a folder (report.md and its plots)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"--out {out}: cannot create it ({error.strerror})") from None
+    if not os.access(out, os.W_OK):
+        raise UserError(f"--out {out}: not writable")
+    return out
 
 
 def fetch_run(client: mlflow.MlflowClient, run_id: str | None):
@@ -413,7 +430,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not study.get_trials(deepcopy=False, states=[TrialState.COMPLETE]):
         raise UserError(f"study {args.study!r} has no finished trial yet: nothing to compare")
     tracking_uri = existing_store(args.tracking_uri)
-    out = Path(args.out) if args.out else Path("reports") / args.study
+    out = report_folder(args.out, args.study)
     report = build_report(study, tracking_uri, storage, out)
     print(f"Report: {report} (and the plots beside it); also under report/ in the study's parent MLflow run")
     return 0

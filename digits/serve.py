@@ -70,7 +70,12 @@ def make_app(model, model_name: str):
 
 
 def decode(data_url: str) -> bytes:
-    encoded = data_url.split(",", 1)[1] if data_url.startswith("data:") else data_url
+    if data_url.startswith("data:"):
+        header, comma, encoded = data_url.partition(",")
+        if not comma:
+            raise UserError('the data URL has no comma between its header and its data ("data:image/png;base64,...")')
+    else:
+        encoded = data_url
     if len(encoded) > MAX_IMAGE_BYTES * 4 // 3:
         raise UserError(f"the drawing is over {MAX_IMAGE_BYTES // 1_000_000} MB")
     try:

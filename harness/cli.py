@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import sys
 from collections.abc import Callable, Sequence
 
@@ -18,8 +19,8 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def int_at_least(minimum: int) -> Callable[[str], int]:
-    """An argparse type: a whole number no smaller than ``minimum``."""
+def int_at_least(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    """An argparse type: a whole number no smaller than ``minimum`` (and no larger than ``maximum``)."""
 
     def parse(text: str) -> int:
         try:
@@ -28,6 +29,8 @@ def int_at_least(minimum: int) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"{text} must be at least {minimum}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"{text} is more than {maximum}")
         return value
 
     return parse
@@ -35,6 +38,21 @@ def int_at_least(minimum: int) -> Callable[[str], int]:
 
 positive_int = int_at_least(1)
 non_negative_int = int_at_least(0)
+
+
+# A study's name becomes an MLflow filter value, a run name, a folder of mlruns/studies/ and
+# part of its rungs' names (STUDY@BUDGET): letters, digits and a few marks that mean nothing
+# in any of those.
+STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._+-]{0,99}")
+
+
+def study_name(text: str) -> str:
+    """An argparse type: a study name every store and file name takes as it is."""
+    if not STUDY_NAME.fullmatch(text) or text.endswith(" "):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a usable study name: start with a letter or digit and use letters, digits, "
+            "spaces and . _ + - only (at most 100 characters)")
+    return text
 
 
 def positive_float(text: str) -> float:

@@ -8,6 +8,7 @@ a Kaggle "Digit Recognizer" ``train.csv`` (seed 000), which has no test labels.
 from __future__ import annotations
 
 import gzip
+import zlib
 import hashlib
 import zipfile
 from dataclasses import dataclass
@@ -145,7 +146,7 @@ def _read_idx(path: Path, *, images: bool) -> np.ndarray:
     if raw[:2] == b"\x1f\x8b":
         try:
             raw = gzip.decompress(raw)
-        except (OSError, EOFError) as error:
+        except (OSError, EOFError, zlib.error) as error:
             raise DataError(f"{path}: damaged gzip data ({error})") from None
     magic, header_size = (2051, 16) if images else (2049, 8)
     if len(raw) < header_size:

@@ -12,6 +12,11 @@ from urllib.parse import quote, urlparse
 
 from harness.errors import UserError
 
+# MLflow writes "View run … / View experiment …" to stdout whenever a run on a tracking server
+# ends; the commands print their own links once, so a sweep's terminal is not flooded with
+# two lines per trial. (Its documented switch; a user who wants the lines sets it to false.)
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+
 DEFAULT_STORE = Path("mlruns")  # in the current directory
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # The Model Registry entry the sweep registers its winner under, and what predict and serve load.
@@ -116,6 +121,9 @@ def checked_uri(requested_uri: str | None) -> str:
     uri = tracking_uri(requested_uri)
     parsed = urlparse(uri)
     if parsed.scheme == "sqlite":
+        if not uri.startswith("sqlite:///"):
+            raise UserError(f"--tracking-uri {uri}: a SQLite URI has three slashes before a path "
+                            f"(sqlite:///mlruns/mlflow.db, or four for an absolute one)")
         database = Path(uri.removeprefix("sqlite:///"))
         try:
             database.parent.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,7 @@ import socket
 import sys
 import threading
 import time
+import warnings
 
 import mlflow
 import optuna
@@ -165,7 +166,11 @@ def next_trial(study: optuna.Study, storage: optuna.storages.BaseStorage,
         if records.counted_trials(trials, settings.total_trials) >= settings.total_trials:
             return None
         if not settings.fit_forecasts:
-            return study.ask()
+            with warnings.catch_warnings():
+                # On an RDB storage Optuna warns that heartbeats are meant for Study.optimize;
+                # this worker records its trial's heartbeats itself (heartbeat() below).
+                warnings.filterwarnings("ignore", "Heartbeat of storage is supposed to be used", UserWarning)
+                return study.ask()
         for waiting in plan.startable(trials, settings.budget, settings.deadline, time.time()):
             # Study.ask() would pop the first queued trial, fitting or not: this claims the one
             # that fits as ask() claims its own, through the storage (False: another machine's

@@ -16,6 +16,7 @@ order, is sweeps/ladder.py's.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from optuna.trial import FrozenTrial, TrialState
@@ -37,6 +38,8 @@ TOP_RUNG_WEIGHT = 2
 # Kept at the end of the ladder's wall-clock for the ensemble: loading the finalists, choosing
 # its members on validation, one test pass, logging and registering.
 ENSEMBLE_SECONDS = 300
+# What the ensemble step is expected to take (about a minute on two CPU cores, RESULTS.md).
+ENSEMBLE_EXPECTED_SECONDS = 90
 
 
 @dataclass(frozen=True)
@@ -144,6 +147,13 @@ def startable(trials: list[FrozenTrial], budget: Budget, deadline: float | None,
             and fits(budget, deadline, t.user_attrs.get(records.FORECAST_SECONDS), now)]
 
 
+def expected_rung_seconds(budget: Budget, candidates: list[FrozenTrial], workers: int) -> float:
+    """A forecast of a rung's wall-clock: its recipes' prices shared by the workers, never less
+    than the longest one, each with its validation and logging."""
+    prices = [price(trial, budget) + TRIAL_OVERHEAD_SECONDS for trial in candidates]
+    return max(max(prices, default=0.0), sum(prices) / max(workers, 1))
+
+
 # --- Phases -------------------------------------------------------------------------------
 
 class Stop(str, enum.Enum):
@@ -216,8 +226,22 @@ class Plan:
             return False
         return phase.kind != "ensemble" or any(rung.stopped is not None for rung in self.rungs)
 
-    def time_left(self, now: float) -> float | None:
-        return None if self.command_ends is None else max(0.0, self.command_ends - now)
+    def expected_end(self, phase: Phase, phase_ends: float, candidates: Callable[[Phase], list[FrozenTrial]],
+                     workers: int) -> float:
+        """When the command is expected to end if ``phase`` ends at ``phase_ends``: each later
+        rung takes its recipes' forecast (``candidates`` says which, as things stand) or its
+        share of the time, whichever is less, then the ensemble its expected minutes."""
+        now = phase_ends
+        later = self.phases[self.phases.index(phase) + 1:]
+        for other in later:
+            if other.kind == "rung":
+                rungs_left = len(self.rungs) - self.rungs.index(other)
+                deadline = rung_deadline(now, self.command_ends, rungs_left)
+                forecast = now + expected_rung_seconds(other.budget, candidates(other), workers)
+                now = forecast if deadline is None else min(forecast, deadline)
+            elif other.kind == "ensemble":
+                now += ENSEMBLE_EXPECTED_SECONDS
+        return now
 
 
 def make(invoked: float, budget: Budget, study_name: str, trials: int, pruner: str, finalists: int,

@@ -1,5 +1,6 @@
 """How long a sweep has left: the measured time per trial finished in this invocation, bounded
-by the wall-clock the sweep may not outrun.
+by the wall-clock the phase may not outrun, and then the phases after it (sweeps/plan.py
+forecasts them).
 
 tqdm's own estimate smooths the rate over the last few updates; a sweep finishes trials in
 bursts (pruned and over-cap samples end in seconds, a baseline runs for minutes), so that rate
@@ -23,12 +24,14 @@ class TimeLeft:
     ``ends_by`` (a ``clock()`` reading by which the sweep ends whatever its trials cost)."""
 
     def __init__(self, total: int, finished_before: int, *, ends_by: float | None = None,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, command_ends: Callable[[float], float] | None = None):
         self.total = total
         self.finished_before = finished_before
         self.ends_by = ends_by
         self.clock = clock
         self.started = clock()
+        # When the whole command is expected to end if this phase ends at a given time.
+        self.command_ends = command_ends
 
     def seconds(self, finished: int) -> float | None:
         """None until a trial has finished here and no wall-clock bounds the sweep."""
@@ -42,6 +45,19 @@ class TimeLeft:
         estimate = (self.total - finished) * (now - self.started) / done_here
         return estimate if bound is None else min(estimate, bound)
 
+    def command_seconds(self, finished: int) -> float | None:
+        """Seconds until the whole command ends: this phase's, then the phases after it."""
+        phase = self.seconds(finished)
+        if self.command_ends is None or phase is None:
+            return None
+        now = self.clock()
+        return max(0.0, self.command_ends(now + phase) - now)
+
     def describe(self, finished: int) -> str:
         seconds = self.seconds(finished)
-        return "time left unknown" if seconds is None else f"about {tqdm.format_interval(seconds)} left"
+        if seconds is None:
+            return "time left unknown"
+        whole = self.command_seconds(finished)
+        if whole is None:
+            return f"about {tqdm.format_interval(seconds)} left"
+        return f"about {tqdm.format_interval(seconds)} left here, {tqdm.format_interval(whole)} in all"

@@ -30,11 +30,14 @@ from optuna.trial import TrialState
 import search_space
 from harness import cli, data, records, tracking
 from harness.budgets import BUDGETS
-from harness.errors import StoreUnwritable, UserError
+from harness.errors import DataError, StoreUnwritable, UserError
 from sweeps import front_page, journal, ladder, plan, recovery, rungs, study as sweep_study, supervisor
 from sweeps.settings import ENSEMBLE_CANDIDATES, EnsembleSettings, SweepSettings
 
 EXPERIMENT = "mnist-sweeps"
+# Each worker is a process that loads TensorFlow (about 1 GB): more than this on one machine
+# is a typo, not a plan.
+MAX_WORKERS = 64
 DEFAULT_STUDY = sweep_study.DEFAULT_STUDY
 
 
@@ -42,11 +45,12 @@ def parse_args(argv: Sequence[str] | None):
     parser = cli.ArgumentParser(prog="python -m sweeps.run", description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=cli.positive_int, default=50,
                         help="total trials the study should hold, baselines included (default: 50)")
-    parser.add_argument("--study", default=DEFAULT_STUDY, help=f"study name (default: {DEFAULT_STUDY})")
+    parser.add_argument("--study", type=cli.study_name, default=DEFAULT_STUDY,
+                        help=f"study name (default: {DEFAULT_STUDY})")
     cli.add_training_arguments(parser, default_budget=None)
     parser.add_argument("--sampler", choices=sweep_study.SAMPLERS, default="tpe")
     parser.add_argument("--pruner", choices=sweep_study.PRUNERS, default="hyperband")
-    parser.add_argument("--workers", type=cli.positive_int,
+    parser.add_argument("--workers", type=cli.int_at_least(1, MAX_WORKERS),
                         help="worker processes here (default: 1 with a GPU; on a CPU one per core, "
                              "at most 2, each with its share of the cores)")
     parser.add_argument("--timeout", type=cli.positive_int, metavar="SECONDS",
@@ -273,6 +277,10 @@ def open_sweep(args) -> Sweep:
     sweep_study.check_sampler_available(args.sampler)
     dataset = data.load(args.data)
     data.split(dataset, data.DEFAULT_SPLIT_SEED, budget.train_size)  # refuses a bad --train-size now
+    if args.finalists and dataset.x_test is None:  # found now, not after hours of training
+        raise DataError(f"{dataset.source} has no labelled test set ({dataset.format}), which the ladder's last step "
+                        "reads once for the ensemble and the best model; explore only (--finalists 0) or use data "
+                        "with test labels")
     storage_url = sweep_study.storage_url(args.storage)
     storage = sweep_study.open_storage(storage_url, appends=True)
     uri = tracking.checked_uri(args.tracking_uri)
@@ -304,10 +312,27 @@ def open_sweep(args) -> Sweep:
     return sweep
 
 
-def explore(sweep: Sweep, phase: plan.Phase) -> None:
+def command_ends(sweep: Sweep, sweep_plan: plan.Plan, phase: plan.Phase):
+    """For the progress bar: when the whole command is expected to end if ``phase`` ends at a
+    given time, the later rungs forecast from the recipes exploration would now send up."""
+    if not sweep_plan.climbs():
+        return None
+
+    def candidates(rung: plan.Phase) -> list:
+        explored = sweep.study.get_trials(deepcopy=False)
+        chosen = ladder.finalists(ladder.ranked(explored), rung.trials)
+        if rung.top:
+            chosen += [t for t in explored if records.BASELINE in t.user_attrs and records.RETRY_OF not in t.user_attrs]
+        return chosen
+
+    return lambda phase_ends: sweep_plan.expected_end(phase, phase_ends, candidates, sweep.workers)
+
+
+def explore(sweep: Sweep, sweep_plan: plan.Plan, phase: plan.Phase) -> None:
     settings = dataclasses.replace(sweep.settings, last_start=phase.last_start, deadline=phase.deadline)
     recover = functools.partial(sweep.recover, lock_path=settings.lock_path)
-    outcome = supervisor.supervise(sweep.study, settings, sweep.workers, on_worker_lost=recover, title=phase.title)
+    outcome = supervisor.supervise(sweep.study, settings, sweep.workers, on_worker_lost=recover, title=phase.title,
+                                   command_ends=command_ends(sweep, sweep_plan, phase))
     sweep.end_on_store_failure(outcome, [sweep.study])
     recover()  # workers killed at the end
     record_stop(sweep, phase, sweep.study, outcome)
@@ -316,7 +341,8 @@ def explore(sweep: Sweep, phase: plan.Phase) -> None:
 def climb(sweep: Sweep, sweep_plan: plan.Plan, phase: plan.Phase, lower: optuna.Study,
           climbed: list[tuple[plan.Phase, optuna.Study]]) -> optuna.Study:
     outcome, rung = rungs.run_rung(phase, sweep_plan, sweep.study, lower, sweep.settings, sweep.workers,
-                                   sweep.storage, sweep.client, sweep.experiment_id)
+                                   sweep.storage, sweep.client, sweep.experiment_id,
+                                   command_ends(sweep, sweep_plan, phase))
     climbed.append((phase, rung))
     sweep.end_on_store_failure(outcome, [study for _, study in climbed])
     record_stop(sweep, phase, rung, outcome)
@@ -360,7 +386,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     climbed: list[tuple[plan.Phase, optuna.Study]] = []
     for phase in sweep_plan.phases:
         if phase.kind == "explore":
-            explore(sweep, phase)
+            explore(sweep, sweep_plan, phase)
         elif not sweep_plan.may_follow(phase):
             break
         elif phase.kind == "rung":

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import optuna
@@ -19,7 +20,8 @@ from sweeps.supervisor import Outcome, report_orphans, report_retries, supervise
 
 
 def run_rung(phase: Phase, sweep_plan: Plan, exploring: optuna.Study, lower: optuna.Study, settings: SweepSettings,
-             workers: int, storage, client, experiment_id: str) -> tuple[Outcome, optuna.Study]:
+             workers: int, storage, client, experiment_id: str,
+             command_ends: Callable[[float], float] | None = None) -> tuple[Outcome, optuna.Study]:
     """One rung of the ladder: promote the best of ``lower`` into the rung's study, then train
     what it holds until it holds them all or its time is up. Returns how its workers ended."""
     rung = open_rung(exploring, storage, phase.budget)
@@ -44,7 +46,8 @@ def run_rung(phase: Phase, sweep_plan: Plan, exploring: optuna.Study, lower: opt
     print(f"Rung {step} of {len(sweep_plan.rungs) + 1}, {phase.budget.name} ({phase.budget.train_size or 'all'} training images, "
           f"up to {phase.budget.max_epochs} epochs): "
           f"{'promoted ' + ', '.join(promoted) if promoted else 'nothing new promoted'}{deadline}", flush=True)
-    outcome = supervise(rung, rung_settings, workers, on_worker_lost=recover_rung, title=phase.title)
+    outcome = supervise(rung, rung_settings, workers, on_worker_lost=recover_rung, title=phase.title,
+                        command_ends=command_ends)
     if not outcome.interrupted and outcome.store_failure is None:
         recover_rung()
     return outcome, rung

@@ -21,6 +21,10 @@ from sweeps import plan, progress
 from sweeps.settings import STORE_FAILED_EXIT, SweepSettings
 
 
+# Without a terminal, a progress line at least this often while trials run.
+PLAIN_LINE_SECONDS = 300
+
+
 def counts(trials: list[optuna.trial.FrozenTrial]) -> Counter:
     """Trials by state; samples priced over the cap (PRUNED in Optuna) and trials lost with
     their worker and retried (FAIL) are counted apart."""
@@ -56,7 +60,8 @@ def _worker_process(settings: SweepSettings, worker_index: int, failures) -> Non
 
 
 def supervise(study: optuna.Study, settings: SweepSettings, worker_count: int,
-              on_worker_lost: Callable[[], None] = lambda: None, title: str | None = None) -> Outcome:
+              on_worker_lost: Callable[[], None] = lambda: None, title: str | None = None,
+              command_ends: Callable[[float], float] | None = None) -> Outcome:
     """Run the workers under a live progress bar (done, time left, pruned, failed, best so far),
     starting a fresh one whenever a worker has trained its share of trials and the study
     still needs more. A worker that dies (killed, crashed) is replaced too, after
@@ -111,10 +116,15 @@ def supervise(study: optuna.Study, settings: SweepSettings, worker_count: int,
     previous = {number: signal.signal(number, on_stop_signal) for number in (signal.SIGINT, signal.SIGTERM)}
     workers = [start_worker() for _ in range(worker_count)]
     initial = finished(counts(study.get_trials(deepcopy=False)))
-    time_left = progress.TimeLeft(total, initial, ends_by=settings.deadline)
+    time_left = progress.TimeLeft(total, initial, ends_by=settings.deadline, command_ends=command_ends)
+    # A terminal gets a live bar; a log file (nohup, a scheduler) a plain line per finished
+    # trial, and one every few minutes while long trials run, not hours of bar frames.
+    interactive = sys.stderr.isatty()
+    last_line, last_done = 0.0, None
     try:
         with tqdm(total=total, initial=min(initial, total), unit="trial", desc=title or study.study_name,
-                  file=sys.stderr, mininterval=1, dynamic_ncols=True, bar_format=progress.BAR_FORMAT) as bar:
+                  file=sys.stderr, mininterval=1, dynamic_ncols=True, bar_format=progress.BAR_FORMAT,
+                  disable=not interactive) as bar:
             while workers:
                 woken.wait(2)
                 woken.clear()
@@ -151,10 +161,16 @@ def supervise(study: optuna.Study, settings: SweepSettings, worker_count: int,
                 apart = f", over cap {states['over cap']}" if states["over cap"] else ""
                 apart += f", lost and retried {states['lost']}" if states["lost"] else ""
                 done = min(finished(states), total)
-                bar.set_postfix_str(f"{time_left.describe(done)}, pruned {states[TrialState.PRUNED]}, "
-                                    f"failed {states[TrialState.FAIL]}{apart}{best}", refresh=False)
-                bar.refresh()  # elapsed time and time left tick on while long trials run
-                bar.update(done - bar.n)
+                postfix = (f"{time_left.describe(done)}, pruned {states[TrialState.PRUNED]}, "
+                           f"failed {states[TrialState.FAIL]}{apart}{best}")
+                if interactive:
+                    bar.set_postfix_str(postfix, refresh=False)
+                    bar.refresh()  # elapsed time and time left tick on while long trials run
+                    bar.update(done - bar.n)
+                elif done != last_done or time.time() - last_line >= PLAIN_LINE_SECONDS:
+                    print(f"{time.strftime('%H:%M:%S')} {title or study.study_name}: {done}/{total} trials, {postfix}",
+                          file=sys.stderr, flush=True)
+                    last_line, last_done = time.time(), done
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)

@@ -6,6 +6,7 @@ import hashlib
 import json
 import shutil
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,7 +28,7 @@ def snapshot(folder):
 
 
 @pytest.fixture
-def stores(sweep, tmp_path, monkeypatch):
+def stores(sweep, mnist, tmp_path, monkeypatch):
     """A copy of the finished smoke sweep's folder (its study journal and MLflow store), as cwd."""
     folder = tmp_path / "project"
     shutil.copytree(sweep, folder)
@@ -43,6 +44,16 @@ def stores(sweep, tmp_path, monkeypatch):
     digit = Image.new("L", (64, 64), 255)
     ImageDraw.Draw(digit).line([(32, 8), (32, 56)], fill=0, width=6)
     digit.save(folder / "one.png")
+    pixels = mnist.x_train[:600].reshape(600, -1)  # Kaggle's train.csv: labels, but no test set
+    rows = [",".join(map(str, [label, *row])) for label, row in zip(mnist.y_train[:600], pixels)]
+    (folder / "kaggle_train.csv").write_text("label," + ",".join(f"pixel{i}" for i in range(784)) + "\n"
+                                             + "\n".join(rows) + "\n")
+    (folder / "utf16.json").write_text(json.dumps(search_space.baseline("gradio_cnn")), encoding="utf-16")
+    (folder / "idx_damaged").mkdir()
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte"):
+        (folder / "idx_damaged" / f"{name}.gz").write_bytes(b"\x1f\x8b\x08\x00" + bytes(6) + b"not deflate data")
+    (folder / "a_file.md").write_text("a report file where --out names the report's folder\n")
     return folder
 
 
@@ -87,19 +98,45 @@ def cases(folder):
                                                  "no study named 'nope'"),
         "predict: a model that does not exist": (predict.main, ["--model", "models:/nope@champion", "--input",
                                                                 "one.png"], "--model models:/nope@champion: not found"),
+        "a study name with a quote": (run, ["--study", "bob's", *SMOKE], "is not a usable study name"),
+        "a study name with a slash": (run, ["--study", "a/b", *SMOKE], "is not a usable study name"),
+        "a study name with a rung's @": (run, ["--study", "x@full", *SMOKE], "is not a usable study name"),
+        "a ladder on data without a test set": (run, ["--study", "kaggle", "--data", "kaggle_train.csv", *SMOKE],
+                                                "has no labelled test set"),
+        "--evaluate-test on data without a test set": (train_trial.main, ["--baseline", "gradio_cnn", "--evaluate-test",
+                                                                          "--data", "kaggle_train.csv", *SMOKE],
+                                                       "has no labelled test set"),
+        "a UTF-16 params file": (train_trial.main, ["--params", "utf16.json", *SMOKE], "not UTF-8 text"),
+        "a damaged gzip IDX file": (run, ["--data", "idx_damaged", *SMOKE], "damaged gzip data"),
+        "a SQLite URI with two slashes": (run, ["--tracking-uri", "sqlite://mlruns/mlflow.db", *SMOKE],
+                                          "a SQLite URI has three slashes"),
+        "--workers without an upper bound": (run, ["--workers", "1000", *SMOKE], "--workers: 1000 is more than 64"),
+        "compare: --out names a file": (compare.main, ["--study", "mnist-sweep", "--out", "a_file.md"],
+                                        "--out a_file.md: a file is there"),
+        "compare: a tracking server that is down": (compare.main, ["--study", "mnist-sweep", "--tracking-uri",
+                                                                   "http://127.0.0.1:9"],
+                                                    "no MLflow tracking server answers there"),
     }
 
 
-def test_bad_inputs_give_one_line_exit_2_and_leave_the_stores_intact(stores, run_command):
+CASES = list(cases(Path("/nowhere")))
+
+
+def test_the_table_holds_at_least_thirty_mistakes():
+    assert len(CASES) >= 30
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_a_bad_input_gives_one_line_exit_2_and_leaves_the_stores_intact(stores, run_command, case):
     before = snapshot(stores / "mlruns")
-    for case, (main, argv, message) in cases(stores).items():
-        started = time.monotonic()
-        code, out, err = run_command(main, argv)
-        assert code == 2, (case, out, err)
-        assert err.count("\n") == 1 and message in err and "Traceback" not in err, (case, err)
-        assert time.monotonic() - started < 15, case  # no long hang, even on an unreachable host
-        assert "hunter2" not in out + err
-        assert snapshot(stores / "mlruns") == before, case
+    main, argv, message = cases(stores)[case]
+    started = time.monotonic()
+    code, out, err = run_command(main, argv)
+    assert code == 2, (out, err)
+    assert err.count("\n") == 1 and message in err and "Traceback" not in err, err
+    assert time.monotonic() - started < 15  # no long hang, even on an unreachable host
+    assert "hunter2" not in out + err
+    assert snapshot(stores / "mlruns") == before
 
 
 def test_an_mlflow_store_that_cannot_be_created_is_one_line(stores, run_command):

@@ -175,3 +175,33 @@ def test_a_whole_default_command_on_a_fake_clock_ends_within_its_two_hours():
             previous = rung.deadline
         assert made.may_follow(made.phases[-1])
         assert made.command_ends - now == pytest.approx(plan.ENSEMBLE_SECONDS)
+
+
+def timed(value: float, seconds_per_epoch: float, **attributes) -> optuna.trial.FrozenTrial:
+    return optuna.trial.create_trial(value=value, params={}, distributions={},
+                                     user_attrs={records.SECONDS_PER_EPOCH: seconds_per_epoch, **attributes})
+
+
+def test_the_command_is_expected_to_end_when_its_later_phases_forecast_or_their_shares_run_out():
+    made = default_plan()
+    # Two workers; each rung forecast from the recipes that would climb: 10 s an epoch.
+    quick_recipes = [timed(0.99, 10.0), timed(0.98, 10.0)]
+    explore_ends = T0 + 2700
+
+    def candidates(rung):
+        return quick_recipes
+
+    middle = plan.expected_rung_seconds(LONG, quick_recipes, 2)  # 10 epochs: 100 s + overhead each, in parallel
+    assert middle == pytest.approx(100 + plan.TRIAL_OVERHEAD_SECONDS)
+    top = plan.expected_rung_seconds(FULL, quick_recipes, 2)  # 30 epochs: 300 s + overhead each
+    assert made.expected_end(made.explore, explore_ends, candidates, 2) == pytest.approx(
+        explore_ends + middle + top + plan.ENSEMBLE_EXPECTED_SECONDS)
+    # Recipes that would outrun a rung's share end with the share.
+    slow = [timed(0.99, 1000.0)]
+    expected = made.expected_end(made.explore, explore_ends, lambda rung: slow, 1)
+    room = made.command_ends - plan.ENSEMBLE_SECONDS - explore_ends
+    middle_deadline = explore_ends + room / 3
+    assert expected == pytest.approx(made.command_ends - plan.ENSEMBLE_SECONDS + plan.ENSEMBLE_EXPECTED_SECONDS)
+    assert middle_deadline < expected
+    # From the top rung, only the ensemble is left.
+    assert made.expected_end(made.rungs[1], T0 + 6000, candidates, 2) == T0 + 6000 + plan.ENSEMBLE_EXPECTED_SECONDS

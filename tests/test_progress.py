@@ -43,3 +43,15 @@ def test_the_sweeps_wall_clock_bounds_the_estimate():
     clock.now += 3000
     assert time_left.seconds(30) == 0.0
     assert time_left.seconds(50) == 0.0
+
+
+def test_the_whole_commands_time_left_adds_the_phases_after_this_one():
+    clock = FakeClock()
+    # The phases after this one are forecast to take an hour from whenever it ends.
+    time_left = TimeLeft(50, finished_before=0, ends_by=clock.now + 2700, clock=clock,
+                         command_ends=lambda phase_ends: phase_ends + 3600)
+    assert time_left.command_seconds(0) == pytest.approx(2700 + 3600)
+    clock.now += 600
+    assert time_left.command_seconds(25) == pytest.approx(600 + 3600)  # 25 to go at 24 s each
+    assert time_left.describe(25) == "about 10:00 left here, 1:10:00 in all"
+    assert TimeLeft(50, finished_before=0, clock=clock).describe(0) == "time left unknown"

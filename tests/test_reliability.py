@@ -257,6 +257,21 @@ def test_three_invocations_share_one_study_on_postgresql_and_an_mlflow_server(po
     assert ":***@" in outputs[0][0]  # the storage is named, redacted
 
 
+def test_a_sweep_on_postgresql_and_a_tracking_server_prints_no_library_line(postgres, mlflow_server, tmp_path):
+    """The terminal of a sweep on the shared stores: no Optuna heartbeat warning, no MLflow
+    "View run" lines, nothing but what the project prints."""
+    result = subprocess.run(sweep_command("--trials", 3, "--study", "quiet", "--storage", postgres[0],
+                                          "--tracking-uri", mlflow_server, *FAST_SMOKE),
+                            cwd=tmp_path, capture_output=True, text=True, timeout=400,
+                            env={k: v for k, v in user_environment().items() if not k.startswith("PYTHONWARNINGS")})
+    assert result.returncode == 0, result.stderr
+    lines = (result.stdout + result.stderr.replace("\r", "\n")).splitlines()
+    noise = [line for line in lines if "warn" in line.lower() or "View run" in line or "View experiment" in line
+             or " INFO " in line]
+    assert noise == []
+    assert "3 trials" in result.stdout
+
+
 def test_kill_9_of_a_worker_on_postgresql_is_recovered(postgres, tmp_path):
     storage = postgres[0]
     uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"

@@ -76,14 +76,15 @@ BAD_REQUESTS = {
     "an empty image": (json.dumps({"image": "data:image/png;base64,"}).encode(), "the image is empty"),
     "not an image": (json.dumps({"image": base64.b64encode(b"hello there").decode()}).encode(), "not a readable PNG or JPEG"),
     "a blank pad": (json.dumps({"image": png_url(Image.new("L", (280, 280), 255))}).encode(), "no digit found"),
+    "a data URL without a comma": (json.dumps({"image": "data:image/png;base64"}).encode(), "has no comma"),
 }
 
 
 @pytest.mark.parametrize("case", BAD_REQUESTS)
-def test_a_bad_request_gets_a_4xx_json_error_and_the_server_keeps_serving(server, case, mnist):
+def test_a_bad_request_gets_a_400_json_error_and_the_server_keeps_serving(server, case, mnist):
     body, message = BAD_REQUESTS[case]
     status, answer = post(server, body)
-    assert 400 <= status < 500 and message in answer["error"]
+    assert status == 400 and message in answer["error"]
     status, _ = post(server, json.dumps({"image": png_url(Image.fromarray(mnist.x_test[0]))}).encode())
     assert status == 200
 

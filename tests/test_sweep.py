@@ -354,7 +354,10 @@ def test_a_sweeps_terminal_output_carries_no_library_warning(tmp_path):
     lines = (result.stdout + result.stderr.replace("\r", "\n")).splitlines()
     noise = [line for line in lines if "warn" in line.lower() or " INFO " in line or "I0000" in line]
     assert noise == []
-    assert any("left, pruned" in line for line in lines)  # the progress bar's own time-left estimate
+    # Not a terminal: a plain line per finished trial with the time left, here and in all.
+    progress = [line for line in lines if " trials, " in line and "pruned" in line]
+    assert any("left here" in line and " in all" in line for line in progress)
+    assert not any("\r" in line or "|" in line for line in progress)  # no bar frames in a log
     assert "3 trials" in result.stdout and "cores busy" in result.stdout
 
 
