@@ -29,6 +29,7 @@ PARENT_RUN_ID = "mlflow_parent_run_id"  # the study's MLflow run, under which tr
 # A trial's user attributes.
 BASELINE = "baseline"  # the seed recipe's name, for the five enqueued baseline trials
 WORKER = "worker"  # "host:pid" of the process that ran it; recovery reads it
+SAMPLER_SEED = "sampler_seed"  # the seed of the sampler its worker drew it with
 MLFLOW_RUN_ID = "mlflow_run_id"  # the trial's MLflow run
 WORKER_RSS_MB = "worker_rss_mb"  # the worker's resident size before training, where known: growth shows leaks
 STOP_CAUSE = "stop_cause"  # a StopCause value

@@ -134,10 +134,12 @@ def _work(settings: SweepSettings, worker_index: int) -> None:
     storage = sweep_study.open_storage(settings.storage_url)
     study = optuna.load_study(study_name=settings.study_name, storage=storage,
                               pruner=sweep_study.make_pruner(settings.pruner, settings.budget))
-    # Seeded by the study's size too: worker numbers start from 0 in every invocation, and a
-    # resumed sweep's first worker would otherwise draw the first sweep's random samples again.
-    study.sampler = sweep_study.make_sampler(
-        settings.sampler, settings.seed + worker_index + 1000 * len(study.get_trials(deepcopy=False)))
+    # Seeded by the invocation too: worker numbers start from 0 in every invocation, and two
+    # machines joining one study at once (or a resumed sweep's first worker) would otherwise
+    # draw the same samples. Each trial records the seed its worker's sampler drew it with.
+    sampler_seed = sweep_study.sampler_seed(settings.seed, settings.invocation, worker_index,
+                                            len(study.get_trials(deepcopy=False)))
+    study.sampler = sweep_study.make_sampler(settings.sampler, sampler_seed)
     parent = multiprocessing.parent_process()
     for _ in range(settings.trials_per_process):
         if stop_requested.is_set() or (parent is not None and not parent.is_alive()):
@@ -146,7 +148,7 @@ def _work(settings: SweepSettings, worker_index: int) -> None:
         if trial is None:
             return
         try:
-            run_trial(study, storage, trial, settings, dataset, split)
+            run_trial(study, storage, trial, settings, dataset, split, sampler_seed)
         except Exception as error:
             if (failure := store_failure(error, tracking.database_file(settings.tracking_uri))) is None:
                 raise
@@ -182,7 +184,7 @@ def next_trial(study: optuna.Study, storage: optuna.storages.BaseStorage,
 
 
 def run_trial(study: optuna.Study, storage: optuna.storages.BaseStorage, trial: optuna.Trial,
-              settings: SweepSettings, dataset: data.Dataset, split: data.Split) -> None:
+              settings: SweepSettings, dataset: data.Dataset, split: data.Split, sampler_seed: int | None = None) -> None:
     baseline = trial.user_attrs.get(records.BASELINE)
     params = search_space.with_recipe_keys(search_space.suggest(trial), baseline)
     name = records.label(trial)
@@ -199,6 +201,8 @@ def run_trial(study: optuna.Study, storage: optuna.storages.BaseStorage, trial: 
         tags[records.SOURCE_TRIAL] = str(trial.user_attrs[records.SOURCE_TRIAL])
     run_name = f"{name} @ {settings.budget.name}: {recipe}" if promoted else f"{name}: {recipe}"
     trial.set_user_attr(records.WORKER, f"{socket.gethostname()}:{os.getpid()}")  # first: recovery reads it
+    if sampler_seed is not None:
+        trial.set_user_attr(records.SAMPLER_SEED, sampler_seed)
     # System metrics (CPU, memory, disk every 10 s, as the run's system/ charts): their sampling
     # thread costs well under 1 % of a core (RESULTS.md, "Harness overhead").
     with mlflow.start_run(run_name=run_name, tags=tags, log_system_metrics=True) as run, \

@@ -16,6 +16,7 @@ import functools
 import json
 import os
 import resource
+import secrets
 import shutil
 import subprocess
 import sys
@@ -301,7 +302,7 @@ def open_sweep(args) -> Sweep:
         parent_run_id=run_id, total_trials=args.trials, sampler=args.sampler, pruner=args.pruner,
         seed=args.seed, budget=budget, data_path=args.data, split_seed=data.DEFAULT_SPLIT_SEED,
         lock_path=str(tracking.store_folder() / "studies" / args.study / "ask.lock"), last_start=None,
-        threads=threads, retrain=args.retrain)
+        threads=threads, retrain=args.retrain, invocation=secrets.token_hex(8))
     sweep = Sweep(args, study, storage, storage_url, uri, client, client.get_run(run_id).info.experiment_id,
                   run_id, settings, workers, stores_folder)
     sweep.recover(lock_path=settings.lock_path)

@@ -46,6 +46,9 @@ class SweepSettings:
     # A rung's workers start only queued trials whose forecast fits the time left before the
     # deadline (sweeps.plan.fits), in queue order; exploration's ask for the next sample.
     fit_forecasts: bool = False
+    # This invocation's nonce (random, made by the parent): with --seed it seeds the workers'
+    # samplers, so invocations on several machines draw different samples.
+    invocation: str = ""
     retrain: bool = False  # train every trial, even where a finished run of the store trained the same
     trials_per_process: int = TRIALS_PER_PROCESS
     threads: int | None = None  # CPU threads per worker; None: the backend's default

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import importlib.util
 import json
 import warnings
@@ -172,6 +173,14 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
         # CMA-ES handles the numeric keys; categorical and conditional ones fall back to random.
         return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=5)
     return optuna.samplers.GPSampler(seed=seed, n_startup_trials=10)
+
+
+def sampler_seed(seed: int, invocation: str, worker_index: int, trials_so_far: int) -> int:
+    """A worker's sampler seed: --seed, this invocation's nonce, the worker's number and the
+    study's size, so no two workers here or on other machines draw the same samples, and one
+    seed still reproduces a worker's draws (it is recorded on each trial)."""
+    digest = hashlib.sha256(f"{seed}:{invocation}:{worker_index}:{trials_so_far}".encode()).digest()
+    return int.from_bytes(digest[:4], "big")
 
 
 def check_sampler_available(name: str) -> None:
