@@ -24,3 +24,20 @@ def test_verdict_reports_a_ratio_or_a_bound_and_claims_only_what_it_shows(ours, 
     text = verdict(0.99, ours, plain, plain_span)
     assert text.startswith("To 99.0%: default / no pruning")
     assert expected in text
+
+
+@pytest.mark.slow
+def test_the_ema_benchmark_validates_both_arms_every_epoch(capsys):
+    import json
+
+    from benchmarks import recipe_levers
+
+    assert recipe_levers.main(["--baseline", "gradio_cnn", "--budget", "smoke"]) == 0
+    arms = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [arm["ema"] for arm in arms] == [False, True]
+    for arm in arms:
+        assert len(arm["val_accuracy"]) == 2  # smoke's 2 epochs, no early stopping
+        assert 0 < arm["validation_log_loss"] < 3 and 0 <= arm["restored_validation_accuracy"] <= 1
+    import train_trial
+
+    assert train_trial.make_optimizer.__name__ == "make_optimizer"  # put back after the EMA arm
