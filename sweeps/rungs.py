@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import multiprocessing
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +16,7 @@ from optuna.trial import TrialState
 from harness import records
 from sweeps import answer, ladder, recovery
 from sweeps.plan import Phase, Plan, Stop, upper_rungs
-from sweeps.settings import EnsembleSettings, SweepSettings
+from sweeps.settings import STORE_FAILED_EXIT, EnsembleSettings, SweepSettings
 from sweeps.supervisor import Outcome, report_orphans, report_retries, supervise
 
 
@@ -70,10 +71,20 @@ def open_rung(exploring: optuna.Study, storage, budget) -> optuna.Study:
     return rung
 
 
-def _ensemble_process(settings: EnsembleSettings) -> None:
+def _ensemble_process(settings: EnsembleSettings, failures) -> None:
+    """The ensemble's process. A store it cannot write (a full disk) is put on ``failures``
+    and ends it with STORE_FAILED_EXIT, as a worker does, for the parent's one line."""
+    from harness import tracking
+    from harness.errors import store_failure
     from sweeps import ensemble as top_rung_ensemble  # TensorFlow, in this process only
 
-    top_rung_ensemble.main(settings)
+    try:
+        top_rung_ensemble.main(settings)
+    except Exception as error:
+        if (failure := store_failure(error, tracking.database_file(settings.tracking_uri))) is None:
+            raise
+        failures.put(failure)
+        sys.exit(STORE_FAILED_EXIT)
 
 
 def ensemble(settings: EnsembleSettings, client, experiment_id: str) -> str | None:
@@ -83,7 +94,9 @@ def ensemble(settings: EnsembleSettings, client, experiment_id: str) -> str | No
     print("Ensembling the top rung: members chosen on validation log-loss, then one test pass each for the "
           "ensemble and the best single model", flush=True)
     close_stale_ensembles(settings.rung_study, client, experiment_id)
-    process = multiprocessing.get_context("spawn").Process(target=_ensemble_process, args=(settings,))
+    context = multiprocessing.get_context("spawn")
+    failures = context.SimpleQueue()
+    process = context.Process(target=_ensemble_process, args=(settings, failures))
     process.start()
     try:
         process.join()
@@ -93,6 +106,9 @@ def ensemble(settings: EnsembleSettings, client, experiment_id: str) -> str | No
         raise
     finally:
         close_stale_ensembles(settings.rung_study, client, experiment_id)
+    if process.exitcode == STORE_FAILED_EXIT and not failures.empty():
+        return (f"the ensemble step cannot write {failures.get()}; make room and run the same command again "
+                "to retry it: every trained rung is kept")
     if process.exitcode != 0:
         return (f"the ensemble step failed (exit code {process.exitcode}); run the same command again "
                 "to retry it: every trained rung is kept")

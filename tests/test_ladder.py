@@ -377,3 +377,24 @@ def test_promotion_prefers_distinct_architectures_among_the_best():
     assert [t.value for t in ladder.finalists(ranked, 3)] == [0.995, 0.993, 0.990]
     # A window of twice the places: for one place, only the best two are weighed.
     assert [t.value for t in ladder.finalists(ranked, 1)] == [0.995]
+
+
+def test_the_ensembles_process_reports_a_full_disk_as_one_reason_not_a_traceback(monkeypatch, tmp_path):
+    import errno
+    import multiprocessing
+
+    from sweeps import ensemble, rungs
+    from sweeps.settings import STORE_FAILED_EXIT, EnsembleSettings
+
+    def full_disk(settings):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "mlruns" / "artifacts" / "model.keras"))
+
+    monkeypatch.setattr(ensemble, "main", full_disk)
+    failures = multiprocessing.get_context("spawn").SimpleQueue()
+    settings = EnsembleSettings(exploring_study="s", rung_study="s@full", storage_url="journal:x",
+                                tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", experiment="e", parent_run_id="p",
+                                budget=BUDGETS["full"], data_path=None, split_seed=0, model_name="m")
+    with pytest.raises(SystemExit) as exit_info:
+        rungs._ensemble_process(settings, failures)
+    assert exit_info.value.code == STORE_FAILED_EXIT
+    assert failures.get() == f"{tmp_path}/mlruns/artifacts/model.keras: No space left on device"
