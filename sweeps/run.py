@@ -342,7 +342,7 @@ def explore(sweep: Sweep, sweep_plan: plan.Plan, phase: plan.Phase) -> None:
 def climb(sweep: Sweep, sweep_plan: plan.Plan, phase: plan.Phase, lower: optuna.Study,
           climbed: list[tuple[plan.Phase, optuna.Study]]) -> optuna.Study:
     outcome, rung = rungs.run_rung(phase, sweep_plan, sweep.study, lower, sweep.settings, sweep.workers,
-                                   sweep.storage, sweep.client, sweep.experiment_id,
+                                   sweep.storage, sweep.client, sweep.experiment_id, sweep.recover,
                                    command_ends(sweep, sweep_plan, phase))
     climbed.append((phase, rung))
     sweep.end_on_store_failure(outcome, [study for _, study in climbed])
@@ -351,14 +351,25 @@ def climb(sweep: Sweep, sweep_plan: plan.Plan, phase: plan.Phase, lower: optuna.
 
 
 def ensemble(sweep: Sweep, phase: plan.Phase, top_rung: optuna.Study) -> None:
+    """Once the top rung has no trial running, ensemble it, once per study: invocations that get
+    here together take turns on a lock, and the later ones find it built."""
     if not ladder.needs_ensemble(sweep.study, top_rung, ENSEMBLE_CANDIDATES):
         phase.stopped, phase.detail = plan.Stop.DONE, "nothing new to ensemble"
         return
-    failure = rungs.ensemble(EnsembleSettings(
-        exploring_study=sweep.study.study_name, rung_study=top_rung.study_name, storage_url=sweep.storage_url,
-        tracking_uri=sweep.uri, experiment=EXPERIMENT, parent_run_id=sweep.run_id, budget=phase.budget,
-        data_path=sweep.args.data, split_seed=data.DEFAULT_SPLIT_SEED, model_name=tracking.REGISTERED_MODEL),
-        sweep.client, sweep.experiment_id)
+    rungs.wait_for_running(top_rung, lambda: sweep.recover(top_rung), phase.budget.name)
+    lock = str(Path(sweep.settings.lock_path).with_name("ensemble.lock"))
+    with sweep_study.ask_lock(sweep.storage, f"{top_rung.study_name}#ensemble", lock):
+        if not ladder.needs_ensemble(sweep.study, top_rung, ENSEMBLE_CANDIDATES):
+            built = records.ladder_result(sweep.study)
+            print(f"Ensemble: built meanwhile by another invocation (run {built.ensemble.run_id if built else '?'}); "
+                  "nothing to do here", flush=True)
+            phase.stopped, phase.detail = plan.Stop.DONE, "built by another invocation"
+            return
+        failure = rungs.ensemble(EnsembleSettings(
+            exploring_study=sweep.study.study_name, rung_study=top_rung.study_name, storage_url=sweep.storage_url,
+            tracking_uri=sweep.uri, experiment=EXPERIMENT, parent_run_id=sweep.run_id, budget=phase.budget,
+            data_path=sweep.args.data, split_seed=data.DEFAULT_SPLIT_SEED, model_name=tracking.REGISTERED_MODEL),
+            sweep.client, sweep.experiment_id)
     phase.stopped, phase.detail = (plan.Stop.FAILED, failure) if failure else (plan.Stop.DONE, "")
 
 

@@ -14,27 +14,33 @@ import optuna
 from optuna.trial import TrialState
 
 from harness import records
-from sweeps import answer, ladder, recovery
+from sweeps import answer, ladder, recovery, study as sweep_study
 from sweeps.plan import Phase, Plan, Stop, upper_rungs
 from sweeps.settings import STORE_FAILED_EXIT, EnsembleSettings, SweepSettings
 from sweeps.supervisor import Outcome, report_orphans, report_retries, supervise
 
 
 def run_rung(phase: Phase, sweep_plan: Plan, exploring: optuna.Study, lower: optuna.Study, settings: SweepSettings,
-             workers: int, storage, client, experiment_id: str,
+             workers: int, storage, client, experiment_id: str, recover: Callable[[optuna.Study], None],
              command_ends: Callable[[float], float] | None = None) -> tuple[Outcome, optuna.Study]:
-    """One rung of the ladder: promote the best of ``lower`` into the rung's study, then train
-    what it holds until it holds them all or its time is up. Returns how its workers ended."""
+    """One rung of the ladder: once no trial of ``lower`` runs, promote its best into the rung's
+    study, then train what it holds until it holds them all or its time is up. Returns how
+    its workers ended."""
     rung = open_rung(exploring, storage, phase.budget)
+    lock_path = str(Path(settings.lock_path).with_name(f"ask-{phase.budget.name}.lock"))
+    # Another invocation's workers may still be finishing the rung below: promote from all of it.
+    wait_for_running(lower, lambda: recover(lower), records.rung_budget_name(lower.study_name)
+                     if lower is not exploring else "exploration")
     now = time.time()
     sweep_plan.start(phase, now)
-    promoted = ladder.promote(lower, exploring, rung, phase.budget, phase.trials, top=phase.top,
-                              worker_seconds=(phase.deadline - now) * workers if phase.deadline else None)
+    # Under the rung's lock, so invocations that reach the rung at once promote once.
+    with sweep_study.ask_lock(storage, rung.study_name, lock_path):
+        promoted = ladder.promote(lower, exploring, rung, phase.budget, phase.trials, top=phase.top,
+                                  worker_seconds=(phase.deadline - now) * workers if phase.deadline else None)
     phase.trials = ladder.requested_trials(rung)
     rung_settings = dataclasses.replace(
         settings, study_name=rung.study_name, budget=phase.budget, pruner=phase.pruner, total_trials=phase.trials,
-        last_start=phase.last_start, deadline=phase.deadline, fit_forecasts=True,
-        lock_path=str(Path(settings.lock_path).with_name(f"ask-{phase.budget.name}.lock")))
+        last_start=phase.last_start, deadline=phase.deadline, fit_forecasts=True, lock_path=lock_path)
 
     def recover_rung() -> None:
         where = f"Rung {phase.budget.name}: "
@@ -52,6 +58,18 @@ def run_rung(phase: Phase, sweep_plan: Plan, exploring: optuna.Study, lower: opt
     if not outcome.interrupted and outcome.store_failure is None:
         recover_rung()
     return outcome, rung
+
+
+def wait_for_running(study: optuna.Study, recover: Callable[[], None], what: str, poll_seconds: float = 5.0) -> None:
+    """Return once no trial of ``study`` runs: those left are another invocation's (on this
+    machine or another), finishing. ``recover`` ends the ones whose worker died meanwhile."""
+    announced = False
+    while running := study.get_trials(deepcopy=False, states=[TrialState.RUNNING]):
+        if not announced:
+            print(f"Waiting for {len(running)} trial(s) of {what} that another invocation is running", flush=True)
+            announced = True
+        time.sleep(poll_seconds)
+        recover()
 
 
 def existing_rungs(exploring: optuna.Study, storage, budget) -> list[optuna.Study]:

@@ -6,6 +6,7 @@ The PostgreSQL tests need MNIST_SWEEPS_POSTGRES, a URL like postgresql://user:pa
 of a role that may create databases; .ci/run starts such a server and sets it, and sets
 MNIST_SWEEPS_REQUIRE_POSTGRES=1 so that there they fail rather than skip."""
 
+import json
 import os
 import signal
 import socket
@@ -20,7 +21,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from harness import records
+from harness import records, tracking
 from sweeps import run as sweep_run, study as sweep_study, supervisor
 
 pytestmark = pytest.mark.slow  # sweeps in subprocesses, PostgreSQL, an mlflow server
@@ -270,6 +271,39 @@ def test_a_sweep_on_postgresql_and_a_tracking_server_prints_no_library_line(post
              or " INFO " in line]
     assert noise == []
     assert "3 trials" in result.stdout
+
+
+def test_two_invocations_climb_one_ladder_once_on_postgresql_and_an_mlflow_server(postgres, mlflow_server, tmp_path):
+    """Two machines on one study's whole ladder: they sample different recipes, promote and
+    train each rung's recipes once, and one of them builds the one ensemble."""
+    argv = ["--trials", 12, "--study", "dist", "--storage", postgres[0], "--tracking-uri", mlflow_server,
+            "--budget", "smoke", "--train-size", 300, "--max-epochs", 1, "--workers", 1, "--pruner", "none"]
+    machines = []
+    for index in range(2):
+        (tmp_path / f"machine{index}").mkdir()
+        machines.append(start(argv, tmp_path / f"machine{index}"))
+    outputs = [process.communicate(timeout=900) for process in machines]
+    assert [p.returncode for p in machines] == [0, 0], [err[-3000:] for _, err in outputs]
+    storage = sweep_study.open_storage(postgres[0])
+    exploring, *rungs = (optuna.load_study(study_name=name, storage=storage)
+                         for name in ("dist", "dist@smoke-long", "dist@smoke-full"))
+    sampled = [t for t in exploring.trials if records.BASELINE not in t.user_attrs and records.RETRY_OF not in t.user_attrs]
+    recipes = [json.dumps(t.params, sort_keys=True) for t in sampled]
+    assert len(recipes) == 7 and len(set(recipes)) == 7  # no machine drew another's samples
+    assert len({t.user_attrs[records.SAMPLER_SEED] for t in sampled}) >= 2
+    for rung in rungs:  # each promoted recipe enqueued and trained once
+        sources = [t.user_attrs[records.SOURCE_TRIAL] for t in rung.trials if records.RETRY_OF not in t.user_attrs]
+        assert len(sources) == len(set(sources)), rung.study_name
+        assert all(t.state == TrialState.COMPLETE for t in rung.trials), rung.study_name
+    assert len(rungs[1].trials) == 3 + 5  # the finalists and the baselines
+    client = tracking.client(mlflow_server)
+    experiment = client.get_experiment_by_name(sweep_run.EXPERIMENT)
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    assert [r.info.run_name for r in runs if r.info.status == "RUNNING"] == []
+    assert len([r for r in runs if r.data.tags.get(records.FIDELITY) == records.ENSEMBLE_FIDELITY]) == 1
+    versions = client.search_model_versions("name = 'mnist-digits'")
+    assert len(versions) == 2  # @champion and @ensemble, each registered, and tested, once
+    assert records.ladder_result(exploring).ensemble.run_id in {v.run_id for v in versions}
 
 
 def test_kill_9_of_a_worker_on_postgresql_is_recovered(postgres, tmp_path):
