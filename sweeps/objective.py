@@ -173,7 +173,7 @@ def next_trial(study: optuna.Study, storage: optuna.storages.BaseStorage,
                 # this worker records its trial's heartbeats itself (heartbeat() below).
                 warnings.filterwarnings("ignore", "Heartbeat of storage is supposed to be used", UserWarning)
                 return study.ask()
-        for waiting in plan.startable(trials, settings.budget, settings.deadline, time.time()):
+        for waiting in plan.startable(trials, settings.budget, settings.deadline, time.time(), settings.any_start_until):
             # Study.ask() would pop the first queued trial, fitting or not: this claims the one
             # that fits as ask() claims its own, through the storage (False: another machine's
             # worker took it first).

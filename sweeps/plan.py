@@ -128,8 +128,18 @@ def rung_deadline(now: float, command_ends: float | None, rungs_left: int) -> fl
 
 def rung_last_start(deadline: float | None) -> float | None:
     """When a rung's last trial may start: while any time is left to train. Which queued
-    trial starts is the forecast's to say (``fits``)."""
+    trial starts is the forecast's to say (``startable``)."""
     return None if deadline is None else deadline - TRIAL_OVERHEAD_SECONDS
+
+
+def any_start_until(now: float, deadline: float | None, budget: Budget) -> float | None:
+    """Until when a rung starting ``now`` starts its queued trials in order, whatever their
+    forecast: while a quarter of its time (or a whole time share, if less) is left. A
+    forecast is rough (it cannot see early stopping), and a long recipe cut by its time
+    share still keeps its best epoch; after that, only a trial whose forecast fits starts."""
+    if deadline is None:
+        return None
+    return deadline - TRIAL_OVERHEAD_SECONDS - min(budget.trial_seconds, (deadline - now) / 4)
 
 
 def fits(budget: Budget, deadline: float | None, forecast_seconds: float | None, now: float) -> bool:
@@ -141,10 +151,14 @@ def fits(budget: Budget, deadline: float | None, forecast_seconds: float | None,
     return now + seconds + TRIAL_OVERHEAD_SECONDS <= deadline
 
 
-def startable(trials: list[FrozenTrial], budget: Budget, deadline: float | None, now: float) -> list[FrozenTrial]:
-    """A rung's queued trials that fit the time left, in queue order."""
-    return [t for t in trials if t.state == TrialState.WAITING
-            and fits(budget, deadline, t.user_attrs.get(records.FORECAST_SECONDS), now)]
+def startable(trials: list[FrozenTrial], budget: Budget, deadline: float | None, now: float,
+              any_until: float | None = None) -> list[FrozenTrial]:
+    """A rung's queued trials that may start now, in queue order: all of them until
+    ``any_until`` (any_start_until), then those whose forecast fits the time left."""
+    waiting = [t for t in trials if t.state == TrialState.WAITING]
+    if any_until is not None and now <= any_until:
+        return waiting
+    return [t for t in waiting if fits(budget, deadline, t.user_attrs.get(records.FORECAST_SECONDS), now)]
 
 
 def expected_rung_seconds(budget: Budget, candidates: list[FrozenTrial], workers: int) -> float:
@@ -177,6 +191,7 @@ class Phase:
     top: bool = False  # the ladder's top rung
     last_start: float | None = None  # time.time() after which no trial starts
     deadline: float | None = None  # time.time() by which the phase must have ended
+    any_start_until: float | None = None  # a rung's: until then its queued trials start in order
     limit: str | None = None  # what sets the last start, in words
     stopped: Stop | None = None  # None until it has run
     ended: float | None = None  # time.time() when it stopped
@@ -209,6 +224,7 @@ class Plan:
         rungs_left = len(self.rungs) - self.rungs.index(phase)
         phase.deadline = rung_deadline(now, self.command_ends, rungs_left)
         phase.last_start = rung_last_start(phase.deadline)
+        phase.any_start_until = any_start_until(now, phase.deadline, phase.budget)
         if phase.deadline is not None:
             phase.limit = f"the rung's share of the sweep's {self.command_seconds / 3600:g}-hour wall-clock"
 

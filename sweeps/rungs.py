@@ -40,7 +40,8 @@ def run_rung(phase: Phase, sweep_plan: Plan, exploring: optuna.Study, lower: opt
     phase.trials = ladder.requested_trials(rung)
     rung_settings = dataclasses.replace(
         settings, study_name=rung.study_name, budget=phase.budget, pruner=phase.pruner, total_trials=phase.trials,
-        last_start=phase.last_start, deadline=phase.deadline, fit_forecasts=True, lock_path=lock_path)
+        last_start=phase.last_start, deadline=phase.deadline, fit_forecasts=True,
+        any_start_until=phase.any_start_until, lock_path=lock_path)
 
     def recover_rung() -> None:
         where = f"Rung {phase.budget.name}: "

@@ -46,6 +46,7 @@ class SweepSettings:
     # A rung's workers start only queued trials whose forecast fits the time left before the
     # deadline (sweeps.plan.fits), in queue order; exploration's ask for the next sample.
     fit_forecasts: bool = False
+    any_start_until: float | None = None  # until then, a rung's queued trials start in order, forecast or not
     # This invocation's nonce (random, made by the parent): with --seed it seeds the workers'
     # samplers, so invocations on several machines draw different samples.
     invocation: str = ""

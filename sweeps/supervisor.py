@@ -95,7 +95,8 @@ def supervise(study: optuna.Study, settings: SweepSettings, worker_count: int,
         trials = study.get_trials(deepcopy=False)
         if records.counted_trials(trials, total) >= total:
             return False
-        if settings.fit_forecasts and not plan.startable(trials, settings.budget, settings.deadline, time.time()):
+        if settings.fit_forecasts and not plan.startable(trials, settings.budget, settings.deadline, time.time(),
+                                                         settings.any_start_until):
             if outcome.idle_since is None:  # what is queued needs more time than is left
                 outcome.idle_since = time.time()
                 outcome.unstarted = sum(t.state == TrialState.WAITING for t in trials)

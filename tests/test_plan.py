@@ -96,6 +96,22 @@ def test_a_rung_starts_any_queued_trial_whose_forecast_fits_the_time_left():
     assert plan.rung_deadline(T0, None, 2) is None
 
 
+def test_a_rung_starts_its_queue_in_order_until_a_quarter_of_its_time_is_left():
+    # A rung of 2,000 s at long (time share 1,200 s) keeps its last quarter, 500 s, for forecasts.
+    until = plan.any_start_until(T0, T0 + 2000, LONG)
+    assert until == T0 + 2000 - plan.TRIAL_OVERHEAD_SECONDS - 500
+    # A rung of 10,000 s keeps a whole time share, not a quarter of it.
+    assert plan.any_start_until(T0, T0 + 10_000, LONG) == T0 + 10_000 - plan.TRIAL_OVERHEAD_SECONDS - 1200
+    study = optuna.create_study(direction="maximize")
+    for forecast in (5000.0, 100.0):
+        study.enqueue_trial({}, user_attrs={records.FORECAST_SECONDS: forecast})
+    # Before it, the long one starts too (early stopping may end it sooner; its time share cuts it).
+    assert len(plan.startable(study.trials, LONG, T0 + 2000, until - 1, any_until=until)) == 2
+    assert [t.user_attrs[records.FORECAST_SECONDS] for t in plan.startable(
+        study.trials, LONG, T0 + 2000, until + 1, any_until=until)] == [100.0]
+    assert plan.any_start_until(T0, None, LONG) is None
+
+
 def test_only_the_queued_trials_that_fit_are_startable_in_queue_order():
     study = optuna.create_study(direction="maximize")
     for forecast in (3000.0, 500.0, 900.0, 100.0):
