@@ -310,7 +310,7 @@ def stored_confusion_matrix(client: mlflow.MlflowClient, run_id: str) -> np.ndar
 def kaggle_confusion(client, row: Row | None) -> tuple[np.ndarray, str] | None:
     """kaggle_cnn's validation confusion matrix: this sweep's run if it got that far, else
     the latest stored kaggle_cnn run that has one."""
-    if row and row.run and (matrix := stored_confusion_matrix(client, row.run.info.run_id)) is not None:
+    if row and (run_id := records.model_run_id(row.trial)) and (matrix := stored_confusion_matrix(client, run_id)) is not None:
         return matrix, "kaggle_cnn, this sweep"
     experiments = baseline_experiment_ids(client)
     for run in client.search_runs(experiments, f"tags.{records.BASELINE_TAG} = 'kaggle_cnn' and attributes.status = 'FINISHED'",
@@ -323,7 +323,8 @@ def kaggle_confusion(client, row: Row | None) -> tuple[np.ndarray, str] | None:
 def plot_confusions(client: mlflow.MlflowClient, best: Row, kaggle: tuple[np.ndarray, str] | None):
     import matplotlib.pyplot as plt
 
-    matrix = stored_confusion_matrix(client, best.run.info.run_id) if best.run else None
+    model_run = records.model_run_id(best.trial)  # a reused trial's figures are its source run's
+    matrix = stored_confusion_matrix(client, model_run) if model_run else None
     panels = [(matrix, f"best: {best.label} ({best.trial.value:.4f})")] if matrix is not None else []
     if kaggle:
         panels.append(kaggle)

@@ -58,12 +58,12 @@ def two_sweeps(tmp_path_factory):
         sweep_in(folder, "--trials", "7", "--study", study, *extra)
     storage = sweep_study.open_storage(f"journal:{folder}/mlruns/optuna.journal")
     studies = {name: optuna.load_study(study_name=name, storage=storage) for name in ("first", "second", "third")}
-    return studies, tracking.client(f"sqlite:///{folder}/mlruns/mlflow.db")
+    return studies, tracking.client(f"sqlite:///{folder}/mlruns/mlflow.db"), folder
 
 
 @pytest.mark.slow
 def test_a_second_sweep_reuses_the_baselines_runs_and_links_them(two_sweeps):
-    studies, client = two_sweeps
+    studies, client, _ = two_sweeps
     first = {t.user_attrs[records.BASELINE]: t for t in studies["first"].trials if records.BASELINE in t.user_attrs}
     second = {t.user_attrs[records.BASELINE]: t for t in studies["second"].trials if records.BASELINE in t.user_attrs}
     assert sorted(first) == sorted(second) == sorted(search_space.BASELINES)
@@ -83,7 +83,7 @@ def test_a_second_sweep_reuses_the_baselines_runs_and_links_them(two_sweeps):
 
 @pytest.mark.slow
 def test_a_second_study_starts_from_the_first_ones_best_recipes(two_sweeps):
-    studies, _ = two_sweeps
+    studies, _, _ = two_sweeps
     sampled = sorted((t for t in studies["first"].trials if t.state == TrialState.COMPLETE
                       and records.BASELINE not in t.user_attrs), key=lambda t: t.value, reverse=True)
     carried = [t for t in studies["second"].trials if records.WARM_START in t.user_attrs]
@@ -94,10 +94,23 @@ def test_a_second_study_starts_from_the_first_ones_best_recipes(two_sweeps):
 
 @pytest.mark.slow
 def test_retrain_trains_what_it_could_reuse(two_sweeps):
-    studies, client = two_sweeps
+    studies, client, _ = two_sweeps
     third = [t for t in studies["third"].trials if records.BASELINE in t.user_attrs]
     assert len(third) == 5 and not any(records.REUSED_FROM in t.user_attrs for t in third)
     for trial in third:
         run = client.get_run(trial.user_attrs[records.MLFLOW_RUN_ID])
         assert records.REUSED_FROM not in run.data.tags and "model_summary.txt" in \
             [artifact.path for artifact in client.list_artifacts(run.info.run_id)]
+
+
+@pytest.mark.slow
+def test_the_report_draws_a_reused_models_figures_from_its_source_run(two_sweeps, run_command, monkeypatch):
+    from analysis import compare
+
+    _, _, folder = two_sweeps
+    monkeypatch.chdir(folder)
+    code, _, err = run_command(compare.main, ["--study", "second", "--out", "report-second"])
+    assert code == 0, err
+    report = (folder / "report-second" / "report.md").read_text()
+    assert "no stored validation confusion matrix" not in report  # kaggle_cnn's, reused from "first"
+    assert (folder / "report-second" / "confusion_matrices.png").is_file()
