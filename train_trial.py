@@ -261,6 +261,15 @@ def require_test_set(dataset: data.Dataset, needed_by: str) -> None:
 
 # --- The MLflow run ------------------------------------------------------------------------
 
+def log_recipe(params: dict, fingerprint: str) -> None:
+    """The recipe into the active run: a param per key, params.json, and its training fingerprint."""
+    import mlflow
+
+    mlflow.log_params({k: json.dumps(v) if isinstance(v, dict) else v for k, v in params.items()})
+    mlflow.log_dict(params, "params.json")
+    mlflow.set_tag(records.TRAINING_FINGERPRINT_TAG, fingerprint)
+
+
 def log_trial(params: dict, dataset: data.Dataset, split: data.Split, budget: Budget, *,
               seed: int = 0, evaluate_on_test: bool = False, title: str = "trial",
               callbacks: Sequence[keras.callbacks.Callback] = (),
@@ -270,9 +279,7 @@ def log_trial(params: dict, dataset: data.Dataset, split: data.Split, budget: Bu
     the caller decides how its run ends."""
     import mlflow
 
-    mlflow.log_params({k: json.dumps(v) if isinstance(v, dict) else v for k, v in params.items()})
-    mlflow.log_dict(params, "params.json")
-    mlflow.set_tag(records.TRAINING_FINGERPRINT_TAG, training_fingerprint(params, dataset, split, budget, seed))
+    log_recipe(params, training_fingerprint(params, dataset, split, budget, seed))
     run_logging.log_training_inputs(dataset, split)
     result = train(params, split, budget, seed=seed, verbose=verbose,
                    callbacks=[run_logging.MlflowEpochLogger(), *callbacks])

@@ -17,13 +17,12 @@ import json
 import time
 from collections.abc import Sequence
 
-import numpy as np
-
 import search_space
 import train_trial
 from harness import backend, cli, data
 from harness.backend import keras
 from harness.budgets import BUDGETS
+from sweeps import ensemble
 
 
 def with_ema(make_optimizer):
@@ -48,10 +47,9 @@ def measure(params: dict, budget_name: str, ema: bool, seed: int) -> dict:
                                    callbacks=[keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if ema else [])
     finally:
         train_trial.make_optimizer = make_optimizer
-    chosen = result.validation_probabilities[np.arange(len(split.y_val)), split.y_val]
     return {"budget": budget_name, "ema": ema, "seed": seed, "val_accuracy": result.history.get("val_accuracy"),
             "restored_validation_accuracy": result.validation_accuracy,
-            "validation_log_loss": float(-np.log(np.clip(chosen, 1e-7, 1)).mean()),
+            "validation_log_loss": ensemble.log_loss(result.validation_probabilities, split.y_val),
             "seconds": time.perf_counter() - started}
 
 

@@ -195,7 +195,8 @@ def run_trial(study: optuna.Study, storage: optuna.storages.BaseStorage, trial: 
             records.FIDELITY: settings.budget.name,
             records.SOURCE_NAME_TAG: "python -m sweeps.run", records.SOURCE_TYPE_TAG: "LOCAL"}
     fingerprint = train_trial.training_fingerprint(params, dataset, split, settings.budget, settings.seed)
-    source = None if settings.retrain else reuse.find(tracking.client(settings.tracking_uri), fingerprint)
+    client = tracking.client(settings.tracking_uri)
+    source = None if settings.retrain else reuse.find(client, fingerprint)
     promoted = records.SOURCE_TRIAL in trial.user_attrs
     if promoted:
         tags[records.SOURCE_TRIAL] = str(trial.user_attrs[records.SOURCE_TRIAL])
@@ -229,7 +230,7 @@ def run_trial(study: optuna.Study, storage: optuna.storages.BaseStorage, trial: 
                         f"budget's {settings.budget.max_training_tflop:g}; not trained")
                 return
             if source is not None:
-                value = reuse.record(trial, source, tracking.client(settings.tracking_uri), params, fingerprint)
+                value = reuse.record(trial, source, client, params, fingerprint)
                 _finish(study, trial, params, note, StopCause.COMPLETED,
                         f"reused run {source.info.run_id}: the same recipe, budget, seed, data and split were "
                         "trained there to completion, so its model and figures are this trial's", value=value)

@@ -5,6 +5,7 @@ so: its run is tagged ``reused_from`` with the source run, and its Description l
 
 from __future__ import annotations
 
+import train_trial
 from harness import records
 from harness.records import StopCause
 
@@ -36,8 +37,7 @@ def record(trial, source, client, params: dict, fingerprint: str) -> float:
     its epochs to the study, and return its validation accuracy."""
     import mlflow
 
-    mlflow.log_params(params)
-    mlflow.log_dict(params, "params.json")
+    train_trial.log_recipe(params, fingerprint)
     for name in CURVES:
         for point in sorted(client.get_metric_history(source.info.run_id, name), key=lambda point: point.step):
             mlflow.log_metric(name, point.value, step=point.step)
@@ -45,7 +45,7 @@ def record(trial, source, client, params: dict, fingerprint: str) -> float:
                 trial.report(point.value, step=point.step + 1)  # as ReportToPruner numbers epochs
     figures = {name: value for name, value in source.data.metrics.items() if name in FIGURES}
     mlflow.log_metrics(figures)
-    mlflow.set_tags({records.REUSED_FROM: source.info.run_id, records.TRAINING_FINGERPRINT_TAG: fingerprint})
+    mlflow.set_tag(records.REUSED_FROM, source.info.run_id)
     trial.set_user_attr(records.REUSED_FROM, source.info.run_id)
     trial.set_user_attr(records.SECONDS_PER_EPOCH, figures.get("train_seconds", 0.0) / max(figures["epochs_run"], 1))
     return figures["validation_accuracy"]

@@ -319,14 +319,17 @@ def command_ends(sweep: Sweep, sweep_plan: plan.Plan, phase: plan.Phase):
     if not sweep_plan.climbs():
         return None
 
-    def candidates(rung: plan.Phase) -> list:
-        explored = sweep.study.get_trials(deepcopy=False)
-        chosen = ladder.finalists(ladder.ranked(explored), rung.trials)
-        if rung.top:
-            chosen += [t for t in explored if records.BASELINE in t.user_attrs and records.RETRY_OF not in t.user_attrs]
-        return chosen
+    def expected_end(phase_ends: float) -> float:
+        explored = sweep.study.get_trials(deepcopy=False)  # once per reading, for every later rung
+        ranked = ladder.ranked(explored)
+        baselines = [t for t in explored if records.BASELINE in t.user_attrs and records.RETRY_OF not in t.user_attrs]
 
-    return lambda phase_ends: sweep_plan.expected_end(phase, phase_ends, candidates, sweep.workers)
+        def candidates(rung: plan.Phase) -> list:
+            return ladder.finalists(ranked, rung.trials) + (baselines if rung.top else [])
+
+        return sweep_plan.expected_end(phase, phase_ends, candidates, sweep.workers)
+
+    return expected_end
 
 
 def explore(sweep: Sweep, sweep_plan: plan.Plan, phase: plan.Phase) -> None:
