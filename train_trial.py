@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 import search_space
-from harness import cli, data, records, run_logging, tracking
+from harness import backend, cli, data, records, run_logging, tracking
 from harness.backend import keras
 from harness.budgets import BUDGETS, Budget
 from harness.errors import ParamsError, UserError
@@ -252,6 +252,33 @@ def evaluate_test(model: keras.Model, dataset: data.Dataset) -> dict[str, float]
             "test_loss": float(-np.log(np.clip(chosen, 1e-7, 1.0)).mean())}
 
 
+# How a user meets a model's speed: one digit at a time (a drawing on the page, a request to
+# digits.serve) and a batch (digits.predict on a CSV). Timed through Keras' predict_on_batch,
+# which runs the model once on the arrays given, without predict()'s per-call dataset set-up.
+LATENCY_SINGLE_CALLS = 30
+LATENCY_BATCH = 1000
+LATENCY_BATCH_CALLS = 3
+LATENCY_METRICS = ("predict_ms_one_image", f"predict_ms_{LATENCY_BATCH}_images")
+
+
+def prediction_latency(model: keras.Model, images: np.ndarray) -> dict[str, float]:
+    """Median milliseconds of the model's prediction for one image and for a batch of
+    LATENCY_BATCH, on the threads this process trains with (one per worker in a sweep on a
+    CPU). The first call of each shape, which traces and allocates, is not timed."""
+    one, batch = images[:1, ..., None], images[:LATENCY_BATCH, ..., None]
+
+    def milliseconds(inputs: np.ndarray, calls: int) -> float:
+        model.predict_on_batch(inputs)
+        times = []
+        for _ in range(calls):
+            started = time.perf_counter()
+            model.predict_on_batch(inputs)
+            times.append(time.perf_counter() - started)
+        return float(np.median(times)) * 1000
+
+    return dict(zip(LATENCY_METRICS, (milliseconds(one, LATENCY_SINGLE_CALLS), milliseconds(batch, LATENCY_BATCH_CALLS))))
+
+
 def require_test_set(dataset: data.Dataset, needed_by: str) -> None:
     """Refuse data without a labelled test set where ``needed_by`` will read one."""
     if dataset.x_test is None:
@@ -294,6 +321,8 @@ def log_trial(params: dict, dataset: data.Dataset, split: data.Split, budget: Bu
         mlflow.set_tag(records.FAILURE_REASON_TAG, f"loss diverged (NaN or inf) in epoch {result.epochs_run}")
         mlflow.log_metrics(metrics)
         return result, metrics
+    metrics.update(prediction_latency(result.model, split.x_val))
+    mlflow.set_tag(records.PREDICT_THREADS_TAG, str(backend.threads_in_use()))
     if evaluate_on_test:
         metrics.update(evaluate_test(result.model, dataset))
         run_logging.log_test_input(dataset)

@@ -27,6 +27,7 @@ from optuna.trial import FrozenTrial, TrialState
 import search_space
 from harness import cli, figures, records, tracking
 from harness.errors import UserError
+from analysis import front
 from sweeps import answer, front_page, plan, study as sweep_study
 from harness.records import StopCause
 
@@ -171,9 +172,9 @@ def top_table(top: list[Row], best_baseline: Row | None) -> list[str]:
     lines = [f"| rank | trial | validation | difference{reference} | recipe | params | training time (s) | "
              "epochs | MLflow run |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for rank, row in enumerate(top, 1):
-        difference = (f"{(row.trial.value - best_baseline.trial.value) * 100:+.2f}"
+        difference = (f"{(records.accuracy(row.trial) - records.accuracy(best_baseline.trial)) * 100:+.2f}"
                       if best_baseline else "-")
-        lines.append(f"| {rank} | {row.label} | {row.trial.value:.4f} | {difference} | {search_space.describe(row.trial.params)} | "
+        lines.append(f"| {rank} | {row.label} | {records.accuracy(row.trial):.4f} | {difference} | {search_space.describe(row.trial.params)} | "
                      f"{cell(row.metric('param_count'))} | {cell(row.training_seconds)} | {row.epochs} | "
                      f"{row.run.info.run_id if row.run else '-'} |")
     return lines
@@ -199,8 +200,8 @@ def rung_table(rows: list[Row], explored: dict[int, FrozenTrial], explored_rank:
     for rank, row in enumerate(rows, 1):
         source = explored.get(row.trial.user_attrs.get(records.SOURCE_TRIAL, -1))
         before = "-"
-        if source is not None and source.value is not None:
-            before = f"{source.value:.4f}" + (f" ({explored_rank[source.number]})" if source.number in explored_rank
+        if source is not None and records.accuracy(source) is not None:
+            before = f"{records.accuracy(source):.4f}" + (f" ({explored_rank[source.number]})" if source.number in explored_rank
                                                else f" ({source.state.name.lower()})")
         name = row.trial.user_attrs.get(records.BASELINE)
         seed = f" {search_space.DOCUMENTED_ACCURACY[name]} |" if name else " - |"
@@ -220,8 +221,8 @@ def ladder_section(study: optuna.Study, rungs: list[optuna.Study], client, finis
     for position, rung in enumerate(reversed(rungs)):
         budget = records.rung_budget_name(rung.study_name)
         rows = [Row(t, fetch_run(client, t.user_attrs.get(records.MLFLOW_RUN_ID)))
-                for t in rung.get_trials(deepcopy=False) if t.value is not None]
-        rows.sort(key=lambda row: row.trial.value, reverse=True)
+                for t in rung.get_trials(deepcopy=False) if records.accuracy(t) is not None]
+        rows.sort(key=lambda row: records.accuracy(row.trial), reverse=True)
         waiting = sum(t.state == TrialState.WAITING for t in rung.get_trials(deepcopy=False))
         if position == 0:
             lines += [f"## Top rung: every model at budget `{budget}`", "",
@@ -243,18 +244,31 @@ def ladder_section(study: optuna.Study, rungs: list[optuna.Study], client, finis
     return lines
 
 
+def front_section(fronts: dict[str, list[front.Point]], tracking_uri: str, parent_run) -> list[str]:
+    """The accuracy-cost fronts as tables (their plots are with the others)."""
+    if not fronts:
+        return []
+    experiment_id = parent_run.info.experiment_id
+    return ["## The accuracy-cost fronts", "",
+            "Each table lists the models no other model of its group beats on both validation accuracy and "
+            "the cost, cheapest first: what to deploy for a size or a speed. Prediction times are medians "
+            "of Keras' predict_on_batch on the worker's threads (one per worker in a two-worker CPU sweep); "
+            "the baselines are marked.", "",
+            *front.sections(fronts, lambda run_id: tracking.run_link(tracking_uri, experiment_id, run_id))]
+
+
 # --- Plots --------------------------------------------------------------------------------
 
 def plot_history(study: optuna.Study, baselines: dict[str, Row]):
     from optuna.visualization.matplotlib import plot_optimization_history
 
-    axes = plot_optimization_history(study)
-    values = [row.trial.value for row in baselines.values() if row.trial.value is not None]
+    axes = plot_optimization_history(study, **front_page.accuracy_target(study))
+    values = [records.accuracy(row.trial) for row in baselines.values() if records.accuracy(row.trial) is not None]
     for (name, row), style in zip(baselines.items(), ["--", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1))]):
-        if row.trial.value is not None:
-            axes.axhline(row.trial.value, linestyle=style, color="gray", linewidth=1,
-                         label=f"{name} ({row.trial.value:.4f})")
-    best = study.best_value
+        if records.accuracy(row.trial) is not None:
+            axes.axhline(records.accuracy(row.trial), linestyle=style, color="gray", linewidth=1,
+                         label=f"{name} ({records.accuracy(row.trial):.4f})")
+    best = records.accuracy(records.best_trial(study))
     top = min(1.0, best + 0.003)  # the floor zooms in on the good trials, but stays below the best
     axes.set_ylim(min(max(0.8, min(values + [best]) - 0.005), top - 0.01), top)
     axes.legend(loc="lower right", fontsize=7)
@@ -265,13 +279,14 @@ def plot_history(study: optuna.Study, baselines: dict[str, Row]):
 def plot_importances(study: optuna.Study):
     from optuna.visualization.matplotlib import plot_param_importances
 
-    return plot_param_importances(study, evaluator=front_page.importance_evaluator()).figure
+    return plot_param_importances(study, evaluator=front_page.importance_evaluator(),
+                                  **front_page.accuracy_target(study)).figure
 
 
 def plot_parallel(study: optuna.Study, params: list[str]):
     from optuna.visualization.matplotlib import plot_parallel_coordinate
 
-    axes = plot_parallel_coordinate(study, params=params)
+    axes = plot_parallel_coordinate(study, params=params, **front_page.accuracy_target(study))
     axes.figure.set_size_inches(12, 5)
     return axes.figure
 
@@ -287,7 +302,7 @@ def plot_learning_curves(client, top: list[Row], baselines: dict[str, Row]):
             history = sorted(client.get_metric_history(row.run.info.run_id, "val_accuracy"), key=lambda m: m.step)
             if history:
                 axes.plot([m.step + 1 for m in history], [m.value for m in history], style,
-                          label=f"{row.label} ({row.trial.value:.4f})" if row.trial.value else row.label)
+                          label=f"{row.label} ({records.accuracy(row.trial):.4f})" if records.accuracy(row.trial) else row.label)
     axes.set_xlabel("epoch")
     axes.set_ylabel("validation accuracy")
     axes.set_ylim(bottom=max(0.9, axes.get_ylim()[0]))
@@ -325,7 +340,7 @@ def plot_confusions(client: mlflow.MlflowClient, best: Row, kaggle: tuple[np.nda
 
     model_run = records.model_run_id(best.trial)  # a reused trial's figures are its source run's
     matrix = stored_confusion_matrix(client, model_run) if model_run else None
-    panels = [(matrix, f"best: {best.label} ({best.trial.value:.4f})")] if matrix is not None else []
+    panels = [(matrix, f"best: {best.label} ({records.accuracy(best.trial):.4f})")] if matrix is not None else []
     if kaggle:
         panels.append(kaggle)
     if not panels:
@@ -347,12 +362,15 @@ def build_report(study: optuna.Study, tracking_uri: str, storage: str, out: Path
     rows = [Row(t, fetch_run(client, t.user_attrs.get(records.MLFLOW_RUN_ID))) for t in trials]
     baselines = {row.trial.user_attrs[records.BASELINE]: row for row in rows if records.BASELINE in row.trial.user_attrs}
     finished = sorted((row for row in rows if row.trial.state == TrialState.COMPLETE),
-                      key=lambda row: row.trial.value, reverse=True)
-    scored = [row for row in baselines.values() if row.trial.value is not None]
-    best_baseline = max(scored, key=lambda row: row.trial.value) if scored else None
+                      key=lambda row: records.accuracy(row.trial), reverse=True)
+    scored = [row for row in baselines.values() if records.accuracy(row.trial) is not None]
+    best_baseline = max(scored, key=lambda row: records.accuracy(row.trial)) if scored else None
     states = {state: sum(t.state == state for t in trials) for state in TrialState}
     budget = records.recorded_fingerprint(study).get(records.BUDGET_KEY, {})
     rungs = rung_studies(study, storage)
+    parent = study.user_attrs.get(records.PARENT_RUN_ID, "unknown")
+    parent_run = fetch_run(client, parent)
+    fronts = front.groups(study, rungs, client, parent_run.info.experiment_id, parent) if parent_run else {}
 
     out.mkdir(parents=True, exist_ok=True)
     notes = []
@@ -363,7 +381,8 @@ def build_report(study: optuna.Study, tracking_uri: str, storage: str, out: Path
         plots["optimization_history.png"] = plot_history(study, baselines)
         importances = {}
         try:
-            importances = optuna.importance.get_param_importances(study, evaluator=front_page.importance_evaluator())
+            importances = optuna.importance.get_param_importances(study, evaluator=front_page.importance_evaluator(),
+                                                                  target=front_page.accuracy_target(study).get("target"))
             plots["param_importances.png"] = plot_importances(study)
         except (ValueError, RuntimeError) as error:
             notes.append(f"Hyperparameter importances: not computed ({error}).")
@@ -377,11 +396,11 @@ def build_report(study: optuna.Study, tracking_uri: str, storage: str, out: Path
         confusion = plot_confusions(client, finished[0], kaggle)
         if confusion is not None:
             plots["confusion_matrices.png"] = confusion
+        plots.update(front.figures(fronts))
         for name, figure in plots.items():  # drawn here, where the filters above still hold
             figure.savefig(out / name, dpi=110, bbox_inches="tight")
             plt.close(figure)
 
-    parent = study.user_attrs.get(records.PARENT_RUN_ID, "unknown")
     best = finished[0]
     lines = [
         f"# Study `{study.study_name}`: the sweep against the baselines", "",
@@ -391,10 +410,11 @@ def build_report(study: optuna.Study, tracking_uri: str, storage: str, out: Path
         f"{budget.get('trial_seconds', '?')} s a trial",
         f"- Trials: {len(trials)} ({states[TrialState.COMPLETE]} complete, {states[TrialState.PRUNED]} pruned, "
         f"{states[TrialState.FAIL]} failed, {states[TrialState.RUNNING]} running)",
-        f"- Best at the exploring budget: {best.label}, validation accuracy {best.trial.value:.4f}"
-        + (f", {(best.trial.value - best_baseline.trial.value) * 100:+.2f} points vs the best baseline "
-           f"({best_baseline.label}, {best_baseline.trial.value:.4f})" if best_baseline else ""),
+        f"- Best at the exploring budget: {best.label}, validation accuracy {records.accuracy(best.trial):.4f}"
+        + (f", {(records.accuracy(best.trial) - records.accuracy(best_baseline.trial)) * 100:+.2f} points vs the best baseline "
+           f"({best_baseline.label}, {records.accuracy(best_baseline.trial):.4f})" if best_baseline else ""),
         "", *ladder_section(study, rungs, client, finished),
+        *front_section(fronts, tracking_uri, parent_run),
         "## Baselines at the exploring budget", "",
         "Validation accuracy is this sweep's warm-start trial at the sweep's budget (a stopped trial "
         "shows its last epoch's figure and why it stopped). Test accuracy is from `python -m "
@@ -411,13 +431,14 @@ def build_report(study: optuna.Study, tracking_uri: str, storage: str, out: Path
         "confusion_matrices.png": "Validation confusion matrices: the best trial and kaggle_cnn",
     }
     for name in plots:
-        lines += [f"### {captions[name]}", "", f"![{captions[name]}]({name})", ""]
+        caption = captions.get(name, f"Front: {name.removeprefix('front_').removesuffix('.png').replace('_', ' ')}")
+        lines += [f"### {caption}", "", f"![{caption}]({name})", ""]
     if notes:
         lines += ["## Notes", "", *[f"- {note}" for note in notes], ""]
     lines += ["Best trial's params:", "", "```json", json.dumps(best.trial.params, indent=2), "```", ""]
     report = out / "report.md"
     report.write_text("\n".join(lines))
-    if parent != "unknown" and fetch_run(client, parent) is not None:
+    if parent_run is not None:
         client.log_artifacts(parent, str(out), artifact_path="report")
     else:
         print(f"note: the study's parent run {parent} is not in this MLflow store; the report is only in {out}")

@@ -58,6 +58,21 @@ def limit_threads(threads: int) -> None:
     # JAX fixes its thread pool when it starts; XLA_FLAGS in the environment is the way there.
 
 
+def threads_in_use() -> int:
+    """The CPU threads one computation of this process may use (limit_threads, else the
+    backend's default: every core)."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow
+
+        return tensorflow.config.threading.get_intra_op_parallelism_threads() or os.cpu_count() or 1
+    if backend == "torch":
+        import torch
+
+        return torch.get_num_threads()
+    return os.cpu_count() or 1
+
+
 def make_deterministic() -> None:
     """Same seed, same numbers: deterministic kernels (with keras.utils.set_random_seed,
     which train_trial.train calls). Process-wide and permanent; it can slow training."""

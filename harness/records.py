@@ -83,6 +83,7 @@ FAILURE_REASON_TAG = "failure_reason"  # a run whose loss diverged
 # What a training run's result depends on, hashed (training_fingerprint): two runs with the
 # same one train the same model, so a sweep reuses the first instead of training it again.
 TRAINING_FINGERPRINT_TAG = "training_fingerprint"
+PREDICT_THREADS_TAG = "predict_threads"  # CPU threads the prediction latency metrics were timed on
 # The runs table's Source column (a sweep worker's own command line is multiprocessing's).
 SOURCE_NAME_TAG = "mlflow.source.name"
 SOURCE_TYPE_TAG = "mlflow.source.type"
@@ -94,6 +95,7 @@ SWEEP_SAMPLER_TAG = "sweep.sampler"
 SWEEP_PRUNER_TAG = "sweep.pruner"
 SWEEP_WORKERS_TAG = "sweep.workers"
 SWEEP_BUDGET_TAG = "sweep.budget"
+SWEEP_OBJECTIVE_TAG = "sweep.objective"
 SWEEP_FINGERPRINT_TAG = "sweep.fingerprint"
 BEST_TRIAL_TAG = "best_trial"
 TOP_RUNG_WINNER_TAG = "top_rung_winner"
@@ -147,6 +149,18 @@ def label(trial: FrozenTrial | optuna.Trial) -> str:
     if BASELINE in trial.user_attrs:
         return trial.user_attrs[BASELINE]
     return f"trial {trial.user_attrs.get(SOURCE_TRIAL, trial.number)}"
+
+
+def accuracy(trial: FrozenTrial) -> float | None:
+    """A trial's validation accuracy: its value, the first of its values in a multi-objective
+    study (whose FrozenTrial.value raises); None for a trial without one."""
+    return trial.values[0] if trial.values else None
+
+
+def best_trial(study: optuna.Study) -> FrozenTrial | None:
+    """The completed trial with the best validation accuracy (Study.best_trial, which a
+    multi-objective study does not have); None before any has completed."""
+    return max(study.get_trials(deepcopy=False, states=[TrialState.COMPLETE]), key=accuracy, default=None)
 
 
 def model_run_id(trial: FrozenTrial) -> str | None:
@@ -229,12 +243,15 @@ SEARCH_SPACE_VERSION_KEY = "search_space_version"
 DATA_SHA256_KEY = "data_sha256"
 SPLIT_SEED_KEY = "split_seed"
 BUDGET_KEY = "budget"
+OBJECTIVE_KEY = "objective"  # absent from studies made before multi-objective sweeps: accuracy alone
+DEFAULT_OBJECTIVE = ["accuracy"]
 
 
-def fingerprint(search_space_version: int, data_sha256: str, budget: Budget, split_seed: int) -> dict:
+def fingerprint(search_space_version: int, data_sha256: str, budget: Budget, split_seed: int,
+                objective: tuple[str, ...] = ("accuracy",)) -> dict:
     """What must not change between invocations that add trials to one study."""
     return {SEARCH_SPACE_VERSION_KEY: search_space_version, DATA_SHA256_KEY: data_sha256,
-            SPLIT_SEED_KEY: split_seed, BUDGET_KEY: dataclasses.asdict(budget)}
+            SPLIT_SEED_KEY: split_seed, BUDGET_KEY: dataclasses.asdict(budget), OBJECTIVE_KEY: list(objective)}
 
 
 def rung_fingerprint(exploring: dict, budget: Budget) -> dict:
@@ -253,6 +270,9 @@ def _differences(recorded: dict, requested: dict) -> list[str]:
         if key == BUDGET_KEY:
             old = _budget_fields(recorded.get(BUDGET_KEY) or {})
             differences += [f"budget {k} {old.get(k)} -> {v}" for k, v in value.items() if old.get(k) != v]
+        elif key == OBJECTIVE_KEY:
+            if (old := recorded.get(key, DEFAULT_OBJECTIVE)) != value:
+                differences.append(f"objective {','.join(old)} -> {','.join(value)}")
         elif recorded.get(key) != value:
             differences.append(f"{key} {str(recorded.get(key))[:12]} -> {str(value)[:12]}")
     return differences
@@ -334,6 +354,15 @@ class Ensemble(Registered):
 
 
 @dataclass(frozen=True)
+class Small(Registered):
+    """The top rung's most accurate model within a size budget (on validation): what to put on
+    a phone or a page. It may be the champion itself, registered once under both aliases."""
+    label: str = ""
+    param_count: int = 0
+    params_at_most: int = 0  # the size budget it was chosen under
+
+
+@dataclass(frozen=True)
 class CandidateScore:
     """A top-rung model as the ensemble step weighed it, on the validation images."""
     label: str
@@ -348,6 +377,8 @@ class LadderResult:
     champion: Champion
     ensemble: Ensemble
     scores: list[CandidateScore] = field(default_factory=list)  # the candidates', in that order
+    small: Small | None = None  # None: no top-rung model fits the size budget (or a ladder before @small)
+    small_params_at_most: int = 0  # the size budget @small was looked for under
 
     def to_attr(self) -> dict:
         return dataclasses.asdict(self)
@@ -361,7 +392,9 @@ def ladder_result(study: optuna.Study) -> LadderResult | None:
     return LadderResult(top_rung=recorded["top_rung"], candidates=list(recorded["candidates"]),
                         champion=Champion(**_with_lead(recorded["champion"])),
                         ensemble=Ensemble(**_with_lead(recorded["ensemble"])),
-                        scores=[CandidateScore(**score) for score in recorded.get("scores", [])])
+                        scores=[CandidateScore(**score) for score in recorded.get("scores", [])],
+                        small=Small(**recorded["small"]) if recorded.get("small") else None,
+                        small_params_at_most=recorded.get("small_params_at_most", 0))
 
 
 def _with_lead(recorded: dict) -> dict:

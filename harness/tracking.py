@@ -23,6 +23,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 REGISTERED_MODEL = "mnist-digits"
 CHAMPION_ALIAS = "champion"  # the best single model
 ENSEMBLE_ALIAS = "ensemble"  # a sweep's top-rung models averaged (sweeps/ensemble.py)
+SMALL_ALIAS = "small"  # the top rung's most accurate model within a size budget
 # The address the README's `mlflow ui` command serves a local store on.
 LOCAL_UI = "http://127.0.0.1:5000"
 VERSIONED_PACKAGES = ("tensorflow", "keras", "optuna", "mlflow", "numpy")

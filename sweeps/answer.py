@@ -52,6 +52,15 @@ def answer_lines(result: records.LadderResult) -> list[str]:
              f"  {describe_versus_baseline(champion.versus_baseline, champion.validation_accuracy)}"]
     if champion.runner_up:
         lines.append(f"  {describe_lead(champion)}")
+    if result.small is not None:
+        small = result.small
+        same = " (the best single model itself)" if small.run_id == champion.run_id else ""
+        lines.append(f"Most accurate within {small.params_at_most:,} parameters: {small.label}{same}, "
+                     f"{small.param_count:,} parameters, validation {small.validation_accuracy:.4f}, "
+                     f"test {small.test_accuracy:.4f} (read once): {small.model}")
+    elif result.small_params_at_most:
+        lines.append(f"No top-rung model has at most {result.small_params_at_most:,} parameters: nothing registered "
+                     "as @small (raise --small-params, or explore smaller networks)")
     return lines
 
 

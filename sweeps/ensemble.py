@@ -20,6 +20,7 @@ from collections import Counter
 
 import numpy as np
 
+import train_trial
 from harness import backend, data, run_logging, tracking
 from harness.backend import keras
 from sweeps.settings import ENSEMBLE_CANDIDATES, ENSEMBLE_MEMBERS, ENSEMBLE_ROUNDS, EnsembleSettings
@@ -121,7 +122,7 @@ def main(settings: EnsembleSettings) -> None:
     top = optuna.load_study(study_name=settings.rung_study, storage=storage)
     finished = sorted((t for t in top.get_trials(deepcopy=False)
                        if t.state == TrialState.COMPLETE and records.model_run_id(t)),
-                      key=lambda t: t.value, reverse=True)[:ENSEMBLE_CANDIDATES]
+                      key=records.accuracy, reverse=True)[:ENSEMBLE_CANDIDATES]
     if not finished:
         return
     models = [mlflow.keras.load_model(f"runs:/{records.model_run_id(t)}/model") for t in finished]
@@ -145,8 +146,9 @@ def main(settings: EnsembleSettings) -> None:
         best.user_attrs[records.MLFLOW_RUN_ID], models[0], dataset, settings.model_name, tracking.CHAMPION_ALIAS,
         {records.SOURCE_STUDY_TAG: settings.exploring_study,
          records.SOURCE_TRIAL_TAG: str(best.user_attrs.get(records.SOURCE_TRIAL, "")),
-         records.BUDGET_TAG: settings.budget.name, records.VALIDATION_ACCURACY_TAG: f"{best.value:.4f}"},
+         records.BUDGET_TAG: settings.budget.name, records.VALIDATION_ACCURACY_TAG: f"{records.accuracy(best):.4f}"},
         model_run_id=records.model_run_id(best))
+    small = registered_small(top, settings, dataset, best, champion)
     tags = {**run_logging.run_tags(dataset, split, settings.budget, seed=0, baseline=None),
             records.PARENT_RUN_TAG: settings.parent_run_id, records.STUDY_TAG: settings.rung_study,
             records.FIDELITY: records.ENSEMBLE_FIDELITY, records.ENSEMBLE_MEMBERS_TAG: described,
@@ -163,7 +165,11 @@ def main(settings: EnsembleSettings) -> None:
                           tags={**tags, records.NOTE_TAG: note}) as run:
         mlflow.log_params({"members": described, "candidates": len(finished), "rounds_kept": len(chosen),
                            "selection": "greedy forward selection with replacement on validation log-loss"})
-        mlflow.log_metrics({"validation_accuracy": ensemble_accuracy, "validation_log_loss": ensemble_loss})
+        mlflow.log_metrics({"validation_accuracy": ensemble_accuracy, "validation_log_loss": ensemble_loss,
+                            "param_count": ensemble.count_params(),
+                            # what training its members cost, for the accuracy-cost fronts
+                            "train_seconds": sum(trained_seconds(t) for t in (finished[i] for i in weights)),
+                            **train_trial.prediction_latency(ensemble, split.x_val)})
         for step, loss in enumerate(curve, 1):
             mlflow.log_metric("selection_validation_log_loss", loss, step=step)
         run_logging.log_training_inputs(dataset, split)
@@ -189,10 +195,55 @@ def main(settings: EnsembleSettings) -> None:
     records.record_ladder_result(exploring, records.LadderResult(
         top_rung=settings.rung_study, candidates=[t.number for t in finished],
         champion=records.Champion(label=labels[0], run_id=best.user_attrs[records.MLFLOW_RUN_ID],
-                                  validation_accuracy=best.value, **champion, **lead,
+                                  validation_accuracy=records.accuracy(best), **champion, **lead,
                                   versus_baseline=versus_baseline(probabilities[0], baseline == 0)),
         ensemble=records.Ensemble(members=members, weights=list(weights.values()), run_id=run.info.run_id,
                                   validation_accuracy=ensemble_accuracy, validation_log_loss=ensemble_loss,
                                   selection_log_loss=curve, **averaged_model,
                                   versus_baseline=versus_baseline(mean, list(weights) == [baseline])),
-        scores=scores))
+        scores=scores, small=small, small_params_at_most=settings.small_params))
+
+
+def trained_seconds(trial) -> float:
+    """The training seconds a top-rung trial's run logged (a reused one's are its source's)."""
+    import mlflow
+
+    from harness import records
+
+    return mlflow.MlflowClient().get_run(trial.user_attrs[records.MLFLOW_RUN_ID]).data.metrics.get("train_seconds", 0.0)
+
+
+def registered_small(top, settings: EnsembleSettings, dataset: data.Dataset, champion_trial, champion: dict):
+    """@small: the top rung's most accurate model within ``settings.small_params`` parameters,
+    chosen on validation, tested once (unless it is the champion, tested already) and
+    registered. Returns its records.Small, or None when no model fits."""
+    import mlflow
+    from optuna.trial import TrialState
+
+    from harness import records
+    from sweeps import ladder
+    from sweeps.reproduce import evaluate_and_register
+
+    client = mlflow.MlflowClient()
+    trials = [t for t in top.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE and records.model_run_id(t)]
+    counts = {t.number: client.get_run(t.user_attrs[records.MLFLOW_RUN_ID]).data.metrics.get("param_count", float("inf"))
+              for t in trials}
+    chosen = ladder.most_accurate_within(trials, counts, settings.small_params)
+    if chosen is None:
+        return None
+    label = records.label(chosen)
+    if chosen.number == champion_trial.number:
+        client.set_registered_model_alias(settings.model_name, tracking.SMALL_ALIAS, champion["version"])
+        registered = {**champion, "model": f"models:/{settings.model_name}@{tracking.SMALL_ALIAS}"}
+    else:
+        model = mlflow.keras.load_model(f"runs:/{records.model_run_id(chosen)}/model")
+        registered = evaluate_and_register(
+            chosen.user_attrs[records.MLFLOW_RUN_ID], model, dataset, settings.model_name, tracking.SMALL_ALIAS,
+            {records.SOURCE_STUDY_TAG: settings.exploring_study,
+             records.SOURCE_TRIAL_TAG: str(chosen.user_attrs.get(records.SOURCE_TRIAL, "")),
+             records.BUDGET_TAG: settings.budget.name,
+             records.VALIDATION_ACCURACY_TAG: f"{records.accuracy(chosen):.4f}"},
+            model_run_id=records.model_run_id(chosen))
+    return records.Small(label=label, run_id=chosen.user_attrs[records.MLFLOW_RUN_ID],
+                         validation_accuracy=records.accuracy(chosen), param_count=int(counts[chosen.number]),
+                         params_at_most=settings.small_params, **registered)

@@ -16,8 +16,9 @@ import optuna
 from optuna.trial import TrialState
 
 import search_space
+from analysis import front
 from harness import records, tracking
-from sweeps import answer
+from sweeps import answer, study as sweep_study
 
 LEADERS = 10
 # The plots' known notes, each true of a drawing that is right as drawn (ignore_plot_warnings):
@@ -36,11 +37,12 @@ PLOT_WARNINGS = (
 )
 PLOTS_FOLDER = "sweep_plots"
 def leaderboard(study: optuna.Study, tracking_uri: str, experiment_id: str, run_id: str,
-                rungs: list[optuna.Study] = ()) -> str:
-    """The Description: the ladder's answer (top rung and ensemble), the best explored
-    trials, the baselines, the stop causes counted, and links."""
+                rungs: list[optuna.Study] = (), fronts: dict[str, list[front.Point]] | None = None) -> str:
+    """The Description: the ladder's answer (top rung and ensemble), the accuracy-cost fronts
+    of its last step (``fronts``' last group), the best explored trials, the baselines, the
+    stop causes counted, and links."""
     trials = study.get_trials(deepcopy=False)
-    complete = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value, reverse=True)
+    complete = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=records.accuracy, reverse=True)
 
     def linked(trial: optuna.trial.FrozenTrial) -> str:
         run_id = trial.user_attrs.get(records.MLFLOW_RUN_ID)
@@ -55,26 +57,32 @@ def leaderboard(study: optuna.Study, tracking_uri: str, experiment_id: str, run_
                   *(f"- {line.strip()}" for line in answer.answer_lines(result)), "",
                   f"The {ensemble_link} and the best single model are registered; each test figure was read once, "
                   "after every choice.", "", *answer.candidate_table(result), ""]
+    if fronts:
+        group, candidates = list(fronts.items())[-1]
+        plots = f"{tracking.run_link(tracking_uri, experiment_id, run_id)}/artifacts/{PLOTS_FOLDER}"
+        lines += [f"**Which model wins per size, per millisecond and per training second** ({group}; "
+                  f"[plots]({plots}), baselines marked; each list holds the models no other beats on both):", "",
+                  *front.sections({group: candidates}, lambda linked_run: tracking.run_link(tracking_uri, experiment_id, linked_run))]
     for rung in reversed(list(rungs)):
-        finished = sorted((t for t in rung.get_trials(deepcopy=False) if t.value is not None),
-                          key=lambda t: t.value, reverse=True)
+        finished = sorted((t for t in rung.get_trials(deepcopy=False) if records.accuracy(t) is not None),
+                          key=records.accuracy, reverse=True)
         if finished:
             lines += [f"| rung `{records.rung_budget_name(rung.study_name)}` | validation accuracy | how it stopped | network and training |",
                       "| --- | --- | --- | --- |"]
-            lines += [f"| {linked(t)} | {t.value:.4f} | {records.stop_cause(t).value} | {search_space.describe(t.params)} |"
+            lines += [f"| {linked(t)} | {records.accuracy(t):.4f} | {records.stop_cause(t).value} | {search_space.describe(t.params)} |"
                       for t in finished]
             lines.append("")
     if rungs:
         lines += [f"Exploration (budget `{records.recorded_budget_name(study)}`):", ""]
     if complete:
         best = complete[0]
-        lines += [f"**Best: {records.label(best)}, validation accuracy {best.value:.4f}** "
+        lines += [f"**Best: {records.label(best)}, validation accuracy {records.accuracy(best):.4f}** "
                   f"({search_space.describe(best.params)}). "
                   f"[All runs ranked by validation accuracy]({tracking.ranked_link(tracking_uri, experiment_id)}); "
                   f"the best retrained over seeds and registered: `python -m sweeps.reproduce --study "
                   f"{study.study_name}` ([models]({tracking.ui_base(tracking_uri)}/#/models/{tracking.REGISTERED_MODEL})).", ""]
         lines += ["| rank | trial | validation accuracy | network and training |", "| --- | --- | --- | --- |"]
-        lines += [f"| {rank} | {linked(t)} | {t.value:.4f} | {search_space.describe(t.params)} |"
+        lines += [f"| {rank} | {linked(t)} | {records.accuracy(t):.4f} | {search_space.describe(t.params)} |"
                   for rank, t in enumerate(complete[:LEADERS], start=1)]
     else:
         lines.append("No trial has completed yet.")
@@ -83,7 +91,7 @@ def leaderboard(study: optuna.Study, tracking_uri: str, experiment_id: str, run_
         lines += ["", "| baseline | validation accuracy | how it stopped |", "| --- | --- | --- |"]
         for name in search_space.BASELINES:
             if (trial := baselines.get(name)) is not None:
-                value = f"{trial.value:.4f}" if trial.value is not None else "-"
+                value = f"{records.accuracy(trial):.4f}" if records.accuracy(trial) is not None else "-"
                 cause = records.stop_cause(trial)
                 lines.append(f"| {linked(trial)} | {value} | {cause.value if cause else trial.state.name.lower()} |")
     causes = Counter(cause.value for t in trials if (cause := records.stop_cause(t)) is not None)
@@ -101,6 +109,19 @@ def ignore_plot_warnings() -> None:
         warnings.filterwarnings("ignore", message, UserWarning)
 
 
+def accuracy_target(study: optuna.Study) -> dict:
+    """What Optuna's single-objective plots and importances need to draw a multi-objective
+    study: its first value, validation accuracy, as their target. Empty for one objective."""
+    if len(study.directions) == 1:
+        return {}
+    return {"target": records.accuracy, "target_name": "validation accuracy"}
+
+
+def objective_names(study: optuna.Study) -> list[str]:
+    names = records.recorded_fingerprint(study).get(records.OBJECTIVE_KEY, records.DEFAULT_OBJECTIVE)
+    return [sweep_study.OBJECTIVES[name][0] for name in names]
+
+
 def importance_evaluator():
     """PED-ANOVA: how much each setting separates the best tenth of the trials from the rest.
     That is the question a sweep asks ("what do the winners share?"), and unlike fANOVA it
@@ -112,15 +133,17 @@ def importance_evaluator():
 def write(study: optuna.Study, client, run_id: str, tracking_uri: str, experiment_id: str,
           rungs: list[optuna.Study] = ()) -> None:
     """Set the parent run's Description and replace its plots."""
-    client.set_tag(run_id, records.NOTE_TAG, leaderboard(study, tracking_uri, experiment_id, run_id, rungs))
+    fronts = front.groups(study, list(rungs), client, experiment_id, run_id)
+    client.set_tag(run_id, records.NOTE_TAG, leaderboard(study, tracking_uri, experiment_id, run_id, rungs, fronts))
     with tempfile.TemporaryDirectory() as folder:
-        if save_plots(study, Path(folder)):
+        if save_plots(study, Path(folder), fronts):
             client.log_artifacts(run_id, folder, PLOTS_FOLDER)
 
 
-def save_plots(study: optuna.Study, folder: Path) -> bool:
+def save_plots(study: optuna.Study, folder: Path, fronts: dict[str, list[front.Point]] | None = None) -> bool:
     """Optuna's four plots of the study: one interactive HTML page (plotly.js embedded once, so it
-    opens without a network) and a PNG each. False when no trial has completed."""
+    opens without a network) and a PNG each; and a PNG of each accuracy-cost front. False when
+    no trial has completed."""
     if not study.get_trials(deepcopy=False, states=[TrialState.COMPLETE]):
         return False
     import matplotlib
@@ -140,14 +163,18 @@ def save_plots(study: optuna.Study, folder: Path) -> bool:
     with warnings.catch_warnings(), plt.style.context("default"):
         ignore_plot_warnings()
         evaluator = importance_evaluator()
+        target = accuracy_target(study)
         plots = {
-            "optimization_history": (visualization.plot_optimization_history, static.plot_optimization_history, {}),
+            "optimization_history": (visualization.plot_optimization_history, static.plot_optimization_history, target),
             "param_importances": (visualization.plot_param_importances, static.plot_param_importances,
-                                  {"evaluator": evaluator}),
+                                  {"evaluator": evaluator, **target}),
             "parallel_coordinate": (visualization.plot_parallel_coordinate, static.plot_parallel_coordinate,
-                                    {"params": shared}),
+                                    {"params": shared, **target}),
             "intermediate_values": (visualization.plot_intermediate_values, static.plot_intermediate_values, {}),
         }
+        if target:  # a multi-objective study: its own front, as its sampler saw it
+            plots["pareto_front"] = (visualization.plot_pareto_front, static.plot_pareto_front,
+                                     {"target_names": objective_names(study)})
         for name, (interactive, still, options) in plots.items():
             try:
                 figure = interactive(study, **options)
@@ -157,6 +184,9 @@ def save_plots(study: optuna.Study, folder: Path) -> bool:
             sections.append(figure.to_html(full_html=False, include_plotlyjs=not sections))
             axes.figure.savefig(folder / f"{name}.png", dpi=100, bbox_inches="tight")
             plt.close(axes.figure)
+        for name, figure in front.figures(fronts or {}).items():
+            figure.savefig(folder / name, dpi=100, bbox_inches="tight")
+            plt.close(figure)
     optuna.logging.set_verbosity(verbosity)
     (folder / "optuna_plots.html").write_text(
         f"<!doctype html><html><head><meta charset='utf-8'><title>{study.study_name}: Optuna plots</title>"

@@ -29,12 +29,14 @@ def source_number(trial: FrozenTrial) -> int:
     return trial.user_attrs.get(records.SOURCE_TRIAL, trial.number)
 
 
-def ranked(trials: list[FrozenTrial]) -> list[FrozenTrial]:
+def ranked(trials: list[FrozenTrial], front: frozenset[int] = frozenset()) -> list[FrozenTrial]:
     """Completed sampled recipes, best validation accuracy first, each recipe once (a retry
-    repeats its trial's params)."""
+    repeats its trial's params). ``front``: the trial numbers of a multi-objective study's
+    Pareto front, which rank before the rest (each part by accuracy): such a sweep promotes
+    from its front."""
     seen, best = set(), []
     for trial in sorted((t for t in trials if t.state == TrialState.COMPLETE and records.BASELINE not in t.user_attrs),
-                        key=lambda t: t.value, reverse=True):
+                        key=lambda t: (t.number in front, records.accuracy(t)), reverse=True):
         key = json.dumps(trial.params, sort_keys=True)
         if key not in seen:
             seen.add(key)
@@ -86,11 +88,11 @@ def promote(lower: optuna.Study, exploring: optuna.Study, rung: optuna.Study, ru
     workers end close together; the others follow in rank order, for whatever time is left.
     A rerun adds only what is missing."""
     held = {source_number(t) for t in rung.get_trials(deepcopy=False)}
-    chosen = finalists(ranked(lower.get_trials(deepcopy=False)), count)
+    chosen = finalists(ranked(lower.get_trials(deepcopy=False), pareto_front(lower)), count)
     if top:
         baselines = [t for t in exploring.get_trials(deepcopy=False)
                      if records.BASELINE in t.user_attrs and records.RETRY_OF not in t.user_attrs]
-        chosen += sorted(baselines, key=lambda t: t.value if t.value is not None else -1.0, reverse=True)
+        chosen += sorted(baselines, key=lambda t: records.accuracy(t) if records.accuracy(t) is not None else -1.0, reverse=True)
     chosen = [t for t in chosen if source_number(t) not in held]
     prices = [plan.price(t, rung_budget) for t in chosen]
     first, spent = [], 0.0
@@ -110,6 +112,14 @@ def promote(lower: optuna.Study, exploring: optuna.Study, rung: optuna.Study, ru
     return [records.label(t) for t in order]
 
 
+def pareto_front(study: optuna.Study) -> frozenset[int]:
+    """The numbers of a multi-objective study's Pareto-optimal trials (Optuna's best_trials);
+    empty for a single-objective study, whose ranking is by accuracy alone."""
+    if len(study.directions) == 1:
+        return frozenset()
+    return frozenset(t.number for t in study.best_trials)
+
+
 def requested_trials(rung: optuna.Study) -> int:
     """The trials a rung was asked to train: its enqueued recipes, retries not counted."""
     return sum(records.RETRY_OF not in t.user_attrs for t in rung.get_trials(deepcopy=False))
@@ -118,6 +128,16 @@ def requested_trials(rung: optuna.Study) -> int:
 def needs_ensemble(exploring: optuna.Study, top: optuna.Study, candidates_at_most: int) -> bool:
     """Whether the top rung holds finished models that the recorded ensemble did not weigh."""
     candidates = sorted((t for t in top.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE),
-                        key=lambda t: t.value, reverse=True)[:candidates_at_most]
+                        key=records.accuracy, reverse=True)[:candidates_at_most]
     recorded = records.ladder_result(exploring)
     return bool(candidates) and (recorded is None or recorded.candidates != [t.number for t in candidates])
+
+
+def most_accurate_within(trials: list[FrozenTrial], param_counts: dict[int, float],
+                         params_at_most: int) -> FrozenTrial | None:
+    """The completed trial with the best validation accuracy among those whose network has at
+    most ``params_at_most`` parameters (``param_counts`` by trial number; a trial without one
+    is not a candidate); the earliest on a tie; None when none fits."""
+    fitting = [t for t in trials if t.state == TrialState.COMPLETE and records.accuracy(t) is not None
+               and param_counts.get(t.number, float("inf")) <= params_at_most]
+    return max(fitting, key=records.accuracy, default=None)

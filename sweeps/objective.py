@@ -198,6 +198,7 @@ def run_trial(study: optuna.Study, storage: optuna.storages.BaseStorage, trial: 
     client = tracking.client(settings.tracking_uri)
     source = None if settings.retrain else reuse.find(client, fingerprint)
     promoted = records.SOURCE_TRIAL in trial.user_attrs
+    single = len(settings.objective) == 1
     if promoted:
         tags[records.SOURCE_TRIAL] = str(trial.user_attrs[records.SOURCE_TRIAL])
     run_name = f"{name} @ {settings.budget.name}: {recipe}" if promoted else f"{name}: {recipe}"
@@ -230,16 +231,18 @@ def run_trial(study: optuna.Study, storage: optuna.storages.BaseStorage, trial: 
                         f"budget's {settings.budget.max_training_tflop:g}; not trained")
                 return
             if source is not None:
-                value = reuse.record(trial, source, client, params, fingerprint)
+                figures = reuse.record(trial, source, client, params, fingerprint, split.x_val, report=single)
                 _finish(study, trial, params, note, StopCause.COMPLETED,
                         f"reused run {source.info.run_id}: the same recipe, budget, seed, data and split were "
-                        "trained there to completion, so its model and figures are this trial's", value=value)
+                        "trained there to completion, so its model and figures are this trial's",
+                        values=sweep_study.objective_values(settings.objective, figures))
                 return
             time_share = TimeShare(plan.time_share(settings.budget, settings.deadline, time.time()))
             epochs = settings.budget.epochs_for(params)
             result, metrics = train_trial.log_trial(
                 params, dataset, split, settings.budget, seed=settings.seed, title=name,
-                callbacks=[StopWhenAsked(), ReportToPruner(trial, epochs), time_share])
+                # Optuna prunes single-objective trials only: a multi-objective one trains its budget.
+                callbacks=[StopWhenAsked(), *([ReportToPruner(trial, epochs)] if single else []), time_share])
         except Interrupted:
             _finish(study, trial, params, note, StopCause.INTERRUPTED, "interrupted by the user (Ctrl-C)")
         except optuna.TrialPruned as pruned:
@@ -260,9 +263,10 @@ def run_trial(study: optuna.Study, storage: optuna.storages.BaseStorage, trial: 
                 _finish(study, trial, params, note, StopCause.TIME_SHARE,
                         f"stopped in epoch {result.epochs_run} at its time share of "
                         f"{time_share.seconds:.0f} s; best epoch {result.best_epoch} kept",
-                        value=metrics["validation_accuracy"])
+                        values=sweep_study.objective_values(settings.objective, metrics))
             else:
-                _finish(study, trial, params, note, StopCause.COMPLETED, None, value=metrics["validation_accuracy"])
+                _finish(study, trial, params, note, StopCause.COMPLETED, None,
+                        values=sweep_study.objective_values(settings.objective, metrics))
 
 
 # The Optuna state and MLflow run status each stop cause is recorded with. A pruned trial's
@@ -281,10 +285,12 @@ _OUTCOMES = {
 
 
 def _finish(study: optuna.Study, trial: optuna.Trial, params: dict, note: str, cause: StopCause,
-            reason: str | None, value: float | None = None) -> None:
+            reason: str | None, values: list[float] | None = None) -> None:
     """Record how the trial ended: its cause and reason on both sides, the run's description
     completed, its MLflow run closed, then Optuna told (last, so a trial is never finished in
-    Optuna with its run still open)."""
+    Optuna with its run still open). ``values``: the study's objectives, validation accuracy
+    first."""
+    value = values[0] if values else None
     state, run_status = _OUTCOMES[cause]
     if state != TrialState.COMPLETE:  # also for trials stopped before log_trial logged their params
         mlflow.log_params(params)  # (re-logging equal values is allowed)
@@ -297,7 +303,7 @@ def _finish(study: optuna.Study, trial: optuna.Trial, params: dict, note: str, c
     mlflow.set_tags(tags)
     mlflow.end_run(status=run_status)
     if state == TrialState.COMPLETE:
-        study.tell(trial, value)
+        study.tell(trial, values if len(values) > 1 else values[0])
     else:
         study.tell(trial, state=state)
 

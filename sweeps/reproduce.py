@@ -57,7 +57,7 @@ def chosen_trial(study: optuna.Study, number: int | None) -> optuna.trial.Frozen
     if number is None:
         if not any(t.state == TrialState.COMPLETE for t in trials):
             raise UserError(f"study {study.study_name!r} has no finished trial to reproduce yet")
-        return study.best_trial
+        return records.best_trial(study)
     if number >= len(trials):
         raise UserError(f"study {study.study_name!r} has no trial {number} (trials 0-{len(trials) - 1})")
     trial = trials[number]
@@ -160,10 +160,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     label = records.label(trial)
     source = {records.SOURCE_STUDY_TAG: args.study, records.SOURCE_TRIAL_TAG: str(trial.number),
               records.SOURCE_RUN_ID_TAG: trial.user_attrs.get(records.MLFLOW_RUN_ID, "unknown"),
-              records.SOURCE_VALUE_TAG: "none" if trial.value is None else repr(trial.value)}
+              records.SOURCE_VALUE_TAG: "none" if records.accuracy(trial) is None else repr(records.accuracy(trial))}
     seeds = range(args.seed, args.seed + args.seeds)
     print(f"Reproducing {label} of study {args.study!r} (validation accuracy "
-          f"{'none' if trial.value is None else f'{trial.value:.4f}'} at budget {swept_at}) "
+          f"{'none' if records.accuracy(trial) is None else f'{records.accuracy(trial):.4f}'} at budget {swept_at}) "
           f"with seeds {seeds.start}-{seeds.stop - 1} at budget {budget.name}, deterministic kernels; "
           f"MLflow experiment {EXPERIMENT!r} at {uri}", flush=True)
     runs: list[SeedRun] = []
@@ -186,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     accuracies = [r.result.validation_accuracy for r in runs]
     print(f"Validation accuracy over {len(runs)} seed(s): {mean_and_sd(accuracies)}")
-    print(f"Verdict: {verdict(trial.value, accuracies, len(split.y_val))}")
+    print(f"Verdict: {verdict(records.accuracy(trial), accuracies, len(split.y_val))}")
     if budget.name != swept_at:
         print(f"  (the seeds trained at budget {budget.name}, the sweep's figure at {swept_at}: "
               "a larger budget should land above it)")

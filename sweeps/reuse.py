@@ -12,7 +12,7 @@ from harness.records import StopCause
 # The per-epoch curves and final figures a reused trial's run carries over (never a test figure).
 CURVES = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "learning_rate")
 FIGURES = ("validation_accuracy", "best_epoch", "epochs_run", "train_seconds", "param_count",
-           "forward_mmacs_per_image", "images_per_second")
+           "forward_mmacs_per_image", "images_per_second", *train_trial.LATENCY_METRICS)
 
 
 def find(client, fingerprint: str):
@@ -32,20 +32,30 @@ def find(client, fingerprint: str):
     return None
 
 
-def record(trial, source, client, params: dict, fingerprint: str) -> float:
+def record(trial, source, client, params: dict, fingerprint: str, images, report: bool = True) -> dict[str, float]:
     """Log ``source``'s recipe, curves and figures into the active run as this trial's, report
-    its epochs to the study, and return its validation accuracy."""
+    its epochs to the study (unless ``report`` is False: a multi-objective study takes no
+    reports), and return the figures. A source run older than the latency metrics has its
+    model's measured here, on ``images``, as a trained trial's are."""
     import mlflow
+
+    from harness import backend
 
     train_trial.log_recipe(params, fingerprint)
     for name in CURVES:
         for point in sorted(client.get_metric_history(source.info.run_id, name), key=lambda point: point.step):
             mlflow.log_metric(name, point.value, step=point.step)
-            if name == "val_accuracy":
+            if name == "val_accuracy" and report:
                 trial.report(point.value, step=point.step + 1)  # as ReportToPruner numbers epochs
     figures = {name: value for name, value in source.data.metrics.items() if name in FIGURES}
+    if not all(name in figures for name in train_trial.LATENCY_METRICS):
+        model = mlflow.keras.load_model(f"runs:/{source.info.run_id}/model")
+        figures.update(train_trial.prediction_latency(model, images))
+        mlflow.set_tag(records.PREDICT_THREADS_TAG, str(backend.threads_in_use()))
+    elif records.PREDICT_THREADS_TAG in source.data.tags:
+        mlflow.set_tag(records.PREDICT_THREADS_TAG, source.data.tags[records.PREDICT_THREADS_TAG])
     mlflow.log_metrics(figures)
     mlflow.set_tag(records.REUSED_FROM, source.info.run_id)
     trial.set_user_attr(records.REUSED_FROM, source.info.run_id)
     trial.set_user_attr(records.SECONDS_PER_EPOCH, figures.get("train_seconds", 0.0) / max(figures["epochs_run"], 1))
-    return figures["validation_accuracy"]
+    return figures

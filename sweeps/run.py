@@ -40,6 +40,8 @@ EXPERIMENT = "mnist-sweeps"
 # is a typo, not a plan.
 MAX_WORKERS = 64
 DEFAULT_STUDY = sweep_study.DEFAULT_STUDY
+# @small's size budget: LeNet-5 (61,706 parameters) fits it, kaggle_cnn (887,530) does not.
+DEFAULT_SMALL_PARAMS = 100_000
 
 
 def parse_args(argv: Sequence[str] | None):
@@ -50,7 +52,12 @@ def parse_args(argv: Sequence[str] | None):
                         help=f"study name (default: {DEFAULT_STUDY})")
     cli.add_training_arguments(parser, default_budget=None)
     parser.add_argument("--sampler", choices=sweep_study.SAMPLERS, default="tpe")
-    parser.add_argument("--pruner", choices=sweep_study.PRUNERS, default="hyperband")
+    parser.add_argument("--objective", choices=sweep_study.OBJECTIVE_CHOICES, default="accuracy",
+                        help="what the study optimises (default: accuracy, on validation); accuracy,latency: a "
+                             "multi-objective study of validation accuracy and one image's prediction time, whose "
+                             "answer is their front (Optuna does not prune multi-objective trials)")
+    parser.add_argument("--pruner", choices=sweep_study.PRUNERS,
+                        help="default: hyperband; none with --objective accuracy,latency")
     parser.add_argument("--workers", type=cli.int_at_least(1, MAX_WORKERS),
                         help="worker processes here (default: 1 with a GPU; on a CPU one per core, "
                              "at most 2, each with its share of the cores)")
@@ -73,7 +80,19 @@ def parse_args(argv: Sequence[str] | None):
                         help="wall-clock of the whole sweep, ladder and ensemble included (default: the budget's, "
                              "2 at quick and at long, the GPU default; none at smoke); exploration takes at most "
                              f"{plan.EXPLORE_SHARE * 100:.0f}%% of it")
-    return parser.parse_args(argv)
+    parser.add_argument("--small-params", type=cli.positive_int, default=DEFAULT_SMALL_PARAMS, metavar="N",
+                        help="the size budget of the model registered as @small: the top rung's most accurate "
+                             f"model with at most N parameters (default: {DEFAULT_SMALL_PARAMS:,})")
+    args = parser.parse_args(argv)
+    args.objective = tuple(args.objective.split(","))
+    if len(args.objective) > 1 and args.sampler == "cmaes":
+        parser.error("--sampler cmaes with --objective accuracy,latency: CMA-ES optimises one objective; "
+                     "use tpe (the default), random or gp")
+    if len(args.objective) > 1 and args.pruner not in (None, "none"):
+        parser.error(f"--pruner {args.pruner} with --objective {','.join(args.objective)}: Optuna prunes "
+                     "single-objective trials only; leave --pruner out")
+    args.pruner = args.pruner or ("hyperband" if len(args.objective) == 1 else "none")
+    return args
 
 
 def gpu_visible() -> bool:
@@ -100,7 +119,8 @@ def open_study(args, storage, fingerprint: dict, set_up: Callable[[optuna.Study]
     try:
         if args.study in optuna.study.get_all_study_names(storage):  # checked first: a refused
             raise optuna.exceptions.DuplicatedStudyError  # resume writes nothing to the storage
-        study = optuna.create_study(study_name=args.study, storage=storage, direction="maximize")
+        study = optuna.create_study(study_name=args.study, storage=storage,
+                                    directions=sweep_study.directions(args.objective))
     except optuna.exceptions.DuplicatedStudyError:  # it exists, or another machine just made it
         study = optuna.load_study(study_name=args.study, storage=storage)
         recorded = wait_for_fingerprint(study)
@@ -156,7 +176,7 @@ def write_best_params(study: optuna.Study) -> Path | None:
         return None
     path = tracking.store_folder() / "studies" / study.study_name / "best_params.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    best = study.best_trial
+    best = records.best_trial(study)
     path.write_text(json.dumps(search_space.with_recipe_keys(best.params, best.user_attrs.get(records.BASELINE)),
                                indent=2) + "\n")
     return path
@@ -183,14 +203,14 @@ def summary(sweep: Sweep, sweep_plan: plan.Plan, best_file: Path | None, seconds
     baselines = {t.user_attrs[records.BASELINE]: t for t in trials if records.BASELINE in t.user_attrs}
     if baselines:
         lines.append("Baselines at this budget: " + ", ".join(
-            f"{name} {t.value:.4f}" if t.state == TrialState.COMPLETE else f"{name} {t.state.name.lower()}"
+            f"{name} {records.accuracy(t):.4f}" if t.state == TrialState.COMPLETE else f"{name} {t.state.name.lower()}"
             for name, t in baselines.items()))
     if best_file is None:
         lines.append("No trial has completed yet.")
     else:
-        best = study.best_trial
+        best = records.best_trial(study)
         label = f" ({best.user_attrs[records.BASELINE]})" if records.BASELINE in best.user_attrs else ""
-        lines.append(f"Best: trial {best.number}{label}, validation accuracy {best.value:.4f}")
+        lines.append(f"Best: trial {best.number}{label}, validation accuracy {records.accuracy(best):.4f}")
         lines.append(f"  params: {json.dumps(best.params)}")
         overrides = "".join(f" --{flag} {value}" for flag, value in (
             ("train-size", args.train_size), ("max-epochs", args.max_epochs), ("data", args.data))
@@ -289,10 +309,12 @@ def open_sweep(args) -> Sweep:
     if stores_folder is not None:
         recovery.reserve_space(stores_folder)
     tracking.ensure_experiment(uri, EXPERIMENT)
-    fingerprint = records.fingerprint(search_space.SEARCH_SPACE_VERSION, dataset.sha256, budget, data.DEFAULT_SPLIT_SEED)
+    fingerprint = records.fingerprint(search_space.SEARCH_SPACE_VERSION, dataset.sha256, budget, data.DEFAULT_SPLIT_SEED,
+                                      args.objective)
     tags = {records.STORAGE_TAG: sweep_study.redact(storage_url), records.SWEEP_TRIALS_TAG: str(args.trials),
             records.SWEEP_SAMPLER_TAG: args.sampler, records.SWEEP_PRUNER_TAG: args.pruner,
             records.SWEEP_WORKERS_TAG: str(workers), records.SWEEP_BUDGET_TAG: budget.name,
+            records.SWEEP_OBJECTIVE_TAG: ",".join(args.objective),
             records.SWEEP_FINGERPRINT_TAG: json.dumps(fingerprint)}
     study = open_study(args, storage, fingerprint, lambda created: parent_run(created, args, uri, tags))
     run_id = parent_run(study, args, uri, tags)
@@ -302,7 +324,7 @@ def open_sweep(args) -> Sweep:
         parent_run_id=run_id, total_trials=args.trials, sampler=args.sampler, pruner=args.pruner,
         seed=args.seed, budget=budget, data_path=args.data, split_seed=data.DEFAULT_SPLIT_SEED,
         lock_path=str(tracking.store_folder() / "studies" / args.study / "ask.lock"), last_start=None,
-        threads=threads, retrain=args.retrain, invocation=secrets.token_hex(8))
+        threads=threads, retrain=args.retrain, invocation=secrets.token_hex(8), objective=args.objective)
     sweep = Sweep(args, study, storage, storage_url, uri, client, client.get_run(run_id).info.experiment_id,
                   run_id, settings, workers, stores_folder)
     sweep.recover(lock_path=settings.lock_path)
@@ -371,7 +393,8 @@ def ensemble(sweep: Sweep, phase: plan.Phase, top_rung: optuna.Study) -> None:
         failure = rungs.ensemble(EnsembleSettings(
             exploring_study=sweep.study.study_name, rung_study=top_rung.study_name, storage_url=sweep.storage_url,
             tracking_uri=sweep.uri, experiment=EXPERIMENT, parent_run_id=sweep.run_id, budget=phase.budget,
-            data_path=sweep.args.data, split_seed=data.DEFAULT_SPLIT_SEED, model_name=tracking.REGISTERED_MODEL),
+            data_path=sweep.args.data, split_seed=data.DEFAULT_SPLIT_SEED, model_name=tracking.REGISTERED_MODEL,
+            small_params=sweep.args.small_params),
             sweep.client, sweep.experiment_id)
     phase.stopped, phase.detail = (plan.Stop.FAILED, failure) if failure else (plan.Stop.DONE, "")
 
@@ -417,9 +440,11 @@ def opening(sweep: Sweep, sweep_plan: plan.Plan) -> str:
     budget, args, threads = sweep.settings.budget, sweep.args, sweep.settings.threads
     explore_seconds = plan.policy(budget).explore_seconds
     wall_clock = f", {explore_seconds / 60:g} min a sweep" if explore_seconds else ""
+    objective = ("objectives: validation accuracy (max) and one image's prediction ms (min), pruning off; "
+                 if len(args.objective) > 1 else "")
     line = (f"Study {args.study!r}: budget {budget.name} ({budget.train_size or 'all'} training images, "
             f"up to {budget.max_epochs} epochs, at most {budget.max_training_tflop:g} TFLOP and "
-            f"{budget.trial_seconds:g} s a trial{wall_clock}); sampler {args.sampler}, pruner {args.pruner}, "
+            f"{budget.trial_seconds:g} s a trial{wall_clock}); {objective}sampler {args.sampler}, pruner {args.pruner}, "
             f"{sweep.workers} worker(s){f' of {threads} thread(s)' if threads else ''}; "
             f"storage {sweep_study.redact(sweep.storage_url)}")
     ladder_line = plan.describe(sweep_plan)
@@ -436,8 +461,8 @@ def finish(sweep: Sweep, sweep_plan: plan.Plan, climbed: list[tuple[plan.Phase, 
     ensemble_failure = next((p.detail for p in sweep_plan.phases if p.stopped == plan.Stop.FAILED), None)
     client.log_metric(run_id, "worker_cpu_cores", cores_used)
     if study.get_trials(deepcopy=False, states=[TrialState.COMPLETE]):
-        client.log_metric(run_id, "best_validation_accuracy", study.best_value)
-        client.set_tag(run_id, records.BEST_TRIAL_TAG, str(study.best_trial.number))
+        client.log_metric(run_id, "best_validation_accuracy", records.accuracy(records.best_trial(study)))
+        client.set_tag(run_id, records.BEST_TRIAL_TAG, str(records.best_trial(study).number))
     result = records.ladder_result(study)
     if result and climbed:
         for key, value in {"top_rung_validation_accuracy": result.champion.validation_accuracy,

@@ -147,13 +147,13 @@ def ladder_summary(study: optuna.Study, climbed: list[tuple[Phase, optuna.Study]
     """Each rung's results, then the headline: the ensemble and the best single model."""
     lines = []
     for phase, rung in climbed:
-        trials = sorted((t for t in rung.get_trials(deepcopy=False) if t.value is not None),
-                        key=lambda t: t.value, reverse=True)
+        trials = sorted((t for t in rung.get_trials(deepcopy=False) if records.accuracy(t) is not None),
+                        key=records.accuracy, reverse=True)
         waiting = sum(t.state == TrialState.WAITING for t in rung.get_trials(deepcopy=False))
         why = phase.detail or ("the rung's time ran out" if phase.stopped == Stop.OUT_OF_TIME else "the rung was stopped")
         untrained = f"; {waiting} not started ({why})" if waiting else ""
         lines.append(f"Rung {phase.budget.name}: "
-                     + (", ".join(f"{records.label(t)} {t.value:.4f}" for t in trials) or "nothing finished") + untrained)
+                     + (", ".join(f"{records.label(t)} {records.accuracy(t):.4f}" for t in trials) or "nothing finished") + untrained)
     result = records.ladder_result(study)
     if result:
         lines += answer.answer_lines(result)

@@ -53,6 +53,7 @@ class SweepSettings:
     retrain: bool = False  # train every trial, even where a finished run of the store trained the same
     trials_per_process: int = TRIALS_PER_PROCESS
     threads: int | None = None  # CPU threads per worker; None: the backend's default
+    objective: tuple[str, ...] = ("accuracy",)  # the study's objectives (sweeps.study.OBJECTIVES), accuracy first
 
 
 @dataclass(frozen=True)
@@ -69,3 +70,4 @@ class EnsembleSettings:
     split_seed: int
     model_name: str
     threads: int | None = None
+    small_params: int = 100_000  # @small: the most accurate top-rung model with at most this many parameters

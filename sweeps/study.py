@@ -23,6 +23,11 @@ JOURNAL_NAME = "optuna.journal"
 DEFAULT_STUDY = "mnist-sweep"
 SAMPLERS = ("tpe", "random", "cmaes", "gp")
 PRUNERS = ("hyperband", "median", "none")
+# What a study may optimise: each objective's trial metric (train_trial.log_trial logs them)
+# and its direction. Validation accuracy always comes first: the ladder, the reports and the
+# registry rank by it; a second objective makes the study multi-objective, its answer a front.
+OBJECTIVES = {"accuracy": ("validation_accuracy", "maximize"), "latency": ("predict_ms_one_image", "minimize")}
+OBJECTIVE_CHOICES = ("accuracy", "accuracy,latency")
 # A worker on an RDB storage records a heartbeat this often while its trial runs; a trial
 # silent for GRACE_SECONDS is failed (its worker died, or its machine was lost).
 HEARTBEAT_SECONDS = 20
@@ -190,6 +195,15 @@ def check_sampler_available(name: str) -> None:
         raise UserError(f"--sampler {name} needs the {module} package: pip install {module}")
 
 
+def directions(objective: tuple[str, ...]) -> list[str]:
+    return [OBJECTIVES[name][1] for name in objective]
+
+
+def objective_values(objective: tuple[str, ...], metrics: dict[str, float]) -> list[float]:
+    """A trained (or reused) trial's values for the study, from its logged metrics."""
+    return [metrics[OBJECTIVES[name][0]] for name in objective]
+
+
 def make_pruner(name: str, budget: Budget) -> optuna.pruners.BasePruner:
     if name == "hyperband":  # on per-epoch validation accuracy; steps are epochs from 1
         # Never at the last epoch (training ends there anyway), e.g. with --max-epochs 2 at quick.
@@ -227,9 +241,9 @@ def earlier_best(storage: optuna.storages.BaseStorage, study_name: str, fingerpr
             continue
         study = optuna.load_study(study_name=summary.study_name, storage=storage)
         found += [(summary.study_name, trial) for trial in study.get_trials(deepcopy=False, states=[TrialState.COMPLETE])
-                  if records.BASELINE not in trial.user_attrs and trial.value is not None]
+                  if records.BASELINE not in trial.user_attrs and records.accuracy(trial) is not None]
     best = []
-    for name, trial in sorted(found, key=lambda pair: pair[1].value, reverse=True):
+    for name, trial in sorted(found, key=lambda pair: records.accuracy(pair[1]), reverse=True):
         key = json.dumps(trial.params, sort_keys=True)
         if key not in seen:
             seen.add(key)

@@ -157,7 +157,7 @@ def supervise(study: optuna.Study, settings: SweepSettings, worker_count: int,
                         workers.append(start_worker())
                 trials = study.get_trials(deepcopy=False)
                 states = counts(trials)
-                values = [t.value for t in trials if t.state == TrialState.COMPLETE]
+                values = [records.accuracy(t) for t in trials if t.state == TrialState.COMPLETE]
                 best = f", best {max(values):.4f}" if values else ""
                 apart = f", over cap {states['over cap']}" if states["over cap"] else ""
                 apart += f", lost and retried {states['lost']}" if states["lost"] else ""

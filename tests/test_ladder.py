@@ -12,6 +12,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+import search_space
 from harness import cli, records, tracking
 from harness.budgets import BUDGETS
 from sweeps import answer, ladder, plan, run as sweep_run, study as sweep_study
@@ -171,7 +172,8 @@ def test_running_the_finished_ladder_again_trains_and_registers_nothing_new(clim
     assert "nothing new promoted" in climbed.outputs[1]
     assert "Ensembling" not in climbed.outputs[1]
     versions = climbed.client.search_model_versions(f"name = '{tracking.REGISTERED_MODEL}'")
-    assert len(versions) == 2
+    result = records.ladder_result(climbed.studies["mnist-sweep"])
+    assert len(versions) == 2 + (result.small.run_id != result.champion.run_id)
     assert [len(s.trials) for s in climbed.studies.values()] == [7, 2, 6]
 
 
@@ -193,6 +195,70 @@ def test_the_report_ranks_the_top_rung_with_all_five_baselines(climbed, run_comm
         assert any(f"| {name} |" in line for line in table), name
     assert "**Answer:**" in top and "models:/mnist-digits@ensemble" in top and "Best single model:" in top
     assert "## Rung `smoke-long`" in report
+
+
+@pytest.mark.slow
+def test_every_trained_model_logs_its_prediction_latency_on_the_workers_thread(climbed):
+    from train_trial import LATENCY_METRICS
+
+    threads = max(1, (os.cpu_count() or 1) // 2)  # two workers on a CPU
+    for study in climbed.studies.values():
+        for trial in study.get_trials(deepcopy=False, states=[TrialState.COMPLETE]):
+            run = climbed.client.get_run(trial.user_attrs[records.MLFLOW_RUN_ID])
+            assert all(run.data.metrics[name] > 0 for name in LATENCY_METRICS), (study.study_name, trial.number)
+            assert run.data.tags[records.PREDICT_THREADS_TAG] == str(threads)
+    ensemble_run = climbed.client.get_run(records.ladder_result(climbed.studies["mnist-sweep"]).ensemble.run_id)
+    assert {"param_count", "train_seconds", *LATENCY_METRICS} <= set(ensemble_run.data.metrics)
+
+
+@pytest.mark.slow
+def test_small_is_the_top_rungs_most_accurate_model_within_the_size_budget_and_labels_a_csv(
+        climbed, mnist, run_command, tmp_path):
+    from digits import predict
+
+    result = records.ladder_result(climbed.studies["mnist-sweep"])
+    full = climbed.studies["mnist-sweep@smoke-full"]
+    counts = {t.number: climbed.client.get_run(t.user_attrs[records.MLFLOW_RUN_ID]).data.metrics["param_count"]
+              for t in full.trials}
+    chosen = ladder.most_accurate_within(full.trials, counts, sweep_run.DEFAULT_SMALL_PARAMS)
+    assert result.small.run_id == chosen.user_attrs[records.MLFLOW_RUN_ID]
+    assert result.small.param_count == counts[chosen.number] <= 100_000
+    registered = climbed.client.get_model_version_by_alias(tracking.REGISTERED_MODEL, tracking.SMALL_ALIAS)
+    assert registered.run_id == records.model_run_id(chosen)
+    assert len(climbed.client.get_metric_history(result.small.run_id, "test_accuracy")) == 1  # read once
+    assert f"Most accurate within 100,000 parameters: {result.small.label}" in climbed.outputs[0]
+    images = mnist.x_test[:10].reshape(10, -1)
+    (tmp_path / "test.csv").write_text(",".join(f"pixel{i}" for i in range(784)) + "\n"
+                                       + "\n".join(",".join(map(str, row)) for row in images) + "\n")
+    code, out, err = run_command(predict.main, ["--model", "models:/mnist-digits@small", "--input", tmp_path / "test.csv",
+                                                "--output", tmp_path / "labels.csv", "--tracking-uri", climbed.uri])
+    assert code == 0, err
+    assert len((tmp_path / "labels.csv").read_text().splitlines()) == 11
+
+
+@pytest.mark.slow
+def test_the_report_and_front_page_show_the_fronts_with_the_baselines_marked(climbed, run_command, monkeypatch):
+    from analysis import compare
+
+    monkeypatch.chdir(climbed.folder)
+    code, out, err = run_command(compare.main, ["--out", "fronts", "--tracking-uri", climbed.uri])
+    assert code == 0, err
+    report = (climbed.folder / "fronts" / "report.md").read_text()
+    section = report.split("## The accuracy-cost fronts")[1].split("\n## ")[0]
+    for group in ("Explored at `smoke`", "Top rung at `smoke-full`"):
+        for cost in ("parameters", "ms to predict one image", "training seconds"):
+            assert f"**{group}: validation accuracy against {cost}**" in section
+    rows = [line for line in section.splitlines() if line.startswith("| [")]
+    assert rows
+    for line in rows:
+        name = line.split("]")[0].removeprefix("| [")
+        assert (name in search_space.BASELINES) == ("(baseline)" in line.split(" | ")[0]), line
+    assert (climbed.folder / "fronts" / "front_top_rung_at_smoke_full_latency.png").is_file()
+    parent = climbed.studies["mnist-sweep"].user_attrs[records.PARENT_RUN_ID]
+    note = climbed.client.get_run(parent).data.tags[records.NOTE_TAG]
+    assert "**Which model wins per size, per millisecond and per training second** (Top rung at `smoke-full`" in note
+    artifacts = [a.path for a in climbed.client.list_artifacts(parent, "sweep_plots")]
+    assert "sweep_plots/front_top_rung_at_smoke_full_params.png" in artifacts
 
 
 # --- Units --------------------------------------------------------------------------------
