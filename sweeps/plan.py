@@ -16,6 +16,7 @@ order, is sweeps/ladder.py's.
 from __future__ import annotations
 
 import enum
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -161,10 +162,16 @@ def startable(trials: list[FrozenTrial], budget: Budget, deadline: float | None,
     return [t for t in waiting if fits(budget, deadline, t.user_attrs.get(records.FORECAST_SECONDS), now)]
 
 
-def expected_rung_seconds(budget: Budget, candidates: list[FrozenTrial], workers: int) -> float:
+def expected_rung_seconds(budget: Budget, candidates: list[FrozenTrial], workers: int, wanted: int = 0) -> float:
     """A forecast of a rung's wall-clock: its recipes' prices shared by the workers, never less
-    than the longest one, each with its validation and logging."""
-    prices = [price(trial, budget) + TRIAL_OVERHEAD_SECONDS for trial in candidates]
+    than the longest one, each with its validation and logging. Early in exploration fewer
+    than the ``wanted`` recipes are known, and a baseline not yet trained has no price: each
+    of those is priced as the median known one (a time share while none is known), so the
+    first readings do not forecast an empty rung."""
+    known = [cost for cost in (price(trial, budget) for trial in candidates) if cost > 0]
+    missing = max(len(candidates), wanted) - len(known)
+    typical = statistics.median(known) if known else budget.trial_seconds
+    prices = [cost + TRIAL_OVERHEAD_SECONDS for cost in known + [typical] * missing]
     return max(max(prices, default=0.0), sum(prices) / max(workers, 1))
 
 
@@ -253,7 +260,9 @@ class Plan:
             if other.kind == "rung":
                 rungs_left = len(self.rungs) - self.rungs.index(other)
                 deadline = rung_deadline(now, self.command_ends, rungs_left)
-                forecast = now + expected_rung_seconds(other.budget, candidates(other), workers)
+                climbing = candidates(other)
+                wanted = other.trials + sum(records.BASELINE in t.user_attrs for t in climbing)
+                forecast = now + expected_rung_seconds(other.budget, climbing, workers, wanted)
                 now = forecast if deadline is None else min(forecast, deadline)
             elif other.kind == "ensemble":
                 now += ENSEMBLE_EXPECTED_SECONDS

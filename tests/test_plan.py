@@ -200,16 +200,17 @@ def timed(value: float, seconds_per_epoch: float, **attributes) -> optuna.trial.
 
 def test_the_command_is_expected_to_end_when_its_later_phases_forecast_or_their_shares_run_out():
     made = default_plan()
-    # Two workers; each rung forecast from the recipes that would climb: 10 s an epoch.
-    quick_recipes = [timed(0.99, 10.0), timed(0.98, 10.0)]
+    # Two workers; each rung forecast from the recipes that would climb (6 at long, 3 at
+    # full): 10 s an epoch.
     explore_ends = T0 + 2700
 
     def candidates(rung):
-        return quick_recipes
+        return [timed(0.99, 10.0) for _ in range(rung.trials)]
 
-    middle = plan.expected_rung_seconds(LONG, quick_recipes, 2)  # 10 epochs: 100 s + overhead each, in parallel
-    assert middle == pytest.approx(100 + plan.TRIAL_OVERHEAD_SECONDS)
-    top = plan.expected_rung_seconds(FULL, quick_recipes, 2)  # 30 epochs: 300 s + overhead each
+    middle = plan.expected_rung_seconds(LONG, candidates(made.rungs[0]), 2)  # 10 epochs: 100 s + overhead, 3 each
+    assert middle == pytest.approx(3 * (100 + plan.TRIAL_OVERHEAD_SECONDS))
+    top = plan.expected_rung_seconds(FULL, candidates(made.rungs[1]), 2)  # 30 epochs: 300 s + overhead, 1.5 each
+    assert top == pytest.approx(1.5 * (300 + plan.TRIAL_OVERHEAD_SECONDS))
     assert made.expected_end(made.explore, explore_ends, candidates, 2) == pytest.approx(
         explore_ends + middle + top + plan.ENSEMBLE_EXPECTED_SECONDS)
     # Recipes that would outrun a rung's share end with the share.
@@ -221,3 +222,17 @@ def test_the_command_is_expected_to_end_when_its_later_phases_forecast_or_their_
     assert middle_deadline < expected
     # From the top rung, only the ensemble is left.
     assert made.expected_end(made.rungs[1], T0 + 6000, candidates, 2) == T0 + 6000 + plan.ENSEMBLE_EXPECTED_SECONDS
+
+
+def test_recipes_not_known_yet_are_forecast_as_the_median_known_one_or_a_time_share():
+    # Early in exploration: 1 of the 6 recipes long wants is known, and a baseline untrained.
+    known, untrained = timed(0.99, 10.0), timed(0.0, 0.0, baseline="kaggle_cnn")
+    each = 100 + plan.TRIAL_OVERHEAD_SECONDS
+    assert plan.expected_rung_seconds(LONG, [known], 2, wanted=6) == pytest.approx(6 * each / 2)
+    assert plan.expected_rung_seconds(LONG, [known, untrained], 1, wanted=2) == pytest.approx(2 * each)
+    nothing_yet = plan.expected_rung_seconds(LONG, [], 2, wanted=2)
+    assert nothing_yet == pytest.approx(LONG.trial_seconds + plan.TRIAL_OVERHEAD_SECONDS)
+    made = default_plan()
+    # The top rung counts the baselines among what it wants: 3 finalists and 1 baseline here.
+    ends = made.expected_end(made.rungs[0], T0 + 5000, lambda rung: [known, untrained], 2)
+    assert ends == pytest.approx(T0 + 5000 + 2 * (300 + plan.TRIAL_OVERHEAD_SECONDS) + plan.ENSEMBLE_EXPECTED_SECONDS)
