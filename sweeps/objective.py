@@ -243,6 +243,8 @@ def run_trial(study: optuna.Study, storage: optuna.storages.BaseStorage, trial: 
                 params, dataset, split, settings.budget, seed=settings.seed, title=name,
                 # Optuna prunes single-objective trials only: a multi-objective one trains its budget.
                 callbacks=[StopWhenAsked(), *([ReportToPruner(trial, epochs)] if single else []), time_share])
+            if not single:  # no reported epochs to price it by at the next rung (plan.seconds_per_epoch)
+                trial.set_user_attr(records.SECONDS_PER_EPOCH, result.train_seconds / max(result.epochs_run, 1))
         except Interrupted:
             _finish(study, trial, params, note, StopCause.INTERRUPTED, "interrupted by the user (Ctrl-C)")
         except optuna.TrialPruned as pruned:
