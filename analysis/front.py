@@ -170,6 +170,21 @@ def groups(study: optuna.Study, rungs: list[optuna.Study], client, experiment_id
     return found
 
 
+def summary(candidates: list[Point], link) -> list[str]:
+    """Each front in one Markdown bullet, cheapest first, each model linked with its accuracy
+    and that cost: the fronts where room is short (an MLflow Description)."""
+    lines = []
+    for key, cost in COSTS.items():
+        chosen = front(candidates, key)
+        if chosen:
+            models = " · ".join(
+                f"{f'[{point.label}]({link(point.run_id)})' if point.run_id else point.label}"
+                f"{' (baseline)' if point.baseline else ''} {point.accuracy:.4f} at {cost.unit.format(point.costs[key])}"
+                for point in chosen)
+            lines.append(f"- against {cost.title}: {models}")
+    return lines
+
+
 def sections(groups: dict[str, list[Point]], link) -> list[str]:
     """The Markdown of every front: per group of points (explored, top rung), per cost."""
     lines = []

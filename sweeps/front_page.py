@@ -10,6 +10,7 @@ from __future__ import annotations
 import tempfile
 import warnings
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
@@ -36,69 +37,112 @@ PLOT_WARNINGS = (
     "Tight layout not applied",
 )
 PLOTS_FOLDER = "sweep_plots"
+# MLflow cuts a tag's value, the Description among them, at 8,000 characters (its
+# MAX_TAG_VAL_LENGTH), logging a warning: the page is fitted to it here instead.
+NOTE_LIMIT = 8000
+LEFT_OUT = ("_Left out to fit MLflow's {limit:,}-character Description: {what}. "
+            "`python -m analysis.compare` writes them all, linked._")
+
+
+@dataclass(frozen=True, eq=False)
+class Block:
+    """A part of the Description: ``rank`` 0 is always kept; the highest ranks go first when
+    the whole does not fit."""
+    rank: int
+    name: str  # what the line about left-out blocks calls it
+    lines: list[str]
+
+
+def fit(blocks: list[Block], limit: int) -> str:
+    """The blocks in their order, less the least important ones (highest rank first, the later
+    of equals first) until the text fits ``limit`` characters, with a line naming them."""
+    kept = list(blocks)
+    removable = sorted((b for b in blocks if b.rank > 0), key=lambda b: (b.rank, blocks.index(b)), reverse=True)
+    left_out: list[Block] = []
+
+    def text() -> str:
+        lines = [line for block in kept for line in block.lines]
+        if left_out:
+            what = ", ".join(block.name for block in sorted(left_out, key=blocks.index))
+            lines += ["", LEFT_OUT.format(limit=limit, what=what)]
+        return "\n".join(lines) + "\n"
+
+    while len(text()) > limit and removable:
+        block = removable.pop(0)
+        kept.remove(block)
+        left_out.append(block)
+    return text()[:limit]
+
+
 def leaderboard(study: optuna.Study, tracking_uri: str, experiment_id: str, run_id: str,
                 rungs: list[optuna.Study] = (), fronts: dict[str, list[front.Point]] | None = None) -> str:
     """The Description: the ladder's answer (top rung and ensemble), the accuracy-cost fronts
-    of its last step (``fronts``' last group), the best explored trials, the baselines, the
-    stop causes counted, and links."""
+    of its last step (``fronts``' last group), each rung's models, the best explored trials,
+    the baselines, the stop causes counted, and links; fitted to MLflow's limit (``fit``)."""
     trials = study.get_trials(deepcopy=False)
     complete = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=records.accuracy, reverse=True)
 
-    def linked(trial: optuna.trial.FrozenTrial) -> str:
-        run_id = trial.user_attrs.get(records.MLFLOW_RUN_ID)
-        name = records.label(trial)
-        return f"[{name}]({tracking.run_link(tracking_uri, experiment_id, run_id)})" if run_id else name
+    def run_link(linked_run: str) -> str:
+        return tracking.run_link(tracking_uri, experiment_id, linked_run)
 
-    lines = [f"# Sweep `{study.study_name}`", ""]
+    def linked(trial: optuna.trial.FrozenTrial) -> str:
+        trial_run = trial.user_attrs.get(records.MLFLOW_RUN_ID)
+        return f"[{records.label(trial)}]({run_link(trial_run)})" if trial_run else records.label(trial)
+
+    plots = f"{run_link(run_id)}/artifacts/{PLOTS_FOLDER}"
+    blocks = [Block(0, "title", [f"# Sweep `{study.study_name}`", ""])]
     result = records.ladder_result(study)
     if result:
-        ensemble_link = f"[ensemble]({tracking.run_link(tracking_uri, experiment_id, result.ensemble.run_id)})"
-        lines += ["**Answer (the top rung, every model at one full budget):**", "",
-                  *(f"- {line.strip()}" for line in answer.answer_lines(result)), "",
-                  f"The {ensemble_link} and the best single model are registered; each test figure was read once, "
-                  "after every choice.", "", *answer.candidate_table(result), ""]
+        blocks.append(Block(0, "answer", [
+            "**Answer (the top rung, every model at one full budget):**", "",
+            *(f"- {line.strip()}" for line in answer.answer_lines(result)), "",
+            f"The [ensemble]({run_link(result.ensemble.run_id)}) and the best single model are registered; each "
+            "test figure was read once, after every choice.", "", *answer.candidate_table(result), ""]))
     if fronts:
         group, candidates = list(fronts.items())[-1]
-        plots = f"{tracking.run_link(tracking_uri, experiment_id, run_id)}/artifacts/{PLOTS_FOLDER}"
-        lines += [f"**Which model wins per size, per millisecond and per training second** ({group}; "
-                  f"[plots]({plots}), baselines marked; each list holds the models no other beats on both):", "",
-                  *front.sections({group: candidates}, lambda linked_run: tracking.run_link(tracking_uri, experiment_id, linked_run))]
-    for rung in reversed(list(rungs)):
+        blocks.append(Block(2, "the accuracy-cost fronts", [
+            f"**Which model wins per size, per millisecond and per training second** ({group}; [plots]({plots}), "
+            "baselines marked; each list holds the models no other beats on both, cheapest first):", "",
+            *front.summary(candidates, run_link), ""]))
+    for place, rung in enumerate(reversed(list(rungs))):
         finished = sorted((t for t in rung.get_trials(deepcopy=False) if records.accuracy(t) is not None),
                           key=records.accuracy, reverse=True)
         if finished:
-            lines += [f"| rung `{records.rung_budget_name(rung.study_name)}` | validation accuracy | how it stopped | network and training |",
-                      "| --- | --- | --- | --- |"]
-            lines += [f"| {linked(t)} | {records.accuracy(t):.4f} | {records.stop_cause(t).value} | {search_space.describe(t.params)} |"
-                      for t in finished]
-            lines.append("")
+            blocks.append(Block(3 if place == 0 else 6, f"rung {records.rung_budget_name(rung.study_name)}'s table", [
+                f"| rung `{records.rung_budget_name(rung.study_name)}` | validation accuracy | how it stopped | network and training |",
+                "| --- | --- | --- | --- |",
+                *(f"| {linked(t)} | {records.accuracy(t):.4f} | {records.stop_cause(t).value} | {search_space.describe(t.params)} |"
+                  for t in finished), ""]))
     if rungs:
-        lines += [f"Exploration (budget `{records.recorded_budget_name(study)}`):", ""]
+        blocks.append(Block(1, "exploration", [f"Exploration (budget `{records.recorded_budget_name(study)}`):", ""]))
     if complete:
         best = complete[0]
-        lines += [f"**Best: {records.label(best)}, validation accuracy {records.accuracy(best):.4f}** "
-                  f"({search_space.describe(best.params)}). "
-                  f"[All runs ranked by validation accuracy]({tracking.ranked_link(tracking_uri, experiment_id)}); "
-                  f"the best retrained over seeds and registered: `python -m sweeps.reproduce --study "
-                  f"{study.study_name}` ([models]({tracking.ui_base(tracking_uri)}/#/models/{tracking.REGISTERED_MODEL})).", ""]
-        lines += ["| rank | trial | validation accuracy | network and training |", "| --- | --- | --- | --- |"]
-        lines += [f"| {rank} | {linked(t)} | {records.accuracy(t):.4f} | {search_space.describe(t.params)} |"
-                  for rank, t in enumerate(complete[:LEADERS], start=1)]
+        blocks.append(Block(1, "the best trial", [
+            f"**Best: {records.label(best)}, validation accuracy {records.accuracy(best):.4f}** "
+            f"({search_space.describe(best.params)}). "
+            f"[All runs ranked by validation accuracy]({tracking.ranked_link(tracking_uri, experiment_id)}); "
+            f"the best retrained over seeds and registered: `python -m sweeps.reproduce --study "
+            f"{study.study_name}` ([models]({tracking.ui_base(tracking_uri)}/#/models/{tracking.REGISTERED_MODEL})).", ""]))
+        blocks.append(Block(5, f"the {LEADERS} best explored trials", [
+            "| rank | trial | validation accuracy | network and training |", "| --- | --- | --- | --- |",
+            *(f"| {rank} | {linked(t)} | {records.accuracy(t):.4f} | {search_space.describe(t.params)} |"
+              for rank, t in enumerate(complete[:LEADERS], start=1)), ""]))
     else:
-        lines.append("No trial has completed yet.")
+        blocks.append(Block(1, "the best trial", ["No trial has completed yet.", ""]))
     baselines = {t.user_attrs[records.BASELINE]: t for t in trials if records.BASELINE in t.user_attrs}
     if baselines:
-        lines += ["", "| baseline | validation accuracy | how it stopped |", "| --- | --- | --- |"]
+        rows = []
         for name in search_space.BASELINES:
             if (trial := baselines.get(name)) is not None:
                 value = f"{records.accuracy(trial):.4f}" if records.accuracy(trial) is not None else "-"
                 cause = records.stop_cause(trial)
-                lines.append(f"| {linked(trial)} | {value} | {cause.value if cause else trial.state.name.lower()} |")
+                rows.append(f"| {linked(trial)} | {value} | {cause.value if cause else trial.state.name.lower()} |")
+        blocks.append(Block(4, "the baselines' table", ["| baseline | validation accuracy | how it stopped |", "| --- | --- | --- |", *rows, ""]))
     causes = Counter(cause.value for t in trials if (cause := records.stop_cause(t)) is not None)
-    lines += ["", "Trials by how they stopped: " + ", ".join(f"{cause} {count}" for cause, count in causes.most_common())
-              + f". [Optuna's plots]({tracking.run_link(tracking_uri, experiment_id, run_id)}/artifacts/"
-              f"{PLOTS_FOLDER}/optuna_plots.html) (interactive; PNGs beside it in `{PLOTS_FOLDER}/`)."]
-    return "\n".join(lines) + "\n"
+    blocks.append(Block(0, "stop causes", [
+        "Trials by how they stopped: " + ", ".join(f"{cause} {count}" for cause, count in causes.most_common())
+        + f". [Optuna's plots]({plots}/optuna_plots.html) (interactive; PNGs beside it in `{PLOTS_FOLDER}/`)."]))
+    return fit(blocks, NOTE_LIMIT)
 
 
 def ignore_plot_warnings() -> None:

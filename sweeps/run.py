@@ -275,13 +275,13 @@ class Sweep:
             return
         if self.stores_folder is not None:  # the workers are gone; the reserve makes room to close
             recovery.release_space(self.stores_folder)
+        if self.storage_url.startswith("journal:"):  # before closing the trials appends to it
+            journal.set_aside_torn_tail(Path(self.storage_url.removeprefix("journal:")))
         with contextlib.suppress(Exception):
             for study in studies:
                 self.recover(study)
         with contextlib.suppress(Exception):
             self.client.set_terminated(self.run_id, "FAILED")
-        if self.storage_url.startswith("journal:"):
-            journal.set_aside_torn_tail(Path(self.storage_url.removeprefix("journal:")))
         raise StoreUnwritable(f"cannot write {outcome.store_failure}")
 
 

@@ -38,8 +38,12 @@ def run_rung(phase: Phase, sweep_plan: Plan, exploring: optuna.Study, lower: opt
         promoted = ladder.promote(lower, exploring, rung, phase.budget, phase.trials, top=phase.top,
                                   worker_seconds=(phase.deadline - now) * workers if phase.deadline else None)
     phase.trials = ladder.requested_trials(rung)
+    # A rung study is single-objective (open_rung) whatever exploration's objectives: it
+    # retrains the recipes exploration's front carried up, for accuracy at a higher fidelity;
+    # their latencies are still logged, and the report draws the rung's fronts from them.
     rung_settings = dataclasses.replace(
         settings, study_name=rung.study_name, budget=phase.budget, pruner=phase.pruner, total_trials=phase.trials,
+        objective=("accuracy",),
         last_start=phase.last_start, deadline=phase.deadline, fit_forecasts=True,
         any_start_until=phase.any_start_until, lock_path=lock_path)
 

@@ -9,10 +9,11 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+import search_space
 from analysis import front
 from harness import cli, records, tracking
 from harness.budgets import BUDGETS
-from sweeps import ladder, run as sweep_run, study as sweep_study
+from sweeps import front_page, ladder, run as sweep_run, study as sweep_study
 
 
 def point(label, accuracy, params=None, latency=None, baseline=False):
@@ -45,6 +46,32 @@ def test_the_front_plot_names_the_baselines_beside_their_points():
     texts = [text.get_text() for text in figure.axes[0].texts]
     assert texts == ["lenet5"]
     assert front.plot(points[:1], "params", "title") is None  # one point is no front
+
+
+def test_the_front_page_leaves_out_its_least_important_parts_to_fit_mlflows_limit():
+    blocks = [front_page.Block(0, "answer", ["a" * 100]), front_page.Block(5, "leaders", ["l" * 100]),
+              front_page.Block(2, "fronts", ["f" * 100]), front_page.Block(5, "rungs", ["r" * 100]),
+              front_page.Block(0, "links", ["k" * 100])]
+    assert front_page.fit(blocks, 1000) == "\n".join(b.lines[0] for b in blocks) + "\n"
+    page = front_page.fit(blocks, 450)
+    assert "a" * 100 in page and "f" * 100 in page and "k" * 100 in page
+    assert "l" * 100 not in page and "r" * 100 not in page
+    assert len(page) <= 450 and "Description: leaders, rungs. `python -m analysis.compare`" in page
+    assert len(front_page.fit(blocks, 150)) == 150  # what is always kept is cut at the limit, not by MLflow
+
+
+def test_a_large_sweeps_front_page_fits_the_description_and_keeps_its_best_trial():
+    recipe = search_space.baseline("kaggle_cnn")
+    fixed = {name: optuna.distributions.CategoricalDistribution([value]) for name, value in recipe.items()}
+    study = optuna.create_study(direction="maximize")
+    study.add_trials([optuna.trial.create_trial(value=0.9 + n / 1000, params=recipe, distributions=fixed,
+                                                user_attrs={records.MLFLOW_RUN_ID: f"{n:032x}"}) for n in range(60)])
+    candidates = [front.Point(f"trial {n}", 0.9 + n / 1000, {"params": 1000 + n, "latency": 0.1 + n, "training": n},
+                              f"{n:032x}", search_space.describe(recipe), baseline=False) for n in range(60)]
+    page = front_page.leaderboard(study, "http://mlflow.example:5000", "1", "f" * 32, fronts={"Explored": candidates})
+    assert len(page) <= front_page.NOTE_LIMIT
+    assert "**Best: trial 59, validation accuracy 0.9590**" in page and "Trials by how they stopped" in page
+    assert "Left out to fit MLflow's 8,000-character Description" in page
 
 
 def frozen(number, accuracy, state=TrialState.COMPLETE):
