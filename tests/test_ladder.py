@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 import search_space
 from harness import cli, records, tracking
 from harness.budgets import BUDGETS
-from sweeps import answer, ladder, plan, run as sweep_run, study as sweep_study
+from sweeps import answer, front_page, ladder, plan, run as sweep_run, study as sweep_study
 
 # Sampled trials must complete for the middle rung to get recipes: no pruner here.
 LADDER = ["--trials", "7", "--workers", "2", "--finalists", "1", "--pruner", "none",
@@ -259,6 +259,7 @@ def test_the_report_and_front_page_show_the_fronts_with_the_baselines_marked(cli
     parent = climbed.studies["mnist-sweep"].user_attrs[records.PARENT_RUN_ID]
     note = climbed.client.get_run(parent).data.tags[records.NOTE_TAG]
     assert "**Which model wins per size, per millisecond and per training second** (Top rung at `smoke-full`" in note
+    assert "- against ms to predict one image: [" in note and len(note) <= front_page.NOTE_LIMIT
     artifacts = [a.path for a in climbed.client.list_artifacts(parent, "sweep_plots")]
     assert "sweep_plots/front_top_rung_at_smoke_full_params.png" in artifacts
 
