@@ -104,12 +104,35 @@ def promote(lower: optuna.Study, exploring: optuna.Study, rung: optuna.Study, ru
     order = [chosen[index] for index in first + [i for i in range(len(chosen)) if i not in first]]
     forecasts = dict(zip(map(source_number, chosen), prices))
     for trial in order:
-        attributes = {records.SOURCE_TRIAL: source_number(trial), records.FIDELITY: rung_budget.name,
-                      records.FORECAST_SECONDS: forecasts[source_number(trial)]}
-        if records.BASELINE in trial.user_attrs:
-            attributes[records.BASELINE] = trial.user_attrs[records.BASELINE]
-        rung.enqueue_trial(trial.params, user_attrs=attributes)
+        enqueue(rung, trial, rung_budget, forecasts[source_number(trial)])
     return [records.label(t) for t in order]
+
+
+def enqueue(rung: optuna.Study, trial: FrozenTrial, rung_budget: Budget, forecast_seconds: float) -> None:
+    """Queue ``trial``'s recipe in ``rung``, tied to the exploring trial it carries up."""
+    attributes = {records.SOURCE_TRIAL: source_number(trial), records.FIDELITY: rung_budget.name,
+                  records.FORECAST_SECONDS: forecast_seconds}
+    if records.BASELINE in trial.user_attrs:
+        attributes[records.BASELINE] = trial.user_attrs[records.BASELINE]
+    rung.enqueue_trial(trial.params, user_attrs=attributes)
+
+
+def top_up(lower: optuna.Study, rung: optuna.Study, rung_budget: Budget, deadline: float | None,
+           now: float) -> str | None:
+    """When a worker of the top rung would idle with time left (its queue trained, some of it
+    fast: a reused baseline, an early stop), queue the best-ranked recipe of ``lower`` the rung
+    does not hold whose forecast price fits before ``deadline``: one more finalist, trained
+    and weighed by the ensemble, in time that would otherwise be lost. Returns its label, or
+    None when none fits."""
+    held = {source_number(t) for t in rung.get_trials(deepcopy=False)}
+    for trial in ranked(lower.get_trials(deepcopy=False), pareto_front(lower)):
+        if source_number(trial) in held:
+            continue
+        forecast = plan.price(trial, rung_budget)
+        if forecast > 0 and plan.fits(rung_budget, deadline, forecast, now):
+            enqueue(rung, trial, rung_budget, forecast)
+            return records.label(trial)
+    return None
 
 
 def pareto_front(study: optuna.Study) -> frozenset[int]:

@@ -58,8 +58,18 @@ def run_rung(phase: Phase, sweep_plan: Plan, exploring: optuna.Study, lower: opt
     print(f"Rung {step} of {len(sweep_plan.rungs) + 1}, {phase.budget.name} ({phase.budget.train_size or 'all'} training images, "
           f"up to {phase.budget.max_epochs} epochs): "
           f"{'promoted ' + ', '.join(promoted) if promoted else 'nothing new promoted'}{deadline}", flush=True)
+    def top_up(now: float) -> str | None:
+        with sweep_study.ask_lock(storage, rung.study_name, lock_path):
+            added = ladder.top_up(lower, rung, phase.budget, phase.deadline, now)
+        if added:
+            print(f"Rung {phase.budget.name}: {added} queued too: a worker came free with time left that its "
+                  "forecast fits", flush=True)
+        return added
+
+    # Only the top rung tops up: time a middle rung leaves goes to the rungs above it.
     outcome = supervise(rung, rung_settings, workers, on_worker_lost=recover_rung, title=phase.title,
-                        command_ends=command_ends)
+                        command_ends=command_ends, top_up=top_up if phase.top else None)
+    phase.trials = ladder.requested_trials(rung)
     if not outcome.interrupted and outcome.store_failure is None:
         recover_rung()
     return outcome, rung

@@ -3,6 +3,7 @@ bar, replacing workers that trained their share or died, and stopping them on Ct
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import os
 import signal
@@ -49,6 +50,7 @@ class Outcome:
     # trials were queued then.
     idle_since: float | None = None
     unstarted: int = 0
+    topped_up: list[str] = field(default_factory=list)  # labels top_up queued, in order
 
 
 def _worker_process(settings: SweepSettings, worker_index: int, failures) -> None:
@@ -61,11 +63,14 @@ def _worker_process(settings: SweepSettings, worker_index: int, failures) -> Non
 
 def supervise(study: optuna.Study, settings: SweepSettings, worker_count: int,
               on_worker_lost: Callable[[], None] = lambda: None, title: str | None = None,
-              command_ends: Callable[[float], float] | None = None) -> Outcome:
+              command_ends: Callable[[float], float] | None = None,
+              top_up: Callable[[float], str | None] | None = None) -> Outcome:
     """Run the workers under a live progress bar (done, time left, pruned, failed, best so far),
     starting a fresh one whenever a worker has trained its share of trials and the study
     still needs more. A worker that dies (killed, crashed) is replaced too, after
-    ``on_worker_lost`` has ended the trial it left running and queued its retry.
+    ``on_worker_lost`` has ended the trial it left running and queued its retry. When the
+    study holds what was asked while time is left, ``top_up(now)`` may queue one more trial
+    (returning its label) for the worker that would otherwise idle.
 
     Ctrl-C (or SIGTERM to this process) asks each worker to stop (SIGTERM): at its next
     batch it records its running trial as failed, with the reason, closes the trial's
@@ -81,20 +86,29 @@ def supervise(study: optuna.Study, settings: SweepSettings, worker_count: int,
 
     def start_worker() -> multiprocessing.Process:
         nonlocal started
-        # A new number for every process, so a replacement does not replay its sampler's seed.
-        worker = context.Process(target=_worker_process, args=(settings, started, failures))
+        # A new number for every process, so a replacement does not replay its sampler's seed;
+        # and the total as topped up so far, which the worker trains up to.
+        worker_settings = dataclasses.replace(settings, total_trials=total)
+        worker = context.Process(target=_worker_process, args=(worker_settings, started, failures))
         started += 1
         worker.start()
         return worker
 
     def needs_more() -> bool:
+        nonlocal total
         if outcome.interrupted or outcome.store_failure is not None:
             return False
         if settings.last_start is not None and time.time() >= settings.last_start:
             return False
         trials = study.get_trials(deepcopy=False)
         if records.counted_trials(trials, total) >= total:
-            return False
+            # Not before this invocation's workers start: a rung finished earlier stays as it is.
+            added = top_up(time.time()) if top_up is not None and started else None
+            if added is None:
+                return False
+            total += 1
+            outcome.topped_up.append(added)
+            return True
         if settings.fit_forecasts and not plan.startable(trials, settings.budget, settings.deadline, time.time(),
                                                          settings.any_start_until):
             if outcome.idle_since is None:  # what is queued needs more time than is left
@@ -162,6 +176,7 @@ def supervise(study: optuna.Study, settings: SweepSettings, worker_count: int,
                 apart = f", over cap {states['over cap']}" if states["over cap"] else ""
                 apart += f", lost and retried {states['lost']}" if states["lost"] else ""
                 done = min(finished(states), total)
+                time_left.total = bar.total = total  # one more for each trial topped up
                 postfix = (f"{time_left.describe(done)}, pruned {states[TrialState.PRUNED]}, "
                            f"failed {states[TrialState.FAIL]}{apart}{best}")
                 if interactive:

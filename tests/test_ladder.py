@@ -327,6 +327,25 @@ def test_rank_decides_what_a_short_rung_trains_and_the_longest_of_those_go_first
     assert plan.price(timed_trial(5, 0.9, 500), rung_budget) == rung_budget.trial_seconds
 
 
+def test_a_worker_that_comes_free_with_time_left_tops_the_rung_up_with_the_best_recipe_that_fits():
+    rung_budget = BUDGETS["long"]  # 10 epochs
+    lower = optuna.create_study(direction="maximize")
+    for x, value, seconds in ((1, 0.99, 30), (2, 0.98, 100), (3, 0.97, 60), (4, 0.96, 10)):
+        lower.add_trial(timed_trial(x, value, seconds))  # forecast: 300, 1000, 600, 100 s
+    rung = optuna.create_study(direction="maximize")
+    ladder.promote(lower, lower, rung, rung_budget, count=1, top=False)  # holds trial 0
+    now = 1_000_000.0
+    overhead = plan.TRIAL_OVERHEAD_SECONDS
+    # 700 s left: trial 1 (1,000 s) does not fit, trial 2 (600 s) does and is queued next.
+    assert ladder.top_up(lower, rung, rung_budget, now + 700 + overhead, now) == "trial 2"
+    assert rung.trials[-1].user_attrs[records.SOURCE_TRIAL] == 2 and rung.trials[-1].state == TrialState.WAITING
+    assert rung.trials[-1].user_attrs[records.FORECAST_SECONDS] == 600
+    assert ladder.top_up(lower, rung, rung_budget, now + 700 + overhead, now) == "trial 3"
+    assert ladder.top_up(lower, rung, rung_budget, now + 700 + overhead, now) is None  # trial 1 never fits
+    assert ladder.top_up(lower, rung, rung_budget, None, now) == "trial 1"  # no deadline: all fit
+    assert ladder.top_up(lower, rung, rung_budget, None, now) is None  # the rung holds every recipe
+
+
 def test_the_top_rung_takes_the_baselines_best_explored_first_after_the_finalists():
     rung_budget = BUDGETS["full"]
     exploring = optuna.create_study(direction="maximize")

@@ -419,3 +419,20 @@ def test_a_rung_worker_starts_the_queued_trial_that_fits_and_none_that_does_not(
     assert objective.next_trial(study, storage, tight).number == 1
     assert objective.next_trial(study, storage, tight) is None  # trial 2 waits: it does not fit
     assert [t.state for t in study.get_trials()] == [TrialState.RUNNING, TrialState.RUNNING, TrialState.WAITING]
+
+
+@pytest.mark.slow
+def test_a_worker_that_would_idle_with_time_left_trains_what_top_up_queues(tmp_path):
+    settings = worker_settings(tmp_path, "topped", total_trials=1)
+    study = optuna.load_study(study_name="topped", storage=sweep_study.open_storage(settings.storage_url))
+    offered = []
+
+    def top_up(now):  # two more, then nothing fits
+        if len(offered) == 2:
+            return None
+        offered.append(f"extra {len(offered) + 1}")
+        return offered[-1]
+
+    outcome = supervisor.supervise(study, settings, worker_count=1, top_up=top_up)
+    assert outcome.topped_up == ["extra 1", "extra 2"]
+    assert len(study.trials) == 3 and all(t.state != TrialState.RUNNING for t in study.trials)
