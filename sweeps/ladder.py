@@ -123,7 +123,9 @@ def top_up(lower: optuna.Study, rung: optuna.Study, rung_budget: Budget, deadlin
     fast: a reused baseline, an early stop), queue the best-ranked recipe of ``lower`` the rung
     does not hold whose forecast price fits before ``deadline``: one more finalist, trained
     and weighed by the ensemble, in time that would otherwise be lost. Returns its label, or
-    None when none fits."""
+    None when none fits, and always without a deadline: a rung without one loses no time."""
+    if deadline is None:
+        return None
     held = {source_number(t) for t in rung.get_trials(deepcopy=False)}
     for trial in ranked(lower.get_trials(deepcopy=False), pareto_front(lower)):
         if source_number(trial) in held:

@@ -342,8 +342,9 @@ def test_a_worker_that_comes_free_with_time_left_tops_the_rung_up_with_the_best_
     assert rung.trials[-1].user_attrs[records.FORECAST_SECONDS] == 600
     assert ladder.top_up(lower, rung, rung_budget, now + 700 + overhead, now) == "trial 3"
     assert ladder.top_up(lower, rung, rung_budget, now + 700 + overhead, now) is None  # trial 1 never fits
-    assert ladder.top_up(lower, rung, rung_budget, None, now) == "trial 1"  # no deadline: all fit
-    assert ladder.top_up(lower, rung, rung_budget, None, now) is None  # the rung holds every recipe
+    assert ladder.top_up(lower, rung, rung_budget, None, now) is None  # a rung without a deadline loses no time
+    assert ladder.top_up(lower, rung, rung_budget, now + 2000, now) == "trial 1"
+    assert ladder.top_up(lower, rung, rung_budget, now + 9999, now) is None  # the rung holds every recipe
 
 
 def test_the_top_rung_takes_the_baselines_best_explored_first_after_the_finalists():
