@@ -175,6 +175,29 @@ def expected_rung_seconds(budget: Budget, candidates: list[FrozenTrial], workers
     return max(max(prices, default=0.0), sum(prices) / max(workers, 1))
 
 
+def rung_seconds_left(trials: list[FrozenTrial], budget: Budget, workers: int, now: float) -> float:
+    """A rung's time left, from what its trials show: a running one its measured seconds per
+    epoch times the epochs it has left (its forecast until an epoch has ended), within its time
+    share; a queued one its forecast price; each with its validation and logging; shared by
+    the workers, never less than the longest. A rung's trials differ too much in price (one
+    baseline can outlast the rest together) for the mean time per finished trial to say."""
+    left = []
+    for trial in trials:
+        forecast = trial.user_attrs.get(records.FORECAST_SECONDS) or budget.trial_seconds
+        if trial.state == TrialState.WAITING:
+            left.append(min(forecast, budget.trial_seconds) + TRIAL_OVERHEAD_SECONDS)
+        elif trial.state == TrialState.RUNNING and trial.datetime_start is not None:
+            elapsed = now - trial.datetime_start.timestamp()
+            epochs_done = len(trial.intermediate_values)
+            if epochs_done:
+                epochs = budget.epochs_for(search_space.with_recipe_keys(trial.params, trial.user_attrs.get(records.BASELINE)))
+                remaining = elapsed / epochs_done * max(0, epochs - epochs_done)
+            else:
+                remaining = max(0.0, forecast - elapsed)
+            left.append(max(0.0, min(remaining, budget.trial_seconds - elapsed)) + TRIAL_OVERHEAD_SECONDS)
+    return max(max(left, default=0.0), sum(left) / max(workers, 1))
+
+
 # --- Phases -------------------------------------------------------------------------------
 
 class Stop(str, enum.Enum):

@@ -1,6 +1,6 @@
-"""How long a sweep has left: the measured time per trial finished in this invocation, bounded
-by the wall-clock the phase may not outrun, and then the phases after it (sweeps/plan.py
-forecasts them).
+"""How long a sweep has left: the measured time per trial finished in this invocation (a
+rung's: its trials' forecasts), bounded by the wall-clock the phase may not outrun, and then
+the phases after it (sweeps/plan.py forecasts them).
 
 tqdm's own estimate smooths the rate over the last few updates; a sweep finishes trials in
 bursts (pruned and over-cap samples end in seconds, a baseline runs for minutes), so that rate
@@ -24,7 +24,8 @@ class TimeLeft:
     ``ends_by`` (a ``clock()`` reading by which the sweep ends whatever its trials cost)."""
 
     def __init__(self, total: int, finished_before: int, *, ends_by: float | None = None,
-                 clock: Callable[[], float] = time.time, command_ends: Callable[[float], float] | None = None):
+                 clock: Callable[[], float] = time.time, command_ends: Callable[[float], float] | None = None,
+                 forecast: Callable[[float], float] | None = None):
         self.total = total
         self.finished_before = finished_before
         self.ends_by = ends_by
@@ -32,6 +33,9 @@ class TimeLeft:
         self.started = clock()
         # When the whole command is expected to end if this phase ends at a given time.
         self.command_ends = command_ends
+        # The phase's own seconds left at a clock reading, from its trials (a rung's
+        # forecasts), in place of the mean time per finished trial.
+        self.forecast = forecast
 
     def seconds(self, finished: int) -> float | None:
         """None until a trial has finished here and no wall-clock bounds the sweep."""
@@ -39,6 +43,9 @@ class TimeLeft:
         bound = max(0.0, self.ends_by - now) if self.ends_by is not None else None
         if finished >= self.total:
             return 0.0
+        if self.forecast is not None:
+            estimate = self.forecast(now)
+            return estimate if bound is None else min(estimate, bound)
         done_here = finished - self.finished_before
         if done_here <= 0:
             return bound

@@ -131,7 +131,10 @@ def supervise(study: optuna.Study, settings: SweepSettings, worker_count: int,
     previous = {number: signal.signal(number, on_stop_signal) for number in (signal.SIGINT, signal.SIGTERM)}
     workers = [start_worker() for _ in range(worker_count)]
     initial = finished(counts(study.get_trials(deepcopy=False)))
-    time_left = progress.TimeLeft(total, initial, ends_by=settings.deadline, command_ends=command_ends)
+    rung_forecast = (lambda now: plan.rung_seconds_left(study.get_trials(deepcopy=False), settings.budget,
+                                                        worker_count, now)) if settings.fit_forecasts else None
+    time_left = progress.TimeLeft(total, initial, ends_by=settings.deadline, command_ends=command_ends,
+                                  forecast=rung_forecast)
     # A terminal gets a live bar; a log file (nohup, a scheduler) a plain line per finished
     # trial, and one every few minutes while long trials run, not hours of bar frames.
     interactive = sys.stderr.isatty()

@@ -236,3 +236,29 @@ def test_recipes_not_known_yet_are_forecast_as_the_median_known_one_or_a_time_sh
     # The top rung counts the baselines among what it wants: 3 finalists and 1 baseline here.
     ends = made.expected_end(made.rungs[0], T0 + 5000, lambda rung: [known, untrained], 2)
     assert ends == pytest.approx(T0 + 5000 + 2 * (300 + plan.TRIAL_OVERHEAD_SECONDS) + plan.ENSEMBLE_EXPECTED_SECONDS)
+
+
+def test_a_rungs_time_left_reads_its_running_trials_epochs_and_its_queued_forecasts():
+    import datetime
+
+    budget = plan.BUDGETS["long"]  # 10 epochs a sampled recipe, a 1,200 s time share
+    overhead = plan.TRIAL_OVERHEAD_SECONDS
+    started = datetime.datetime(2026, 12, 3, 12, 0)
+    now = started.timestamp() + 300
+
+    def running(epochs_done: int, forecast: float) -> optuna.trial.FrozenTrial:
+        return optuna.trial.FrozenTrial(
+            number=0, trial_id=0, state=optuna.trial.TrialState.RUNNING, value=None, values=None,
+            datetime_start=started, datetime_complete=None, params={}, distributions={}, system_attrs={},
+            user_attrs={records.FORECAST_SECONDS: forecast}, intermediate_values={e: 0.9 for e in range(epochs_done)})
+
+    queued = optuna.trial.create_trial(state=optuna.trial.TrialState.WAITING, params={}, distributions={},
+                                       user_attrs={records.FORECAST_SECONDS: 100.0})
+    # 3 epochs in 300 s: 700 s for the other 7, whatever its forecast said; the queued one 100 s.
+    assert plan.rung_seconds_left([running(3, 400.0), queued], budget, 2, now) == pytest.approx(700 + overhead)
+    assert plan.rung_seconds_left([running(3, 400.0), *[queued] * 6], budget, 2, now) == \
+        pytest.approx((700 + 6 * 100 + 7 * overhead) / 2)  # shared by the two workers
+    # No epoch ended yet: its forecast less the time it has run; never past its time share.
+    assert plan.rung_seconds_left([running(0, 1000.0)], budget, 2, now) == pytest.approx(700 + overhead)
+    assert plan.rung_seconds_left([running(1, 1000.0)], budget, 2, now) == pytest.approx(900 + overhead)
+    assert plan.rung_seconds_left([], budget, 2, now) == 0.0

@@ -55,3 +55,13 @@ def test_the_whole_commands_time_left_adds_the_phases_after_this_one():
     assert time_left.command_seconds(25) == pytest.approx(600 + 3600)  # 25 to go at 24 s each
     assert time_left.describe(25) == "about 10:00 left here, 1:10:00 in all"
     assert TimeLeft(50, finished_before=0, clock=clock).describe(0) == "time left unknown"
+
+
+def test_a_rungs_time_left_is_its_trials_forecast_not_the_mean_per_finished_trial():
+    clock = FakeClock()
+    time_left = TimeLeft(8, finished_before=0, ends_by=clock.now + 3600, clock=clock,
+                         forecast=lambda now: 1500.0)
+    clock.now += 600
+    assert time_left.seconds(4) == pytest.approx(1500)  # not 4 x 150 s
+    clock.now += 2500
+    assert time_left.seconds(4) == pytest.approx(500)  # never past the rung's deadline
