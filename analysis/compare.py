@@ -280,7 +280,7 @@ def plot_importances(study: optuna.Study):
     from optuna.visualization.matplotlib import plot_param_importances
 
     return plot_param_importances(study, evaluator=front_page.importance_evaluator(),
-                                  **front_page.accuracy_target(study)).figure
+                                  **front_page.importance_target(study)).figure
 
 
 def plot_parallel(study: optuna.Study, params: list[str]):
@@ -382,7 +382,7 @@ def build_report(study: optuna.Study, tracking_uri: str, storage: str, out: Path
         importances = {}
         try:
             importances = optuna.importance.get_param_importances(study, evaluator=front_page.importance_evaluator(),
-                                                                  target=front_page.accuracy_target(study).get("target"))
+                                                                  target=front_page.importance_target(study).get("target"))
             plots["param_importances.png"] = plot_importances(study)
         except (ValueError, RuntimeError) as error:
             notes.append(f"Hyperparameter importances: not computed ({error}).")

@@ -35,6 +35,9 @@ PLOT_WARNINGS = (
     # Matplotlib's note when a plot's labels leave its tight layout no room (a large study's
     # many trials): the PNG is cropped to what is drawn all the same.
     "Tight layout not applied",
+    # PED-ANOVA's reminder, whenever it is given a target, that it ranks settings by what
+    # reaches low values: importance_target negates accuracy for it.
+    "PedAnovaImportanceEvaluator computes the importances of params to achieve low",
 )
 PLOTS_FOLDER = "sweep_plots"
 # MLflow cuts a tag's value, the Description among them, at 8,000 characters (its
@@ -166,6 +169,15 @@ def objective_names(study: optuna.Study) -> list[str]:
     return [sweep_study.OBJECTIVES[name][0] for name in names]
 
 
+def importance_target(study: optuna.Study) -> dict:
+    """accuracy_target for the importances: PED-ANOVA ranks settings by what reaches *low*
+    target values (a one-objective study's direction it reads itself), so a multi-objective
+    study's accuracy goes in negated, the best models lowest."""
+    if len(study.directions) == 1:
+        return {}
+    return {"target": lambda trial: -records.accuracy(trial), "target_name": "validation accuracy"}
+
+
 def importance_evaluator():
     """PED-ANOVA: how much each setting separates the best tenth of the trials from the rest.
     That is the question a sweep asks ("what do the winners share?"), and unlike fANOVA it
@@ -211,7 +223,7 @@ def save_plots(study: optuna.Study, folder: Path, fronts: dict[str, list[front.P
         plots = {
             "optimization_history": (visualization.plot_optimization_history, static.plot_optimization_history, target),
             "param_importances": (visualization.plot_param_importances, static.plot_param_importances,
-                                  {"evaluator": evaluator, **target}),
+                                  {"evaluator": evaluator, **importance_target(study)}),
             "parallel_coordinate": (visualization.plot_parallel_coordinate, static.plot_parallel_coordinate,
                                     {"params": shared, **target}),
             "intermediate_values": (visualization.plot_intermediate_values, static.plot_intermediate_values, {}),
