@@ -368,6 +368,8 @@ class CandidateScore:
     label: str
     validation_accuracy: float
     validation_log_loss: float
+    temperature: float = 1.0  # its softmax's, as the selection weighed it (1.0: a ladder before calibration)
+    calibrated_log_loss: float | None = None  # its validation log-loss at that temperature
 
 
 @dataclass(frozen=True)

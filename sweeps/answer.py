@@ -69,8 +69,10 @@ def candidate_table(result: records.LadderResult) -> list[str]:
     if not result.scores:
         return []
     weights = dict(zip(result.ensemble.members, result.ensemble.weights))
-    lines = ["| candidate | validation accuracy | validation log-loss | weight in the ensemble |",
-             "| --- | --- | --- | --- |"]
+    lines = ["| candidate | validation accuracy | validation log-loss | temperature | log-loss at it | weight in the ensemble |",
+             "| --- | --- | --- | --- | --- | --- |"]
     lines += [f"| {score.label} | {score.validation_accuracy:.4f} | {score.validation_log_loss:.4f} | "
+              f"{score.temperature:.2f} | "
+              f"{f'{score.calibrated_log_loss:.4f}' if score.calibrated_log_loss is not None else '-'} | "
               f"{weights.get(score.label, 0):.2f} |" for score in result.scores]
     return lines

@@ -2,7 +2,10 @@
 
 The top rung's models (the sweep's finalists and the baselines, all at one full budget) are
 the candidates. The ensemble is chosen by greedy forward selection with replacement on the
-validation set's log-loss (Caruana et al., 2004): starting from the best model, each round
+validation set's log-loss (Caruana et al., 2004), each candidate's probabilities first set to
+the temperature that makes its own validation log-loss lowest (Guo et al., 2017: label
+smoothing and dropout leave models under- or overconfident by different amounts, and
+selection would otherwise weigh that, not what they get right); starting from the best model, each round
 adds the candidate (again, if it helps most) whose addition lowers the weighted average's
 log-loss most, and the rounds up to the lowest log-loss are kept; a model's weight is how
 often it was chosen. Log-loss, not accuracy: on 6,000 validation images, accuracy moves in
@@ -27,12 +30,37 @@ from sweeps.settings import ENSEMBLE_CANDIDATES, ENSEMBLE_MEMBERS, ENSEMBLE_ROUN
 
 # Probabilities are clipped here before the log: a confident error costs a finite loss.
 PROBABILITY_FLOOR = 1e-7
+# The temperatures a candidate's calibration tries: a quarter to four times its softmax's, evenly
+# on a log scale (a label-smoothed model wants about 0.5, an overfit one above 1).
+TEMPERATURES = np.geomspace(0.25, 4.0, 97)
 
 
 def log_loss(probabilities: np.ndarray, labels: np.ndarray) -> float:
     """Mean negative log-probability of the true digit."""
     chosen = probabilities[np.arange(len(labels)), labels]
     return float(-np.log(np.clip(chosen, PROBABILITY_FLOOR, 1.0)).mean())
+
+
+def tempered(probabilities: np.ndarray, temperature: float) -> np.ndarray:
+    """softmax(log p / T): the same ranking of digits, confidence sharpened (T < 1) or softened."""
+    scaled = np.log(np.clip(probabilities.astype(np.float64), PROBABILITY_FLOOR, 1.0)) / temperature
+    scaled -= scaled.max(axis=1, keepdims=True)
+    exponentials = np.exp(scaled)
+    return exponentials / exponentials.sum(axis=1, keepdims=True)
+
+
+def temperature(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    """The temperature (of TEMPERATURES) with the lowest validation log-loss: one number per
+    model, fitted on the images the selection then reads, as Caruana's hill-climb fits its
+    weights there too."""
+    losses = [log_loss(tempered(probabilities, t), labels) for t in TEMPERATURES]
+    return float(TEMPERATURES[int(np.argmin(losses))])
+
+
+def calibrate(probabilities: list[np.ndarray], labels: np.ndarray) -> tuple[list[np.ndarray], list[float]]:
+    """Each candidate at its own temperature, and the temperatures."""
+    temperatures = [temperature(p, labels) for p in probabilities]
+    return [tempered(p, t) for p, t in zip(probabilities, temperatures)], temperatures
 
 
 def accuracy(probabilities: np.ndarray, labels: np.ndarray) -> float:
@@ -86,17 +114,33 @@ def paired_lead(leader: np.ndarray, runner_up: np.ndarray, labels: np.ndarray) -
     return {"only_leader": only_leader, "only_runner_up": only_runner, "p_value": min(1.0, 2 * tail)}
 
 
-def averaged(members: list[keras.Model], weights: list[float]) -> keras.Model:
-    """One model that takes uint8 digits and returns the members' weighted mean probabilities
-    (plain Keras layers, so it loads in safe mode like any model)."""
+def averaged(members: list[keras.Model], weights: list[float], temperatures: list[float] | None = None) -> keras.Model:
+    """One model that takes uint8 digits and returns the members' weighted mean probabilities,
+    each member at its temperature (plain Keras layers, so it loads in safe mode like any
+    model). Every network ends in Dense(10, softmax) (train_trial.build_model): a member at a
+    temperature other than 1 is its layers but the last, then a copy of that Dense without
+    its softmax, the logits divided by the temperature, and the softmax."""
+    temperatures = temperatures or [1.0] * len(members)
     inputs = keras.Input(shape=(28, 28, 1), dtype="uint8", name="digits")
-    for index, member in enumerate(members):
-        member.name = f"member_{index + 1}"  # a functional model needs its layers' names unique
+    outputs = []
+    for index, (member, temperature_) in enumerate(zip(members, temperatures), start=1):
+        member.name = f"member_{index}"  # a functional model needs its layers' names unique
+        if temperature_ == 1.0:
+            outputs.append(member(inputs))
+            continue
+        last = member.layers[-1]
+        trunk = keras.Sequential(member.layers[:-1], name=f"member_{index}")
+        logits = keras.layers.Dense(last.units, name=f"logits_{index}")
+        hidden = trunk(inputs)
+        logits.build(hidden.shape)
+        logits.set_weights(last.get_weights())
+        scaled = keras.layers.Rescaling(1.0 / temperature_, name=f"temperature_{index}")(logits(hidden))
+        outputs.append(keras.layers.Activation("softmax", name=f"probabilities_{index}")(scaled))
     if len(members) == 1:
-        return keras.Model(inputs, members[0](inputs), name="ensemble")
-    scaled = [keras.layers.Rescaling(weight, name=f"weight_{index + 1}")(member(inputs))
-              for index, (member, weight) in enumerate(zip(members, weights))]
-    return keras.Model(inputs, keras.layers.Add(name="mean_probabilities")(scaled), name="ensemble")
+        return keras.Model(inputs, outputs[0], name="ensemble")
+    weighted = [keras.layers.Rescaling(weight, name=f"weight_{index}")(output)
+                for index, (output, weight) in enumerate(zip(outputs, weights), start=1)]
+    return keras.Model(inputs, keras.layers.Add(name="mean_probabilities")(weighted), name="ensemble")
 
 
 def main(settings: EnsembleSettings) -> None:
@@ -128,15 +172,18 @@ def main(settings: EnsembleSettings) -> None:
     models = [mlflow.keras.load_model(f"runs:/{records.model_run_id(t)}/model") for t in finished]
     x_val = split.x_val[..., None]
     probabilities = [model.predict(x_val, batch_size=1000, verbose=0) for model in models]
-    chosen, curve = greedy_selection(probabilities, split.y_val)
+    calibrated, temperatures = calibrate(probabilities, split.y_val)
+    chosen, curve = greedy_selection(calibrated, split.y_val)
     weights = weights_of(chosen)
-    mean = weighted_average(probabilities, weights)
+    mean = weighted_average(calibrated, weights)
     labels = [records.label(t) for t in finished]
     scores = [records.CandidateScore(label=label, validation_accuracy=accuracy(p, split.y_val),
-                                     validation_log_loss=log_loss(p, split.y_val))
-              for label, p in zip(labels, probabilities)]
+                                     validation_log_loss=log_loss(p, split.y_val), temperature=t,
+                                     calibrated_log_loss=log_loss(c, split.y_val))
+              for label, p, c, t in zip(labels, probabilities, calibrated, temperatures)]
     members = [labels[index] for index in weights]
-    ensemble = averaged([models[index] for index in weights], list(weights.values()))
+    ensemble = averaged([models[index] for index in weights], list(weights.values()),
+                        [temperatures[index] for index in weights])
     described = ", ".join(f"{labels[index]} x{weight:.2f}" for index, weight in weights.items())
     ensemble_accuracy, ensemble_loss = accuracy(mean, split.y_val), log_loss(mean, split.y_val)
 
@@ -154,17 +201,19 @@ def main(settings: EnsembleSettings) -> None:
             records.FIDELITY: records.ENSEMBLE_FIDELITY, records.ENSEMBLE_MEMBERS_TAG: described,
             records.SOURCE_NAME_TAG: "python -m sweeps.run", records.SOURCE_TYPE_TAG: "LOCAL"}
     rows = "\n".join(f"| {score.label} | {score.validation_accuracy:.4f} | {score.validation_log_loss:.4f} | "
-                     f"{weights.get(index, 0):.2f} |" for index, score in enumerate(scores))
+                     f"{score.temperature:.2f} | {score.calibrated_log_loss:.4f} | {weights.get(index, 0):.2f} |"
+                     for index, score in enumerate(scores))
     note = (f"**Ensemble** of study `{settings.exploring_study}`: the weighted mean probabilities of the top rung's "
-            f"models at budget `{settings.budget.name}`, chosen by greedy forward selection on validation log-loss "
-            f"({len(chosen)} of {len(curve)} rounds kept): validation accuracy {ensemble_accuracy:.4f}, "
-            f"log-loss {ensemble_loss:.4f}.\n\n"
-            f"| candidate (best validation accuracy first) | validation accuracy | validation log-loss | weight |\n"
-            f"| --- | --- | --- | --- |\n{rows}\n")
+            f"models at budget `{settings.budget.name}`, each at its temperature, chosen by greedy forward selection "
+            f"on validation log-loss ({len(chosen)} of {len(curve)} rounds kept): validation accuracy "
+            f"{ensemble_accuracy:.4f}, log-loss {ensemble_loss:.4f}.\n\n"
+            f"| candidate (best validation accuracy first) | validation accuracy | validation log-loss | temperature "
+            f"| log-loss at it | weight |\n| --- | --- | --- | --- | --- | --- |\n{rows}\n")
     with mlflow.start_run(run_name=f"ensemble of {len(members)} @ {settings.budget.name}",
                           tags={**tags, records.NOTE_TAG: note}) as run:
         mlflow.log_params({"members": described, "candidates": len(finished), "rounds_kept": len(chosen),
-                           "selection": "greedy forward selection with replacement on validation log-loss"})
+                           "selection": "greedy forward selection with replacement on validation log-loss, "
+                                        "each candidate at its validation temperature"})
         mlflow.log_metrics({"validation_accuracy": ensemble_accuracy, "validation_log_loss": ensemble_loss,
                             "param_count": ensemble.count_params(),
                             # what training its members cost, for the accuracy-cost fronts

@@ -117,7 +117,9 @@ def test_the_ensemble_is_chosen_on_validation_tested_once_and_registered(climbed
                                     for p in on_validation], abs=2e-4)
     assert stored != pytest.approx([(ensemble.accuracy(p, mnist.y_test), ensemble.log_loss(p, mnist.y_test))
                                     for p in on_test], abs=2e-4)
-    chosen, curve = ensemble.greedy_selection(on_validation, split.y_val)
+    calibrated, temperatures = ensemble.calibrate(on_validation, split.y_val)
+    assert [score.temperature for score in result.scores] == pytest.approx(temperatures)
+    chosen, curve = ensemble.greedy_selection(calibrated, split.y_val)
     weights = ensemble.weights_of(chosen)
     assert averaged.members == [records.label(candidates[index]) for index in weights]
     assert averaged.weights == pytest.approx(list(weights.values()))
@@ -191,7 +193,7 @@ def test_the_report_ranks_the_top_rung_with_all_five_baselines(climbed, run_comm
     ranking = top.split("| rank | model |")[1]
     table = [line for line in ranking.splitlines()[1:] if line.startswith("| ") and "---" not in line]
     assert len(table) == 6
-    weighed = top.split("| candidate | validation accuracy | validation log-loss | weight in the ensemble |")[1]
+    weighed = top.split("| candidate | validation accuracy | validation log-loss | temperature | log-loss at it | weight in the ensemble |")[1]
     assert len([line for line in weighed.split("\n\n")[0].splitlines() if line.startswith("| ")]) == 1 + 6
     for name in ("kaggle_cnn", "mlp_3x256", "chollet_cnn", "gradio_cnn", "lenet5"):
         assert any(f"| {name} |" in line for line in table), name
@@ -405,6 +407,41 @@ def test_the_averaged_model_weighs_its_members_as_chosen():
     model = ensemble.averaged([constant([0.8, 0.2]), constant([0.2, 0.8])], [0.75, 0.25])
     predicted = model.predict(np.zeros((1, 28, 28, 1), dtype="uint8"), verbose=0)[0]
     assert predicted == pytest.approx([0.65, 0.35], abs=1e-5)
+
+
+def test_a_candidate_is_weighed_at_its_temperature_so_its_calibration_does_not_decide():
+    from sweeps import ensemble
+
+    labels = np.array([0] * 95 + [1] * 5)
+    # A label-smoothed model: right on 98 of 100, never more than 0.9 sure; an overconfident
+    # one right on 96. Raw log-loss prefers the worse one; at their temperatures the better wins.
+    smoothed = np.array([[0.9, 0.1]] * 95 + [[0.1, 0.9]] * 3 + [[0.6, 0.4]] * 2)
+    overconfident = np.array([[0.999, 0.001]] * 95 + [[0.001, 0.999]] * 1 + [[0.9, 0.1]] * 4)
+    assert ensemble.log_loss(overconfident, labels) < ensemble.log_loss(smoothed, labels)
+    calibrated, temperatures = ensemble.calibrate([smoothed, overconfident], labels)
+    assert temperatures[0] < 1.0  # sharpened
+    assert [ensemble.accuracy(p, labels) for p in calibrated] == [0.98, 0.96]  # the same digits
+    assert ensemble.log_loss(calibrated[0], labels) < ensemble.log_loss(calibrated[1], labels)
+    assert ensemble.greedy_selection(calibrated, labels)[0][0] == 0
+
+
+def test_the_averaged_model_applies_each_members_temperature_and_loads_in_safe_mode(tmp_path):
+    from harness.backend import keras
+    from sweeps import ensemble
+
+    def constant(probabilities):  # shaped as train_trial builds networks: ending in Dense(softmax)
+        return keras.Sequential([
+            keras.Input((28, 28, 1), dtype="uint8"), keras.layers.Rescaling(0.0), keras.layers.Flatten(),
+            keras.layers.Dense(2, activation="softmax", kernel_initializer="zeros",
+                               bias_initializer=keras.initializers.Constant(np.log(probabilities)))])
+
+    model = ensemble.averaged([constant([0.8, 0.2]), constant([0.3, 0.7])], [0.5, 0.5], [0.5, 1.0])
+    expected = 0.5 * ensemble.tempered(np.array([[0.8, 0.2]]), 0.5) + 0.5 * np.array([[0.3, 0.7]])
+    image = np.zeros((1, 28, 28, 1), dtype="uint8")
+    assert model.predict(image, verbose=0) == pytest.approx(expected, abs=1e-5)
+    model.save(tmp_path / "ensemble.keras")
+    loaded = keras.saving.load_model(tmp_path / "ensemble.keras", safe_mode=True)
+    assert loaded.predict(image, verbose=0) == pytest.approx(expected, abs=1e-5)
 
 
 def test_a_lead_counts_only_the_images_one_model_gets_right_and_says_when_it_is_noise():
