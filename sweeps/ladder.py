@@ -58,12 +58,27 @@ def augmented(trial: FrozenTrial) -> bool:
     return any(trial.params.get(key) for key in ("rotation", "zoom", "shift"))
 
 
-def finalists(ranked_trials: list[FrozenTrial], count: int) -> list[FrozenTrial]:
+def best_augmented(trials: list[FrozenTrial]) -> FrozenTrial | None:
+    """The augmented sampled recipe that reached the best validation accuracy in any epoch,
+    completed or pruned: the pruner judges at the first epochs, before augmentation pays, and
+    at `quick` it pruned every augmented recipe of the 2026-12-03 sweep. None when no
+    augmented recipe trained an epoch."""
+    def reached(trial: FrozenTrial) -> float:
+        return max(trial.intermediate_values.values(), default=records.accuracy(trial) or 0.0)
+
+    tried = [t for t in trials if augmented(t) and records.BASELINE not in t.user_attrs
+             and t.state in (TrialState.COMPLETE, TrialState.PRUNED) and (t.intermediate_values or records.accuracy(t))]
+    return max(tried, key=reached, default=None)
+
+
+def finalists(ranked_trials: list[FrozenTrial], count: int,
+              augmented_reserve: FrozenTrial | None = None) -> list[FrozenTrial]:
     """The ``count`` recipes a rung carries up, best first, from a ranking where a few epochs
     decide: distinct architectures first among the best ``2 * count`` (a near-copy of a
     better recipe adds little to the rung or its ensemble), then the rest by rank; and, when
-    none of those is augmented, the best augmented recipe in the last place, since
-    augmentation pays only over the epochs the upper rungs have."""
+    none of those is augmented, the best augmented recipe in the last place (the ranking's,
+    else ``augmented_reserve``: one the pruner stopped), since augmentation pays only over
+    the epochs the upper rungs have."""
     window = ranked_trials[:2 * count]
     seen, distinct = set(), []
     for trial in window:
@@ -72,10 +87,12 @@ def finalists(ranked_trials: list[FrozenTrial], count: int) -> list[FrozenTrial]
             distinct.append(trial)
     chosen = (distinct + [t for t in window if t not in distinct])[:count]
     if count >= 2 and not any(augmented(t) for t in chosen):
-        best_augmented = next((t for t in ranked_trials if augmented(t)), None)
-        if best_augmented is not None:
-            chosen[-1] = best_augmented
-    return sorted(chosen, key=ranked_trials.index)
+        reserve = next((t for t in ranked_trials if augmented(t)), augmented_reserve)
+        if reserve is not None and len(chosen) == count:
+            chosen[-1] = reserve
+        elif reserve is not None:  # fewer recipes than places: one more
+            chosen.append(reserve)
+    return sorted(chosen, key=lambda t: ranked_trials.index(t) if t in ranked_trials else len(ranked_trials))
 
 
 def promote(lower: optuna.Study, exploring: optuna.Study, rung: optuna.Study, rung_budget: Budget,
@@ -88,7 +105,8 @@ def promote(lower: optuna.Study, exploring: optuna.Study, rung: optuna.Study, ru
     workers end close together; the others follow in rank order, for whatever time is left.
     A rerun adds only what is missing."""
     held = {source_number(t) for t in rung.get_trials(deepcopy=False)}
-    chosen = finalists(ranked(lower.get_trials(deepcopy=False), pareto_front(lower)), count)
+    lower_trials = lower.get_trials(deepcopy=False)
+    chosen = finalists(ranked(lower_trials, pareto_front(lower)), count, best_augmented(lower_trials))
     if top:
         baselines = [t for t in exploring.get_trials(deepcopy=False)
                      if records.BASELINE in t.user_attrs and records.RETRY_OF not in t.user_attrs]

@@ -493,6 +493,23 @@ def test_promotion_keeps_the_best_augmented_recipe_when_one_completed():
     assert [t.value for t in ladder.finalists(ranked, 2)] == [0.99, 0.98]
 
 
+def test_promotion_keeps_the_best_augmented_recipe_the_pruner_stopped_when_none_completed():
+    pruned = []
+    for number, reached in ((7, [0.95, 0.97]), (8, [0.98])):
+        trial = recipe_trial(number, 0.0, block1_convs=number, augment=True, zoom=0.1)
+        pruned.append(optuna.trial.create_trial(state=TrialState.PRUNED, params=trial.params, distributions=trial.distributions,
+                                                intermediate_values=dict(enumerate(reached))))
+    priced_out = optuna.trial.create_trial(state=TrialState.PRUNED, params=recipe_trial(9, 0.0, augment=True, shift=0.1).params,
+                                           distributions=recipe_trial(9, 0.0, augment=True, shift=0.1).distributions)
+    reserve = ladder.best_augmented([*pruned, priced_out])
+    assert reserve.intermediate_values == {0: 0.98}  # the best any epoch reached; untrained ones never
+    ranked = ranking(*(recipe_trial(i, 0.99 - i / 1000, block1_convs=i) for i in range(6)))
+    chosen = ladder.finalists(ranked, 3, reserve)
+    assert [t.value for t in chosen[:2]] == [0.99, 0.989] and chosen[-1] is reserve
+    assert ladder.finalists(ranked[:1], 3, reserve)[-1] is reserve  # fewer recipes than places: added
+    assert ladder.best_augmented([priced_out]) is None
+
+
 def test_promotion_prefers_distinct_architectures_among_the_best():
     same = {"block1_convs": 2, "block2_convs": 2}
     ranked = ranking(recipe_trial(0, 0.995, **same), recipe_trial(1, 0.994, **same),
