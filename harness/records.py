@@ -111,6 +111,8 @@ SOURCE_VALUE_TAG = "source_value"
 MEMBERS_TAG = "members"
 VALIDATION_ACCURACY_TAG = "validation_accuracy"
 TEST_ACCURACY_TAG = "test_accuracy"
+# A reused model's run: the run whose one test pass its test figure is (it is not read again).
+TEST_READ_BY_TAG = "test_read_by"
 # MLflow's own tags (mlflow.utils.mlflow_tags): the one that nests a run under another in the
 # UI, and the run's Description (markdown).
 PARENT_RUN_TAG = "mlflow.parentRunId"

@@ -128,11 +128,25 @@ def record_test(run_id: str, model, dataset: data.Dataset) -> float:
     return accuracy
 
 
+def earlier_test_accuracy(model_run_id: str) -> float | None:
+    """The test accuracy an earlier one-time test pass recorded on the run that logged a model."""
+    return mlflow.MlflowClient().get_run(model_run_id).data.metrics.get("test_accuracy")
+
+
 def evaluate_and_register(run_id: str, model, dataset: data.Dataset, model_name: str, alias: str,
                           tags: dict[str, str], model_run_id: str | None = None) -> dict:
     """Test a model whose every choice is made, once, recorded on ``run_id``, then register it
-    under ``alias`` from the run that logged it (``model_run_id``: a reused trial's source)."""
-    accuracy = record_test(run_id, model, dataset)
+    under ``alias`` from the run that logged it (``model_run_id``: a reused trial's source).
+    A model tested already (a reused run's, chosen by an earlier sweep too) is not tested
+    again: its figure is copied onto ``run_id``, tagged with the run that read it."""
+    tested = model_run_id or run_id
+    accuracy = earlier_test_accuracy(tested)
+    if accuracy is None:
+        accuracy = record_test(run_id, model, dataset)
+    elif tested != run_id:
+        with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
+            mlflow.log_metric("test_accuracy", accuracy)
+            mlflow.set_tag(records.TEST_READ_BY_TAG, tested)
     version = register(tracking.client(mlflow.get_tracking_uri()), model_run_id or run_id, model_name, alias,
                        {**tags, records.TEST_ACCURACY_TAG: f"{accuracy:.4f}"})
     return {"test_accuracy": accuracy, "model": f"models:/{model_name}@{alias}", "version": version}

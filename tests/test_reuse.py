@@ -114,3 +114,28 @@ def test_the_report_draws_a_reused_models_figures_from_its_source_run(two_sweeps
     report = (folder / "report-second" / "report.md").read_text()
     assert "no stored validation confusion matrix" not in report  # kaggle_cnn's, reused from "first"
     assert (folder / "report-second" / "confusion_matrices.png").is_file()
+
+
+def test_a_reused_model_tested_before_is_registered_with_that_figure_not_tested_again(tmp_path, monkeypatch):
+    import mlflow
+
+    from sweeps import reproduce
+
+    tracking.use_experiment("reuse-test", f"sqlite:///{tmp_path}/mlflow.db")
+    with mlflow.start_run() as source:
+        mlflow.log_metric("test_accuracy", 0.9940)
+    with mlflow.start_run() as untested:
+        pass
+    with mlflow.start_run() as reused:
+        pass
+    read = []
+    monkeypatch.setattr(reproduce, "record_test", lambda run_id, model, dataset: read.append(run_id) or 0.9)
+    monkeypatch.setattr(reproduce, "register", lambda client, run_id, name, alias, tags: "7")
+    figures = reproduce.evaluate_and_register(reused.info.run_id, None, None, "m", "champion", {},
+                                              model_run_id=source.info.run_id)
+    assert figures["test_accuracy"] == 0.9940 and read == []
+    run = mlflow.MlflowClient().get_run(reused.info.run_id)
+    assert run.data.metrics["test_accuracy"] == 0.9940
+    assert run.data.tags[records.TEST_READ_BY_TAG] == source.info.run_id
+    assert reproduce.evaluate_and_register(untested.info.run_id, None, None, "m", "champion", {})["test_accuracy"] == 0.9
+    assert read == [untested.info.run_id]  # never tested: read once now
