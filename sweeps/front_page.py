@@ -101,12 +101,6 @@ def leaderboard(study: optuna.Study, tracking_uri: str, experiment_id: str, run_
             *(f"- {line.strip()}" for line in answer.answer_lines(result)), "",
             f"The [ensemble]({run_link(result.ensemble.run_id)}) and the best single model are registered; each "
             "test figure was read once, after every choice.", "", *answer.candidate_table(result), ""]))
-    if fronts:
-        group, candidates = list(fronts.items())[-1]
-        blocks.append(Block(2, "the accuracy-cost fronts", [
-            f"**Which model wins per size, per millisecond and per training second** ({group}; [plots]({plots}), "
-            "baselines marked; each list holds the models no other beats on both, cheapest first):", "",
-            *front.summary(candidates, run_link), ""]))
     for place, rung in enumerate(reversed(list(rungs))):
         finished = sorted((t for t in rung.get_trials(deepcopy=False) if records.accuracy(t) is not None),
                           key=records.accuracy, reverse=True)
@@ -132,6 +126,12 @@ def leaderboard(study: optuna.Study, tracking_uri: str, experiment_id: str, run_
               for rank, t in enumerate(complete[:LEADERS], start=1)), ""]))
     else:
         blocks.append(Block(1, "the best trial", ["No trial has completed yet.", ""]))
+    if fronts:
+        group, candidates = list(fronts.items())[-1]
+        blocks.append(Block(2, "the accuracy-cost fronts", [
+            f"**Which model wins per size, per millisecond and per training second** ({group}; [plots]({plots}), "
+            "baselines marked; each list holds the models no other beats on both, cheapest first):", "",
+            *front.summary(candidates, run_link), ""]))
     baselines = {t.user_attrs[records.BASELINE]: t for t in trials if records.BASELINE in t.user_attrs}
     if baselines:
         rows = []
