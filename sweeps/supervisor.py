@@ -131,10 +131,12 @@ def supervise(study: optuna.Study, settings: SweepSettings, worker_count: int,
     previous = {number: signal.signal(number, on_stop_signal) for number in (signal.SIGINT, signal.SIGTERM)}
     workers = [start_worker() for _ in range(worker_count)]
     initial = finished(counts(study.get_trials(deepcopy=False)))
-    rung_forecast = (lambda now: plan.rung_seconds_left(study.get_trials(deepcopy=False), settings.budget,
-                                                        worker_count, now)) if settings.fit_forecasts else None
+    latest: list[optuna.trial.FrozenTrial] = []  # the trials as the loop last read them
+
+    def rung_forecast(now: float) -> float:
+        return plan.rung_seconds_left(latest, settings.budget, worker_count, now)
     time_left = progress.TimeLeft(total, initial, ends_by=settings.deadline, command_ends=command_ends,
-                                  forecast=rung_forecast)
+                                  forecast=rung_forecast if settings.fit_forecasts else None)
     # A terminal gets a live bar; a log file (nohup, a scheduler) a plain line per finished
     # trial, and one every few minutes while long trials run, not hours of bar frames.
     interactive = sys.stderr.isatty()
@@ -172,7 +174,7 @@ def supervise(study: optuna.Study, settings: SweepSettings, worker_count: int,
                         on_worker_lost()
                     if needs_more():  # it trained its share of trials, or died
                         workers.append(start_worker())
-                trials = study.get_trials(deepcopy=False)
+                trials = latest[:] = study.get_trials(deepcopy=False)
                 states = counts(trials)
                 values = [records.accuracy(t) for t in trials if t.state == TrialState.COMPLETE]
                 best = f", best {max(values):.4f}" if values else ""
