@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 import search_space
-from harness import backend, cli, data, records, run_logging, tracking
+from harness import backend, calibration, cli, data, records, run_logging, tracking
 from harness.backend import keras
 from harness.budgets import BUDGETS, Budget
 from harness.errors import ParamsError, UserError
@@ -321,6 +321,7 @@ def log_trial(params: dict, dataset: data.Dataset, split: data.Split, budget: Bu
         mlflow.set_tag(records.FAILURE_REASON_TAG, f"loss diverged (NaN or inf) in epoch {result.epochs_run}")
         mlflow.log_metrics(metrics)
         return result, metrics
+    metrics.update(calibration.scores(result.validation_probabilities, split.y_val))
     metrics.update(prediction_latency(result.model, split.x_val))
     mlflow.set_tag(records.PREDICT_THREADS_TAG, str(backend.threads_in_use()))
     if evaluate_on_test:

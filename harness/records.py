@@ -47,6 +47,11 @@ FORECAST_SECONDS = "forecast_seconds"
 # (also an MLflow tag, linking the two), and the seconds an epoch cost that run.
 REUSED_FROM = "reused_from"
 SECONDS_PER_EPOCH = "seconds_per_epoch"
+# A top-rung trial that trains a finalist's recipe again with another seed (sweeps.ladder.top_up):
+# its seed, which its run is tagged with and its label names.
+TRAINING_SEED = "training_seed"
+# A trial's validation log-loss at its own temperature (harness.calibration.scores).
+CALIBRATED_LOG_LOSS = "calibrated_log_loss"
 # A trial enqueued from an earlier study's best: "study#trial".
 WARM_START = "warm_start"
 EXPLORING_STUDY = "exploring_study"
@@ -147,10 +152,11 @@ def stop_cause(trial: FrozenTrial) -> StopCause | None:
 
 def label(trial: FrozenTrial | optuna.Trial) -> str:
     """How a trial is named in runs, tables and messages: a baseline by its name, a promoted
-    trial by the exploring trial it carries up."""
-    if BASELINE in trial.user_attrs:
-        return trial.user_attrs[BASELINE]
-    return f"trial {trial.user_attrs.get(SOURCE_TRIAL, trial.number)}"
+    trial by the exploring trial it carries up, and a recipe trained again with another seed
+    by that and its seed."""
+    name = trial.user_attrs[BASELINE] if BASELINE in trial.user_attrs else \
+        f"trial {trial.user_attrs.get(SOURCE_TRIAL, trial.number)}"
+    return f"{name} seed {trial.user_attrs[TRAINING_SEED]}" if TRAINING_SEED in trial.user_attrs else name
 
 
 def accuracy(trial: FrozenTrial) -> float | None:

@@ -26,35 +26,8 @@ import numpy as np
 import train_trial
 from harness import backend, data, run_logging, tracking
 from harness.backend import keras
+from harness.calibration import log_loss, temperature, tempered
 from sweeps.settings import ENSEMBLE_CANDIDATES, ENSEMBLE_MEMBERS, ENSEMBLE_ROUNDS, EnsembleSettings
-
-# Probabilities are clipped here before the log: a confident error costs a finite loss.
-PROBABILITY_FLOOR = 1e-7
-# The temperatures a candidate's calibration tries: a quarter to four times its softmax's, evenly
-# on a log scale (a label-smoothed model wants about 0.5, an overfit one above 1).
-TEMPERATURES = np.geomspace(0.25, 4.0, 97)
-
-
-def log_loss(probabilities: np.ndarray, labels: np.ndarray) -> float:
-    """Mean negative log-probability of the true digit."""
-    chosen = probabilities[np.arange(len(labels)), labels]
-    return float(-np.log(np.clip(chosen, PROBABILITY_FLOOR, 1.0)).mean())
-
-
-def tempered(probabilities: np.ndarray, temperature: float) -> np.ndarray:
-    """softmax(log p / T): the same ranking of digits, confidence sharpened (T < 1) or softened."""
-    scaled = np.log(np.clip(probabilities.astype(np.float64), PROBABILITY_FLOOR, 1.0)) / temperature
-    scaled -= scaled.max(axis=1, keepdims=True)
-    exponentials = np.exp(scaled)
-    return exponentials / exponentials.sum(axis=1, keepdims=True)
-
-
-def temperature(probabilities: np.ndarray, labels: np.ndarray) -> float:
-    """The temperature (of TEMPERATURES) with the lowest validation log-loss: one number per
-    model, fitted on the images the selection then reads, as Caruana's hill-climb fits its
-    weights there too."""
-    losses = [log_loss(tempered(probabilities, t), labels) for t in TEMPERATURES]
-    return float(TEMPERATURES[int(np.argmin(losses))])
 
 
 def calibrate(probabilities: list[np.ndarray], labels: np.ndarray) -> tuple[list[np.ndarray], list[float]]:

@@ -189,12 +189,13 @@ def run_trial(study: optuna.Study, storage: optuna.storages.BaseStorage, trial: 
     params = search_space.with_recipe_keys(search_space.suggest(trial), baseline)
     name = records.label(trial)
     recipe = search_space.describe(params)
-    tags = {**run_logging.run_tags(dataset, split, settings.budget, seed=settings.seed, baseline=baseline),
+    seed = trial.user_attrs.get(records.TRAINING_SEED, settings.seed)  # the top rung's spare seeds have their own
+    tags = {**run_logging.run_tags(dataset, split, settings.budget, seed=seed, baseline=baseline),
             **records.trial_run_tags(settings.study_name, trial.number, settings.parent_run_id),
             # The ladder's rung this run trained at, and the exploring trial it carries up.
             records.FIDELITY: settings.budget.name,
             records.SOURCE_NAME_TAG: "python -m sweeps.run", records.SOURCE_TYPE_TAG: "LOCAL"}
-    fingerprint = train_trial.training_fingerprint(params, dataset, split, settings.budget, settings.seed)
+    fingerprint = train_trial.training_fingerprint(params, dataset, split, settings.budget, seed)
     client = tracking.client(settings.tracking_uri)
     source = None if settings.retrain else reuse.find(client, fingerprint)
     promoted = records.SOURCE_TRIAL in trial.user_attrs
@@ -231,7 +232,9 @@ def run_trial(study: optuna.Study, storage: optuna.storages.BaseStorage, trial: 
                         f"budget's {settings.budget.max_training_tflop:g}; not trained")
                 return
             if source is not None:
-                figures = reuse.record(trial, source, client, params, fingerprint, split.x_val, report=single)
+                figures = reuse.record(trial, source, client, params, fingerprint, split.x_val, split.y_val,
+                                       report=single)
+                trial.set_user_attr(records.CALIBRATED_LOG_LOSS, figures["calibrated_validation_log_loss"])
                 _finish(study, trial, params, note, StopCause.COMPLETED,
                         f"reused run {source.info.run_id}: the same recipe, budget, seed, data and split were "
                         "trained there to completion, so its model and figures are this trial's",
@@ -240,11 +243,13 @@ def run_trial(study: optuna.Study, storage: optuna.storages.BaseStorage, trial: 
             time_share = TimeShare(plan.time_share(settings.budget, settings.deadline, time.time()))
             epochs = settings.budget.epochs_for(params)
             result, metrics = train_trial.log_trial(
-                params, dataset, split, settings.budget, seed=settings.seed, title=name,
+                params, dataset, split, settings.budget, seed=seed, title=name,
                 # Optuna prunes single-objective trials only: a multi-objective one trains its budget.
                 callbacks=[StopWhenAsked(), *([ReportToPruner(trial, epochs)] if single else []), time_share])
             if not single:  # no reported epochs to price it by at the next rung (plan.seconds_per_epoch)
                 trial.set_user_attr(records.SECONDS_PER_EPOCH, result.train_seconds / max(result.epochs_run, 1))
+            if "calibrated_validation_log_loss" in metrics:  # not for a diverged trial
+                trial.set_user_attr(records.CALIBRATED_LOG_LOSS, metrics["calibrated_validation_log_loss"])
         except Interrupted:
             _finish(study, trial, params, note, StopCause.INTERRUPTED, "interrupted by the user (Ctrl-C)")
         except optuna.TrialPruned as pruned:

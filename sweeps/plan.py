@@ -117,6 +117,13 @@ def price(trial: FrozenTrial, rung_budget: Budget) -> float:
     return min(seconds_per_epoch(trial) * epochs, rung_budget.trial_seconds)
 
 
+def retrain_price(trial: FrozenTrial) -> float:
+    """What training ``trial``'s recipe again at the rung it trained at is forecast to cost: the
+    epochs it ran there (its early stop included) times its seconds per epoch; 0 when unknown
+    (a multi-objective trial reports no epochs)."""
+    return seconds_per_epoch(trial) * len(trial.intermediate_values)
+
+
 def rung_deadline(now: float, command_ends: float | None, rungs_left: int) -> float | None:
     """By when a rung starting ``now`` must end: its share of the time left before the
     ensemble's, ``rungs_left`` counting it and the ones above it (the last is the top)."""

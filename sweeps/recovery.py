@@ -72,7 +72,8 @@ def retry_lost_trials(study: optuna.Study, storage: optuna.storages.BaseStorage,
         for trial in lost:
             attributes = {records.RETRY_OF: trial.number}
             # What it was enqueued as.
-            for key in (records.BASELINE, records.SOURCE_TRIAL, records.FIDELITY, records.FORECAST_SECONDS):
+            for key in (records.BASELINE, records.SOURCE_TRIAL, records.FIDELITY, records.FORECAST_SECONDS,
+                        records.TRAINING_SEED):
                 if key in trial.user_attrs:
                     attributes[key] = trial.user_attrs[key]
             study.enqueue_trial(trial.params, user_attrs=attributes)

@@ -9,10 +9,12 @@ import train_trial
 from harness import records
 from harness.records import StopCause
 
+# The validation log-loss figures (harness.calibration.scores), which runs older than them lack.
+CALIBRATION_METRICS = ("validation_log_loss", "validation_temperature", "calibrated_validation_log_loss")
 # The per-epoch curves and final figures a reused trial's run carries over (never a test figure).
 CURVES = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "learning_rate")
 FIGURES = ("validation_accuracy", "best_epoch", "epochs_run", "train_seconds", "param_count",
-           "forward_mmacs_per_image", "images_per_second", *train_trial.LATENCY_METRICS)
+           "forward_mmacs_per_image", "images_per_second", *train_trial.LATENCY_METRICS, *CALIBRATION_METRICS)
 
 
 def find(client, fingerprint: str):
@@ -32,14 +34,16 @@ def find(client, fingerprint: str):
     return None
 
 
-def record(trial, source, client, params: dict, fingerprint: str, images, report: bool = True) -> dict[str, float]:
+def record(trial, source, client, params: dict, fingerprint: str, images, labels,
+           report: bool = True) -> dict[str, float]:
     """Log ``source``'s recipe, curves and figures into the active run as this trial's, report
     its epochs to the study (unless ``report`` is False: a multi-objective study takes no
-    reports), and return the figures. A source run older than the latency metrics has its
-    model's measured here, on ``images``, as a trained trial's are."""
+    reports), and return the figures. A source run older than the latency or log-loss metrics
+    has its model's measured here, on the validation ``images`` and ``labels``, as a trained
+    trial's are."""
     import mlflow
 
-    from harness import backend
+    from harness import backend, calibration
 
     train_trial.log_recipe(params, fingerprint)
     for name in CURVES:
@@ -48,11 +52,14 @@ def record(trial, source, client, params: dict, fingerprint: str, images, report
             if name == "val_accuracy" and report:
                 trial.report(point.value, step=point.step + 1)  # as ReportToPruner numbers epochs
     figures = {name: value for name, value in source.data.metrics.items() if name in FIGURES}
-    if not all(name in figures for name in train_trial.LATENCY_METRICS):
+    latency_missing = not all(name in figures for name in train_trial.LATENCY_METRICS)
+    if latency_missing or not all(name in figures for name in CALIBRATION_METRICS):
         model = mlflow.keras.load_model(f"runs:/{source.info.run_id}/model")
-        figures.update(train_trial.prediction_latency(model, images))
-        mlflow.set_tag(records.PREDICT_THREADS_TAG, str(backend.threads_in_use()))
-    elif records.PREDICT_THREADS_TAG in source.data.tags:
+        if latency_missing:
+            figures.update(train_trial.prediction_latency(model, images))
+            mlflow.set_tag(records.PREDICT_THREADS_TAG, str(backend.threads_in_use()))
+        figures.update(calibration.scores(model.predict(images[..., None], batch_size=1000, verbose=0), labels))
+    if not latency_missing and records.PREDICT_THREADS_TAG in source.data.tags:
         mlflow.set_tag(records.PREDICT_THREADS_TAG, source.data.tags[records.PREDICT_THREADS_TAG])
     mlflow.log_metrics(figures)
     mlflow.set_tag(records.REUSED_FROM, source.info.run_id)

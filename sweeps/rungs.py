@@ -60,7 +60,7 @@ def run_rung(phase: Phase, sweep_plan: Plan, exploring: optuna.Study, lower: opt
           f"{'promoted ' + ', '.join(promoted) if promoted else 'nothing new promoted'}{deadline}", flush=True)
     def top_up(now: float) -> str | None:
         with sweep_study.ask_lock(storage, rung.study_name, lock_path):
-            added = ladder.top_up(lower, rung, phase.budget, phase.deadline, now)
+            added = ladder.top_up(lower, rung, phase.budget, phase.deadline, now, settings.seed)
         if added:
             print(f"Rung {phase.budget.name}: {added} queued too: a worker came free with time left that its "
                   "forecast fits", flush=True)

@@ -16,12 +16,12 @@ TRIALS_PER_PROCESS = 8
 # exit code (sysexits' EX_IOERR), after putting the reason on the queue the parent gave it.
 STORE_FAILED_EXIT = 74
 # The ensemble weighs the top rung's best ENSEMBLE_CANDIDATES models (by validation accuracy:
-# enough for three finalists and the five baselines) over ENSEMBLE_ROUNDS rounds of forward
+# enough for the finalists, the baselines, the top-ups and the spare seeds) over ENSEMBLE_ROUNDS rounds of forward
 # selection, and averages at most ENSEMBLE_MEMBERS distinct ones: each more costs every
 # prediction a pass of one more network, for ever smaller gains.
-ENSEMBLE_CANDIDATES = 8
+ENSEMBLE_CANDIDATES = 16
 ENSEMBLE_ROUNDS = 20
-ENSEMBLE_MEMBERS = 5
+ENSEMBLE_MEMBERS = 8
 
 
 @dataclass(frozen=True)
