@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Callable
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -151,23 +152,63 @@ SEEDED_RECIPES = 2
 def top_up(lower: optuna.Study, rung: optuna.Study, rung_budget: Budget, deadline: float | None,
            now: float, seed: int = 0) -> str | None:
     """When a worker of the top rung would idle with time left (its queue trained, some of it
-    fast: a reused baseline, an early stop), queue the best-ranked recipe of ``lower`` the rung
-    does not hold whose forecast price fits before ``deadline``: one more finalist, trained
-    and weighed by the ensemble, in time that would otherwise be lost; once none is left that
-    fits, another seed of one of the rung's best recipes (``seed_again``). Returns its label,
-    or None when nothing fits, and always without a deadline: a rung without one loses no
-    time."""
+    fast: a reused baseline, an early stop), queue what ``spare_choice`` takes for it. Returns
+    its label, or None when nothing fits, and always without a deadline: a rung without one
+    loses no time. A recipe's seeds count up from the sweep's ``seed``, one per training of it,
+    so a later sweep of the same store asks for the same seeds first and reuses their runs."""
     if deadline is None:
         return None
-    held = {source_number(t) for t in rung.get_trials(deepcopy=False)}
-    for trial in ranked(lower.get_trials(deepcopy=False), pareto_front(lower)):
-        if source_number(trial) in held:
-            continue
-        forecast = plan.price(trial, rung_budget)
+    trials = rung.get_trials(deepcopy=False)
+    trainings = Counter(source_number(t) for t in trials if records.RETRY_OF not in t.user_attrs)
+    choice = spare_choice(ranked(lower.get_trials(deepcopy=False), pareto_front(lower)), seed_leaders(trials),
+                          trainings, rung_budget, deadline, now)
+    if choice is None:
+        return None
+    trial, forecast, again = choice
+    new_seed = seed + trainings[source_number(trial)] if again else None
+    enqueue(rung, trial, rung_budget, forecast, seed=new_seed)
+    return records.label(trial) + (f" seed {new_seed}" if again else "")
+
+
+def spare_choice(ranked_below: list[FrozenTrial], leaders: list[FrozenTrial], trainings: Counter,
+                 rung_budget: Budget, deadline: float, now: float) -> tuple[FrozenTrial, float, bool] | None:
+    """What a top-rung worker free at ``now`` takes: the best-ranked recipe of the rung below
+    that the rung has not trained (``trainings``: the rung's trainings by source trial) whose
+    forecast price fits before ``deadline``, one more finalist; once none is left that fits,
+    another seed of a leading recipe (``seed_leaders``), the leader trained the fewest times
+    first (the better on a tie), whose forecast, its first training's wall-clock there, fits.
+    Returns the trial, its forecast and whether it trains again with another seed; or None."""
+    for trial in ranked_below:
+        if trainings[source_number(trial)] == 0:
+            forecast = plan.price(trial, rung_budget)
+            if forecast > 0 and plan.fits(rung_budget, deadline, forecast, now):
+                return trial, forecast, False
+    for leader in sorted(leaders, key=lambda t: trainings[source_number(t)]):
+        forecast = plan.retrain_price(leader)
         if forecast > 0 and plan.fits(rung_budget, deadline, forecast, now):
-            enqueue(rung, trial, rung_budget, forecast)
-            return records.label(trial)
-    return seed_again(rung, rung_budget, deadline, now, seed)
+            return leader, forecast, True
+    return None
+
+
+def spare_time(ranked_below: list[FrozenTrial], rung_trials: list[FrozenTrial], rung_budget: Budget,
+               deadline: float | None) -> Callable[[float], float | None] | None:
+    """The top rung's spare time as its forecast sees it: for a worker free at a given time, the
+    forecast price of what ``top_up`` would queue for it then (each call as though the ones
+    before were queued), or None when it would queue nothing. ``ranked_below``: the rung
+    below's ranking. None without a deadline."""
+    if deadline is None:
+        return None
+    ranked_below = list(ranked_below)
+    leaders = seed_leaders(rung_trials)
+    trainings = Counter(source_number(t) for t in rung_trials if records.RETRY_OF not in t.user_attrs)
+
+    def take(free_at: float) -> float | None:
+        choice = spare_choice(ranked_below, leaders, trainings, rung_budget, deadline, free_at)
+        if choice is None:
+            return None
+        trainings[source_number(choice[0])] += 1
+        return choice[1]
+    return take
 
 
 def seed_leaders(trials: list[FrozenTrial]) -> list[FrozenTrial]:
@@ -179,23 +220,6 @@ def seed_leaders(trials: list[FrozenTrial]) -> list[FrozenTrial]:
               and records.RETRY_OF not in t.user_attrs]
     firsts.sort(key=lambda t: (t.user_attrs.get(records.CALIBRATED_LOG_LOSS, float("inf")), -(records.accuracy(t) or 0.0)))
     return firsts[:SEEDED_RECIPES]
-
-
-def seed_again(rung: optuna.Study, rung_budget: Budget, deadline: float, now: float, seed: int) -> str | None:
-    """Queue the rung's next training of a leading recipe (``seed_leaders``) with a seed of its
-    own: the leader trained the fewest times first (the better on a tie) whose forecast, its
-    first training's wall-clock there, fits before ``deadline``. Seeds count up from the
-    sweep's ``seed``, one per training of the recipe, so a later sweep of the same store asks
-    for the same seeds first and reuses their runs. Returns the label, or None."""
-    trials = rung.get_trials(deepcopy=False)
-    trainings = Counter(source_number(t) for t in trials if records.RETRY_OF not in t.user_attrs)
-    for leader in sorted(seed_leaders(trials), key=lambda t: trainings[source_number(t)]):
-        forecast = plan.retrain_price(leader)
-        if forecast > 0 and plan.fits(rung_budget, deadline, forecast, now):
-            new_seed = seed + trainings[source_number(leader)]
-            enqueue(rung, leader, rung_budget, forecast, seed=new_seed)
-            return f"{records.label(leader)} seed {new_seed}"
-    return None
 
 
 def pareto_front(study: optuna.Study) -> frozenset[int]:

@@ -16,6 +16,7 @@ order, is sweeps/ladder.py's.
 from __future__ import annotations
 
 import enum
+import heapq
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -182,18 +183,21 @@ def expected_rung_seconds(budget: Budget, candidates: list[FrozenTrial], workers
     return max(max(prices, default=0.0), sum(prices) / max(workers, 1))
 
 
-def rung_seconds_left(trials: list[FrozenTrial], budget: Budget, workers: int, now: float) -> float:
-    """A rung's time left, from what its trials show: a running one its measured seconds per
-    epoch times the epochs it has left (its forecast until an epoch has ended), within its time
-    share; a queued one its forecast price; each with its validation and logging; shared by
-    the workers, never less than the longest. A rung's trials differ too much in price (one
-    baseline can outlast the rest together) for the mean time per finished trial to say."""
-    left = []
+def rung_seconds_left(trials: list[FrozenTrial], budget: Budget, workers: int, now: float,
+                      deadline: float | None = None, spare: Callable[[float], float | None] | None = None) -> float:
+    """A rung's time left, from what its trials show, as its workers would take them: a running
+    trial ends after its measured seconds per epoch times the epochs it has left (its forecast
+    until an epoch has ended), within its time share; each queued one goes, in queue order, to
+    the worker free first, for its forecast price (none that cannot end by ``deadline``); each
+    with its validation and logging. ``spare`` (the top rung's top-up, sweeps.ladder.spare_time)
+    then gives a worker free at a given time the price of what it would queue then, until it
+    queues nothing. The rung ends when its last worker does. A rung's trials differ too much
+    in price (one baseline can outlast the rest together) for the mean time per finished trial
+    to say."""
+    free = []
     for trial in trials:
-        forecast = trial.user_attrs.get(records.FORECAST_SECONDS) or budget.trial_seconds
-        if trial.state == TrialState.WAITING:
-            left.append(min(forecast, budget.trial_seconds) + TRIAL_OVERHEAD_SECONDS)
-        elif trial.state == TrialState.RUNNING and trial.datetime_start is not None:
+        if trial.state == TrialState.RUNNING and trial.datetime_start is not None:
+            forecast = trial.user_attrs.get(records.FORECAST_SECONDS) or budget.trial_seconds
             elapsed = now - trial.datetime_start.timestamp()
             epochs_done = len(trial.intermediate_values)
             if epochs_done:
@@ -201,8 +205,22 @@ def rung_seconds_left(trials: list[FrozenTrial], budget: Budget, workers: int, n
                 remaining = elapsed / epochs_done * max(0, epochs - epochs_done)
             else:
                 remaining = max(0.0, forecast - elapsed)
-            left.append(max(0.0, min(remaining, budget.trial_seconds - elapsed)) + TRIAL_OVERHEAD_SECONDS)
-    return max(max(left, default=0.0), sum(left) / max(workers, 1))
+            free.append(now + max(0.0, min(remaining, budget.trial_seconds - elapsed)) + TRIAL_OVERHEAD_SECONDS)
+    free += [now] * max(0, workers - len(free))
+    heapq.heapify(free)
+    for trial in sorted((t for t in trials if t.state == TrialState.WAITING), key=lambda t: t.number):
+        forecast = trial.user_attrs.get(records.FORECAST_SECONDS) or budget.trial_seconds
+        if fits(budget, deadline, forecast, free[0]):
+            heapq.heapreplace(free, free[0] + min(forecast, budget.trial_seconds) + TRIAL_OVERHEAD_SECONDS)
+    ends = []
+    while free:
+        free_at = heapq.heappop(free)
+        price_of_next = spare(free_at) if spare is not None else None
+        if price_of_next is None:
+            ends.append(free_at)
+        else:
+            heapq.heappush(free, free_at + price_of_next + TRIAL_OVERHEAD_SECONDS)
+    return max(0.0, max(ends) - now)
 
 
 # --- Phases -------------------------------------------------------------------------------
@@ -282,8 +300,9 @@ class Plan:
     def expected_end(self, phase: Phase, phase_ends: float, candidates: Callable[[Phase], list[FrozenTrial]],
                      workers: int) -> float:
         """When the command is expected to end if ``phase`` ends at ``phase_ends``: each later
-        rung takes its recipes' forecast (``candidates`` says which, as things stand) or its
-        share of the time, whichever is less, then the ensemble its expected minutes."""
+        middle rung takes its recipes' forecast (``candidates`` says which, as things stand) or
+        its share of the time, whichever is less; the top rung, with a share, all of it (what
+        its recipes leave, its top-up fills); then the ensemble its expected minutes."""
         now = phase_ends
         later = self.phases[self.phases.index(phase) + 1:]
         for other in later:
@@ -293,7 +312,8 @@ class Plan:
                 climbing = candidates(other)
                 wanted = other.trials + sum(records.BASELINE in t.user_attrs for t in climbing)
                 forecast = now + expected_rung_seconds(other.budget, climbing, workers, wanted)
-                now = forecast if deadline is None else min(forecast, deadline)
+                # The top rung with a deadline tops itself up until nothing more fits in it.
+                now = forecast if deadline is None else deadline if other.top else min(forecast, deadline)
             elif other.kind == "ensemble":
                 now += ENSEMBLE_EXPECTED_SECONDS
         return now

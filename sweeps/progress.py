@@ -41,11 +41,11 @@ class TimeLeft:
         """None until a trial has finished here and no wall-clock bounds the sweep."""
         now = self.clock()
         bound = max(0.0, self.ends_by - now) if self.ends_by is not None else None
-        if finished >= self.total:
-            return 0.0
-        if self.forecast is not None:
+        if self.forecast is not None:  # it knows what a top rung would still top itself up with
             estimate = self.forecast(now)
             return estimate if bound is None else min(estimate, bound)
+        if finished >= self.total:
+            return 0.0
         done_here = finished - self.finished_before
         if done_here <= 0:
             return bound

@@ -14,7 +14,7 @@ import optuna
 from optuna.trial import TrialState
 
 from harness import records
-from sweeps import answer, ladder, recovery, study as sweep_study
+from sweeps import answer, ladder, plan, recovery, study as sweep_study
 from sweeps.plan import Phase, Plan, Stop, upper_rungs
 from sweeps.settings import STORE_FAILED_EXIT, EnsembleSettings, SweepSettings
 from sweeps.supervisor import Outcome, report_orphans, report_retries, supervise
@@ -66,9 +66,15 @@ def run_rung(phase: Phase, sweep_plan: Plan, exploring: optuna.Study, lower: opt
                   "forecast fits", flush=True)
         return added
 
+    ranked_below = ladder.ranked(lower.get_trials(deepcopy=False), ladder.pareto_front(lower))
+
+    def forecast(trials: list, now: float) -> float:
+        spare = ladder.spare_time(ranked_below, trials, phase.budget, phase.deadline) if phase.top else None
+        return plan.rung_seconds_left(trials, phase.budget, workers, now, phase.deadline, spare)
+
     # Only the top rung tops up: time a middle rung leaves goes to the rungs above it.
     outcome = supervise(rung, rung_settings, workers, on_worker_lost=recover_rung, title=phase.title,
-                        command_ends=command_ends, top_up=top_up if phase.top else None)
+                        command_ends=command_ends, top_up=top_up if phase.top else None, rung_forecast=forecast)
     phase.trials = ladder.requested_trials(rung)
     if not outcome.interrupted and outcome.store_failure is None:
         recover_rung()

@@ -64,13 +64,15 @@ def _worker_process(settings: SweepSettings, worker_index: int, failures) -> Non
 def supervise(study: optuna.Study, settings: SweepSettings, worker_count: int,
               on_worker_lost: Callable[[], None] = lambda: None, title: str | None = None,
               command_ends: Callable[[float], float] | None = None,
-              top_up: Callable[[float], str | None] | None = None) -> Outcome:
+              top_up: Callable[[float], str | None] | None = None,
+              rung_forecast: Callable[[list[optuna.trial.FrozenTrial], float], float] | None = None) -> Outcome:
     """Run the workers under a live progress bar (done, time left, pruned, failed, best so far),
     starting a fresh one whenever a worker has trained its share of trials and the study
     still needs more. A worker that dies (killed, crashed) is replaced too, after
     ``on_worker_lost`` has ended the trial it left running and queued its retry. When the
     study holds what was asked while time is left, ``top_up(now)`` may queue one more trial
-    (returning its label) for the worker that would otherwise idle.
+    (returning its label) for the worker that would otherwise idle. ``rung_forecast(trials,
+    now)``: a rung's seconds left, from its trials, for the bar's time left.
 
     Ctrl-C (or SIGTERM to this process) asks each worker to stop (SIGTERM): at its next
     batch it records its running trial as failed, with the reason, closes the trial's
@@ -133,10 +135,8 @@ def supervise(study: optuna.Study, settings: SweepSettings, worker_count: int,
     initial = finished(counts(study.get_trials(deepcopy=False)))
     latest: list[optuna.trial.FrozenTrial] = []  # the trials as the loop last read them
 
-    def rung_forecast(now: float) -> float:
-        return plan.rung_seconds_left(latest, settings.budget, worker_count, now)
     time_left = progress.TimeLeft(total, initial, ends_by=settings.deadline, command_ends=command_ends,
-                                  forecast=rung_forecast if settings.fit_forecasts else None)
+                                  forecast=(lambda now: rung_forecast(latest, now)) if rung_forecast else None)
     # A terminal gets a live bar; a log file (nohup, a scheduler) a plain line per finished
     # trial, and one every few minutes while long trials run, not hours of bar frames.
     interactive = sys.stderr.isatty()

@@ -349,6 +349,46 @@ def test_a_worker_that_comes_free_with_time_left_tops_the_rung_up_with_the_best_
     assert ladder.top_up(lower, rung, rung_budget, now + 9999, now) is None  # the rung holds every recipe
 
 
+def test_once_the_rung_below_is_used_up_spare_time_trains_the_leaders_again_with_seeds_of_their_own():
+    rung_budget = BUDGETS["full"]
+    lower = optuna.create_study(direction="maximize")
+    lower.add_trial(timed_trial(1, 0.99, 30))
+    rung = optuna.create_study(direction="maximize")
+    # Trained at the rung: by calibrated validation log-loss the leaders are trial 7 (the
+    # lowest, though the least accurate) and kaggle_cnn; trial 0 (lower's only recipe) is held.
+    for source, value, seconds, loss, extra in ((0, 0.995, 10, 0.030, {}), (7, 0.990, 20, 0.020, {}),
+                                                (9, 0.993, 40, 0.025, {records.BASELINE: "kaggle_cnn"}),
+                                                (8, 0.996, 5, None, {})):
+        attributes = {records.SOURCE_TRIAL: source, **extra}
+        if loss is not None:
+            attributes[records.CALIBRATED_LOG_LOSS] = loss
+        rung.add_trial(timed_trial(source, value, seconds, epochs=10, **attributes))
+    assert [records.label(t) for t in ladder.seed_leaders(rung.trials)] == ["trial 7", "kaggle_cnn"]
+    now = 1_000_000.0
+    overhead = plan.TRIAL_OVERHEAD_SECONDS
+    # Each leader's forecast is its first training's wall-clock there (10 epochs): 200 and 400 s.
+    assert ladder.top_up(lower, rung, rung_budget, now + 9999, now, seed=0) == "trial 7 seed 1"
+    queued = rung.trials[-1]
+    assert queued.state == TrialState.WAITING and queued.user_attrs[records.TRAINING_SEED] == 1
+    assert queued.user_attrs[records.FORECAST_SECONDS] == 200 and queued.system_attrs["fixed_params"] == {"x": 7}
+    assert records.label(queued) == "trial 7 seed 1"
+    # The leader trained the fewest times next; its seeds count up per recipe from the sweep's.
+    assert ladder.top_up(lower, rung, rung_budget, now + 9999, now, seed=0) == "kaggle_cnn seed 1"
+    assert rung.trials[-1].user_attrs[records.BASELINE] == "kaggle_cnn"
+    assert ladder.top_up(lower, rung, rung_budget, now + 9999, now, seed=0) == "trial 7 seed 2"
+    # 300 s left: only trial 7 (200 s) fits, whatever kaggle_cnn's count; then nothing does.
+    assert ladder.top_up(lower, rung, rung_budget, now + 300 + overhead, now, seed=0) == "trial 7 seed 3"
+    assert ladder.top_up(lower, rung, rung_budget, now + 150 + overhead, now, seed=0) is None
+    assert ladder.top_up(lower, rung, rung_budget, None, now) is None
+    # The forecast makes the same choices (each with 80 s of overhead). Two workers free now,
+    # 780 s left, the rung as first trained: trial 7 (ends at 280) and kaggle_cnn (480) start
+    # now; at 280 trial 7 again (560); at 480 kaggle_cnn no longer fits, trial 7 does (760);
+    # at 560 and 760 nothing fits: the rung ends at 760.
+    spare = ladder.spare_time(ladder.ranked(lower.trials), rung.trials[:4], rung_budget, now + 700 + overhead)
+    assert plan.rung_seconds_left(rung.trials[:4], rung_budget, 2, now, now + 700 + overhead, spare) == \
+        pytest.approx(400 + 200 + 2 * overhead)
+
+
 def test_the_top_rung_takes_the_baselines_best_explored_first_after_the_finalists():
     rung_budget = BUDGETS["full"]
     exploring = optuna.create_study(direction="maximize")

@@ -211,7 +211,14 @@ def test_the_command_is_expected_to_end_when_its_later_phases_forecast_or_their_
     assert middle == pytest.approx(3 * (100 + plan.TRIAL_OVERHEAD_SECONDS))
     top = plan.expected_rung_seconds(FULL, candidates(made.rungs[1]), 2)  # 30 epochs: 300 s + overhead, 1.5 each
     assert top == pytest.approx(1.5 * (300 + plan.TRIAL_OVERHEAD_SECONDS))
+    # The middle rung ends with its forecast; the top rung, which tops itself up with spare
+    # seeds, with its share of the time.
     assert made.expected_end(made.explore, explore_ends, candidates, 2) == pytest.approx(
+        made.command_ends - plan.ENSEMBLE_SECONDS + plan.ENSEMBLE_EXPECTED_SECONDS)
+    # Without a wall-clock (a budget whose policy has none, as smoke), each rung ends with its forecast.
+    unbounded = plan.make(T0, QUICK, "s", 50, "hyperband", finalists=3)
+    unbounded.command_ends = None
+    assert unbounded.expected_end(unbounded.explore, explore_ends, candidates, 2) == pytest.approx(
         explore_ends + middle + top + plan.ENSEMBLE_EXPECTED_SECONDS)
     # Recipes that would outrun a rung's share end with the share.
     slow = [timed(0.99, 1000.0)]
@@ -233,6 +240,7 @@ def test_recipes_not_known_yet_are_forecast_as_the_median_known_one_or_a_time_sh
     nothing_yet = plan.expected_rung_seconds(LONG, [], 2, wanted=2)
     assert nothing_yet == pytest.approx(LONG.trial_seconds + plan.TRIAL_OVERHEAD_SECONDS)
     made = default_plan()
+    made.command_ends = None  # a top rung with a share ends with it, whatever its recipes
     # The top rung counts the baselines among what it wants: 3 finalists and 1 baseline here.
     ends = made.expected_end(made.rungs[0], T0 + 5000, lambda rung: [known, untrained], 2)
     assert ends == pytest.approx(T0 + 5000 + 2 * (300 + plan.TRIAL_OVERHEAD_SECONDS) + plan.ENSEMBLE_EXPECTED_SECONDS)
@@ -256,9 +264,31 @@ def test_a_rungs_time_left_reads_its_running_trials_epochs_and_its_queued_foreca
                                        user_attrs={records.FORECAST_SECONDS: 100.0})
     # 3 epochs in 300 s: 700 s for the other 7, whatever its forecast said; the queued one 100 s.
     assert plan.rung_seconds_left([running(3, 400.0), queued], budget, 2, now) == pytest.approx(700 + overhead)
+    # Each queued one to the worker free first: the idle one takes five (at 0, 180, ... 720),
+    # the other the sixth once its running trial ends at 780.
     assert plan.rung_seconds_left([running(3, 400.0), *[queued] * 6], budget, 2, now) == \
-        pytest.approx((700 + 6 * 100 + 7 * overhead) / 2)  # shared by the two workers
+        pytest.approx(700 + overhead + 100 + overhead)
     # No epoch ended yet: its forecast less the time it has run; never past its time share.
     assert plan.rung_seconds_left([running(0, 1000.0)], budget, 2, now) == pytest.approx(700 + overhead)
     assert plan.rung_seconds_left([running(1, 1000.0)], budget, 2, now) == pytest.approx(900 + overhead)
     assert plan.rung_seconds_left([], budget, 2, now) == 0.0
+
+
+def test_a_rungs_time_left_skips_what_cannot_end_by_its_deadline_and_fills_its_spare_time():
+    budget = plan.BUDGETS["full"]
+    overhead = plan.TRIAL_OVERHEAD_SECONDS
+    now = 1_000_000.0
+    queued = [optuna.trial.create_trial(state=optuna.trial.TrialState.WAITING, params={}, distributions={},
+                                        user_attrs={records.FORECAST_SECONDS: seconds}) for seconds in (300.0, 5000.0)]
+    # The 5,000 s one cannot end by a deadline 1,000 s away, so the workers never start it.
+    assert plan.rung_seconds_left(queued, budget, 2, now, deadline=now + 1000) == pytest.approx(300 + overhead)
+    taken = []
+
+    def spare(free_at: float) -> float | None:  # 200 s recipes while one ends by the deadline
+        if free_at + 200 + overhead <= now + 1000:
+            taken.append(free_at)
+            return 200.0
+        return None
+    # Worker one: 380, 660, 940 (nothing more fits); worker two: 280, 560, 840 -> the rung ends at 940.
+    assert plan.rung_seconds_left(queued[:1], budget, 2, now, deadline=now + 1000, spare=spare) == pytest.approx(940)
+    assert len(taken) == 5
