@@ -5,6 +5,7 @@ validation images."""
 
 from __future__ import annotations
 
+import search_space
 from harness import records
 
 # A paired difference with McNemar's p under this is called a real lead.
@@ -21,8 +22,20 @@ def describe_lead(champion: records.Champion) -> str:
     return f"{lead}: within the validation split's noise, so the ensemble, which averages them, is the steadier answer"
 
 
-def describe_versus_baseline(lead: records.PairedLead | None, validation_accuracy: float) -> str:
-    """How far a model is ahead of the top rung's best baseline, paired on the same images."""
+def baseline_itself(labels: list[str]) -> str | None:
+    """The baseline a model is (a member list of one baseline, or one trained with another
+    seed), which it cannot be compared with; None for any other model."""
+    if len(labels) == 1 and labels[0].split(" seed ")[0] in search_space.BASELINES:
+        return labels[0]
+    return None
+
+
+def describe_versus_baseline(lead: records.PairedLead | None, validation_accuracy: float,
+                             itself: str | None = None) -> str:
+    """How far a model is ahead of the top rung's best baseline, paired on the same images;
+    ``itself``: the baseline the model is, when it is one."""
+    if lead is None and itself is not None:
+        return f"it is the baseline {itself}, so it has no baseline to beat at this budget"
     if lead is None:
         return "no baseline finished at the top rung to compare with"
     points = (validation_accuracy - lead.against_accuracy) * 100
@@ -42,14 +55,17 @@ def describe_members(ensemble: records.Ensemble) -> str:
 def answer_lines(result: records.LadderResult) -> list[str]:
     """The answer, a line each for the ensemble and the best single model."""
     averaged, champion = result.ensemble, result.champion
+
+    def versus(lead: records.PairedLead | None, validation_accuracy: float, labels: list[str]) -> str:
+        return describe_versus_baseline(lead, validation_accuracy, baseline_itself(labels))
     loss = f", log-loss {averaged.validation_log_loss:.4f}" if averaged.validation_log_loss is not None else ""
     how = ("chosen on validation log-loss" if averaged.weights else "k chosen on validation accuracy")
     lines = [f"Ensemble of {len(averaged.members)} ({describe_members(averaged)}; {how}): validation "
              f"{averaged.validation_accuracy:.4f}{loss}, test {averaged.test_accuracy:.4f} (read once): {averaged.model}",
-             f"  {describe_versus_baseline(averaged.versus_baseline, averaged.validation_accuracy)}",
+             f"  {versus(averaged.versus_baseline, averaged.validation_accuracy, averaged.members)}",
              f"Best single model: {champion.label}, validation {champion.validation_accuracy:.4f}, "
              f"test {champion.test_accuracy:.4f} (read once): {champion.model}",
-             f"  {describe_versus_baseline(champion.versus_baseline, champion.validation_accuracy)}"]
+             f"  {versus(champion.versus_baseline, champion.validation_accuracy, [champion.label])}"]
     if champion.runner_up:
         lines.append(f"  {describe_lead(champion)}")
     if result.small is not None:

@@ -499,6 +499,16 @@ def test_a_lead_counts_only_the_images_one_model_gets_right_and_says_when_it_is_
     assert far["p_value"] < 1e-6 and "a real lead" in answer.describe_lead(champion_with(far))
 
 
+def test_a_model_that_is_a_baseline_is_said_to_be_one_not_left_without_a_baseline():
+    assert answer.baseline_itself(["gradio_cnn"]) == "gradio_cnn"
+    assert answer.baseline_itself(["kaggle_cnn seed 2"]) == "kaggle_cnn seed 2"
+    assert answer.baseline_itself(["trial 57"]) is None
+    assert answer.baseline_itself(["kaggle_cnn", "trial 57"]) is None
+    said = answer.describe_versus_baseline(None, 0.99, answer.baseline_itself(["gradio_cnn"]))
+    assert said == "it is the baseline gradio_cnn, so it has no baseline to beat at this budget"
+    assert answer.describe_versus_baseline(None, 0.99) == "no baseline finished at the top rung to compare with"
+
+
 def champion_with(lead: dict) -> records.Champion:
     return records.Champion(run_id="r", validation_accuracy=0.99, test_accuracy=0.99, model="models:/m@champion",
                             version="1", label="a", runner_up="b", **lead)
