@@ -177,7 +177,9 @@ def spare_choice(ranked_below: list[FrozenTrial], leaders: list[FrozenTrial], tr
     forecast price fits before ``deadline``, one more finalist; once none is left that fits,
     another seed of a leading recipe (``seed_leaders``), the leader trained the fewest times
     first (the better on a tie), whose forecast, its first training's wall-clock there, fits.
-    Returns the trial, its forecast and whether it trains again with another seed; or None."""
+    Returns the trial, its forecast and whether it trains again with another seed; or None.
+    It starts once a fresh worker has (``plan.WORKER_START_SECONDS``), so it must fit from then."""
+    now += plan.WORKER_START_SECONDS
     for trial in ranked_below:
         if trainings[source_number(trial)] == 0:
             forecast = plan.price(trial, rung_budget)

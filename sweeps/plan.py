@@ -30,6 +30,12 @@ from harness.budgets import BUDGETS, Budget
 # What a trial takes besides its time share: the validation pass that ends its last epoch and
 # its logging (under 40 s at quick; doubled).
 TRIAL_OVERHEAD_SECONDS = 80
+# What forecasts count instead, as measured (RESULTS.md, 2026-12-03): a trial's wall-clock
+# beyond its training, 1-6 s; and a fresh worker process (each top-up starts one) 12-14 s
+# from the trial before it ending to its own trial starting. The deadlines keep the margin
+# above; a forecast that kept it too would call a 2-hour sweep's end minutes late.
+EXPECTED_OVERHEAD_SECONDS = 5
+WORKER_START_SECONDS = 15
 # Each rung below the top holds this many times the trials of the rung above it.
 PROMOTION_FACTOR = 2
 # What exploration may take of the ladder's wall-clock at most (its budget may allow less).
@@ -179,7 +185,7 @@ def expected_rung_seconds(budget: Budget, candidates: list[FrozenTrial], workers
     known = [cost for cost in (price(trial, budget) for trial in candidates) if cost > 0]
     missing = max(len(candidates), wanted) - len(known)
     typical = statistics.median(known) if known else budget.trial_seconds
-    prices = [cost + TRIAL_OVERHEAD_SECONDS for cost in known + [typical] * missing]
+    prices = [cost + EXPECTED_OVERHEAD_SECONDS for cost in known + [typical] * missing]
     return max(max(prices, default=0.0), sum(prices) / max(workers, 1))
 
 
@@ -187,7 +193,8 @@ def rung_seconds_left(trials: list[FrozenTrial], budget: Budget, workers: int, n
                       deadline: float | None = None, spare: Callable[[float], float | None] | None = None) -> float:
     """A rung's time left, from what its trials show, as its workers would take them: a running
     trial ends after its measured seconds per epoch times the epochs it has left (its forecast
-    until an epoch has ended), within its time share; each queued one goes, in queue order, to
+    until an epoch has ended; a spare seed's forecast, which is its recipe's whole run there,
+    early stop included), within its time share; each queued one goes, in queue order, to
     the worker free first, for its forecast price (none that cannot end by ``deadline``); each
     with its validation and logging. ``spare`` (the top rung's top-up, sweeps.ladder.spare_time)
     then gives a worker free at a given time the price of what it would queue then, until it
@@ -200,18 +207,20 @@ def rung_seconds_left(trials: list[FrozenTrial], budget: Budget, workers: int, n
             forecast = trial.user_attrs.get(records.FORECAST_SECONDS) or budget.trial_seconds
             elapsed = now - trial.datetime_start.timestamp()
             epochs_done = len(trial.intermediate_values)
-            if epochs_done:
+            if records.TRAINING_SEED in trial.user_attrs:  # its forecast is its recipe's run there, early stop and all
+                remaining = max(0.0, forecast - elapsed)
+            elif epochs_done:
                 epochs = budget.epochs_for(search_space.with_recipe_keys(trial.params, trial.user_attrs.get(records.BASELINE)))
                 remaining = elapsed / epochs_done * max(0, epochs - epochs_done)
             else:
                 remaining = max(0.0, forecast - elapsed)
-            free.append(now + max(0.0, min(remaining, budget.trial_seconds - elapsed)) + TRIAL_OVERHEAD_SECONDS)
+            free.append(now + max(0.0, min(remaining, budget.trial_seconds - elapsed)) + EXPECTED_OVERHEAD_SECONDS)
     free += [now] * max(0, workers - len(free))
     heapq.heapify(free)
     for trial in sorted((t for t in trials if t.state == TrialState.WAITING), key=lambda t: t.number):
         forecast = trial.user_attrs.get(records.FORECAST_SECONDS) or budget.trial_seconds
         if fits(budget, deadline, forecast, free[0]):
-            heapq.heapreplace(free, free[0] + min(forecast, budget.trial_seconds) + TRIAL_OVERHEAD_SECONDS)
+            heapq.heapreplace(free, free[0] + min(forecast, budget.trial_seconds) + EXPECTED_OVERHEAD_SECONDS)
     ends = []
     while free:
         free_at = heapq.heappop(free)
@@ -219,7 +228,7 @@ def rung_seconds_left(trials: list[FrozenTrial], budget: Budget, workers: int, n
         if price_of_next is None:
             ends.append(free_at)
         else:
-            heapq.heappush(free, free_at + price_of_next + TRIAL_OVERHEAD_SECONDS)
+            heapq.heappush(free, free_at + WORKER_START_SECONDS + price_of_next + EXPECTED_OVERHEAD_SECONDS)
     return max(0.0, max(ends) - now)
 
 

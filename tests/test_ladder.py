@@ -380,13 +380,15 @@ def test_once_the_rung_below_is_used_up_spare_time_trains_the_leaders_again_with
     assert ladder.top_up(lower, rung, rung_budget, now + 300 + overhead, now, seed=0) == "trial 7 seed 3"
     assert ladder.top_up(lower, rung, rung_budget, now + 150 + overhead, now, seed=0) is None
     assert ladder.top_up(lower, rung, rung_budget, None, now) is None
-    # The forecast makes the same choices (each with 80 s of overhead). Two workers free now,
-    # 780 s left, the rung as first trained: trial 7 (ends at 280) and kaggle_cnn (480) start
-    # now; at 280 trial 7 again (560); at 480 kaggle_cnn no longer fits, trial 7 does (760);
-    # at 560 and 760 nothing fits: the rung ends at 760.
+    # The forecast makes the same choices, each counted as a fresh worker's start, its price
+    # and the expected overhead (trial 7: 220 s, kaggle_cnn 420 s); whether one fits counts
+    # the deadline's margin. Two workers free now, 780 s left, the rung as first trained:
+    # trial 7 (ends at 220) and kaggle_cnn (420) start now; at 220 trial 7 again (440); at
+    # 420 kaggle_cnn no longer fits, trial 7 does (640); at 440 trial 7 (660); then nothing.
+    assert plan.WORKER_START_SECONDS + 200 + plan.EXPECTED_OVERHEAD_SECONDS == 220
     spare = ladder.spare_time(ladder.ranked(lower.trials), rung.trials[:4], rung_budget, now + 700 + overhead)
     assert plan.rung_seconds_left(rung.trials[:4], rung_budget, 2, now, now + 700 + overhead, spare) == \
-        pytest.approx(400 + 200 + 2 * overhead)
+        pytest.approx(660)
 
 
 def test_the_top_rung_takes_the_baselines_best_explored_first_after_the_finalists():

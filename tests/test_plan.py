@@ -208,9 +208,9 @@ def test_the_command_is_expected_to_end_when_its_later_phases_forecast_or_their_
         return [timed(0.99, 10.0) for _ in range(rung.trials)]
 
     middle = plan.expected_rung_seconds(LONG, candidates(made.rungs[0]), 2)  # 10 epochs: 100 s + overhead, 3 each
-    assert middle == pytest.approx(3 * (100 + plan.TRIAL_OVERHEAD_SECONDS))
+    assert middle == pytest.approx(3 * (100 + plan.EXPECTED_OVERHEAD_SECONDS))
     top = plan.expected_rung_seconds(FULL, candidates(made.rungs[1]), 2)  # 30 epochs: 300 s + overhead, 1.5 each
-    assert top == pytest.approx(1.5 * (300 + plan.TRIAL_OVERHEAD_SECONDS))
+    assert top == pytest.approx(1.5 * (300 + plan.EXPECTED_OVERHEAD_SECONDS))
     # The middle rung ends with its forecast; the top rung, which tops itself up with spare
     # seeds, with its share of the time.
     assert made.expected_end(made.explore, explore_ends, candidates, 2) == pytest.approx(
@@ -234,23 +234,23 @@ def test_the_command_is_expected_to_end_when_its_later_phases_forecast_or_their_
 def test_recipes_not_known_yet_are_forecast_as_the_median_known_one_or_a_time_share():
     # Early in exploration: 1 of the 6 recipes long wants is known, and a baseline untrained.
     known, untrained = timed(0.99, 10.0), timed(0.0, 0.0, baseline="kaggle_cnn")
-    each = 100 + plan.TRIAL_OVERHEAD_SECONDS
+    each = 100 + plan.EXPECTED_OVERHEAD_SECONDS
     assert plan.expected_rung_seconds(LONG, [known], 2, wanted=6) == pytest.approx(6 * each / 2)
     assert plan.expected_rung_seconds(LONG, [known, untrained], 1, wanted=2) == pytest.approx(2 * each)
     nothing_yet = plan.expected_rung_seconds(LONG, [], 2, wanted=2)
-    assert nothing_yet == pytest.approx(LONG.trial_seconds + plan.TRIAL_OVERHEAD_SECONDS)
+    assert nothing_yet == pytest.approx(LONG.trial_seconds + plan.EXPECTED_OVERHEAD_SECONDS)
     made = default_plan()
     made.command_ends = None  # a top rung with a share ends with it, whatever its recipes
     # The top rung counts the baselines among what it wants: 3 finalists and 1 baseline here.
     ends = made.expected_end(made.rungs[0], T0 + 5000, lambda rung: [known, untrained], 2)
-    assert ends == pytest.approx(T0 + 5000 + 2 * (300 + plan.TRIAL_OVERHEAD_SECONDS) + plan.ENSEMBLE_EXPECTED_SECONDS)
+    assert ends == pytest.approx(T0 + 5000 + 2 * (300 + plan.EXPECTED_OVERHEAD_SECONDS) + plan.ENSEMBLE_EXPECTED_SECONDS)
 
 
 def test_a_rungs_time_left_reads_its_running_trials_epochs_and_its_queued_forecasts():
     import datetime
 
     budget = plan.BUDGETS["long"]  # 10 epochs a sampled recipe, a 1,200 s time share
-    overhead = plan.TRIAL_OVERHEAD_SECONDS
+    overhead = plan.EXPECTED_OVERHEAD_SECONDS
     started = datetime.datetime(2026, 12, 3, 12, 0)
     now = started.timestamp() + 300
 
@@ -264,10 +264,10 @@ def test_a_rungs_time_left_reads_its_running_trials_epochs_and_its_queued_foreca
                                        user_attrs={records.FORECAST_SECONDS: 100.0})
     # 3 epochs in 300 s: 700 s for the other 7, whatever its forecast said; the queued one 100 s.
     assert plan.rung_seconds_left([running(3, 400.0), queued], budget, 2, now) == pytest.approx(700 + overhead)
-    # Each queued one to the worker free first: the idle one takes five (at 0, 180, ... 720),
-    # the other the sixth once its running trial ends at 780.
-    assert plan.rung_seconds_left([running(3, 400.0), *[queued] * 6], budget, 2, now) == \
-        pytest.approx(700 + overhead + 100 + overhead)
+    # Each queued one to the worker free first: the idle one takes all six (105 s each, ending
+    # at 630) while the other's running trial ends at 705; a seventh goes to the first free (735).
+    assert plan.rung_seconds_left([running(3, 400.0), *[queued] * 6], budget, 2, now) == pytest.approx(705)
+    assert plan.rung_seconds_left([running(3, 400.0), *[queued] * 7], budget, 2, now) == pytest.approx(735)
     # No epoch ended yet: its forecast less the time it has run; never past its time share.
     assert plan.rung_seconds_left([running(0, 1000.0)], budget, 2, now) == pytest.approx(700 + overhead)
     assert plan.rung_seconds_left([running(1, 1000.0)], budget, 2, now) == pytest.approx(900 + overhead)
@@ -276,19 +276,23 @@ def test_a_rungs_time_left_reads_its_running_trials_epochs_and_its_queued_foreca
 
 def test_a_rungs_time_left_skips_what_cannot_end_by_its_deadline_and_fills_its_spare_time():
     budget = plan.BUDGETS["full"]
-    overhead = plan.TRIAL_OVERHEAD_SECONDS
+    overhead = plan.EXPECTED_OVERHEAD_SECONDS
     now = 1_000_000.0
     queued = [optuna.trial.create_trial(state=optuna.trial.TrialState.WAITING, params={}, distributions={},
                                         user_attrs={records.FORECAST_SECONDS: seconds}) for seconds in (300.0, 5000.0)]
     # The 5,000 s one cannot end by a deadline 1,000 s away, so the workers never start it.
     assert plan.rung_seconds_left(queued, budget, 2, now, deadline=now + 1000) == pytest.approx(300 + overhead)
     taken = []
+    start = plan.WORKER_START_SECONDS
 
     def spare(free_at: float) -> float | None:  # 200 s recipes while one ends by the deadline
         if free_at + 200 + overhead <= now + 1000:
             taken.append(free_at)
             return 200.0
         return None
-    # Worker one: 380, 660, 940 (nothing more fits); worker two: 280, 560, 840 -> the rung ends at 940.
-    assert plan.rung_seconds_left(queued[:1], budget, 2, now, deadline=now + 1000, spare=spare) == pytest.approx(940)
-    assert len(taken) == 5
+    # Each spare trial costs a fresh worker's start, its 200 s and the expected overhead: 220 s.
+    # Worker one ends its queued trial at 305, then 525, 745, 965; worker two, idle, 220, 440,
+    # 660, 880; nothing more fits in either: the rung ends at 965.
+    assert start + 200 + overhead == 220
+    assert plan.rung_seconds_left(queued[:1], budget, 2, now, deadline=now + 1000, spare=spare) == pytest.approx(965)
+    assert len(taken) == 7
