@@ -16,6 +16,7 @@ import search_space
 from harness import cli, records, tracking
 from harness.budgets import BUDGETS
 from sweeps import answer, front_page, ladder, plan, run as sweep_run, study as sweep_study
+from sweeps.settings import ENSEMBLE_CANDIDATES
 
 # Sampled trials must complete for the middle rung to get recipes: no pruner here.
 LADDER = ["--trials", "7", "--workers", "2", "--finalists", "1", "--pruner", "none",
@@ -106,7 +107,7 @@ def test_the_ensemble_is_chosen_on_validation_tested_once_and_registered(climbed
     # The stored figures are the candidates' on the validation images, worked out here again
     # from their models, and the members are chosen on them; the test images read otherwise.
     candidates = [full.trials[number] for number in result.candidates]
-    assert [t.value for t in candidates] == sorted((t.value for t in full.trials if t.value is not None), reverse=True)[:8]
+    assert [t.value for t in candidates] == sorted((t.value for t in full.trials if t.value is not None), reverse=True)[:ENSEMBLE_CANDIDATES]
     mlflow.set_tracking_uri(climbed.uri)
     models = [mlflow.keras.load_model(f"runs:/{t.user_attrs[records.MLFLOW_RUN_ID]}/model") for t in candidates]
     split = data.split(mnist, data.DEFAULT_SPLIT_SEED)
