@@ -139,3 +139,25 @@ def test_a_reused_model_tested_before_is_registered_with_that_figure_not_tested_
     assert run.data.tags[records.TEST_READ_BY_TAG] == source.info.run_id
     assert reproduce.evaluate_and_register(untested.info.run_id, None, None, "m", "champion", {})["test_accuracy"] == 0.9
     assert read == [untested.info.run_id]  # never tested: read once now
+
+
+@pytest.mark.slow
+def test_a_spare_seed_trains_its_recipe_again_with_its_own_seed_tagged_named_and_fingerprinted(tmp_path):
+    sweep_in(tmp_path, "--trials", "1", "--study", "seeds", "--no-baselines")
+    storage = sweep_study.open_storage(f"journal:{tmp_path}/mlruns/optuna.journal")
+    first = optuna.load_study(study_name="seeds", storage=storage).trials[0]
+    # As ladder.top_up queues a leader again at the top rung.
+    optuna.load_study(study_name="seeds", storage=storage).enqueue_trial(
+        first.params, user_attrs={records.TRAINING_SEED: 3})
+    sweep_in(tmp_path, "--trials", "2", "--study", "seeds", "--no-baselines")
+    again = optuna.load_study(study_name="seeds", storage=storage).trials[1]
+    assert again.state == TrialState.COMPLETE and again.params == first.params
+    assert records.label(again) == "trial 1 seed 3"
+    assert records.REUSED_FROM not in again.user_attrs  # another seed: another fingerprint, trained
+    client = tracking.client(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    runs = [client.get_run(trial.user_attrs[records.MLFLOW_RUN_ID]) for trial in (first, again)]
+    assert [run.data.tags[records.SEED_TAG] for run in runs] == ["0", "3"]
+    assert runs[0].data.tags[records.TRAINING_FINGERPRINT_TAG] != runs[1].data.tags[records.TRAINING_FINGERPRINT_TAG]
+    for trial, run in zip((first, again), runs):  # what the top rung picks its leaders by
+        assert trial.user_attrs[records.CALIBRATED_LOG_LOSS] == run.data.metrics["calibrated_validation_log_loss"]
+        assert run.data.metrics["calibrated_validation_log_loss"] <= run.data.metrics["validation_log_loss"] + 1e-9
