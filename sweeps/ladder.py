@@ -197,11 +197,16 @@ def spare_time(ranked_below: list[FrozenTrial], rung_trials: list[FrozenTrial], 
     """The top rung's spare time as its forecast sees it: for a worker free at a given time, the
     forecast price of what ``top_up`` would queue for it then (each call as though the ones
     before were queued), or None when it would queue nothing. ``ranked_below``: the rung
-    below's ranking. None without a deadline."""
+    below's ranking. Until its leaders have trained, the rung's first recipes in queue order
+    stand in for them, at their forecasts: the rung will fill its time all the same. None
+    without a deadline."""
     if deadline is None:
         return None
     ranked_below = list(ranked_below)
     leaders = seed_leaders(rung_trials)
+    untrained = [t for t in sorted(rung_trials, key=lambda t: t.number)
+                 if t.state in (TrialState.WAITING, TrialState.RUNNING) and records.TRAINING_SEED not in t.user_attrs]
+    leaders += untrained[:SEEDED_RECIPES - len(leaders)]
     trainings = Counter(source_number(t) for t in rung_trials if records.RETRY_OF not in t.user_attrs)
 
     def take(free_at: float) -> float | None:

@@ -127,7 +127,9 @@ def price(trial: FrozenTrial, rung_budget: Budget) -> float:
 def retrain_price(trial: FrozenTrial) -> float:
     """What training ``trial``'s recipe again at the rung it trained at is forecast to cost: the
     epochs it ran there (its early stop included) times its seconds per epoch; 0 when unknown
-    (a multi-objective trial reports no epochs)."""
+    (a multi-objective trial reports no epochs). A trial not trained yet: its forecast there."""
+    if trial.state != TrialState.COMPLETE:
+        return trial.user_attrs.get(records.FORECAST_SECONDS) or 0.0
     return seconds_per_epoch(trial) * len(trial.intermediate_values)
 
 

@@ -392,6 +392,20 @@ def test_once_the_rung_below_is_used_up_spare_time_trains_the_leaders_again_with
         pytest.approx(660)
 
 
+def test_before_its_leaders_have_trained_the_top_rungs_forecast_still_fills_its_time():
+    rung_budget = BUDGETS["full"]
+    rung = optuna.create_study(direction="maximize")
+    for source, forecast in ((3, 300.0), (4, 100.0)):
+        rung.enqueue_trial({"x": source}, user_attrs={records.SOURCE_TRIAL: source, records.FORECAST_SECONDS: forecast})
+    now, deadline = 1_000_000.0, 1_000_000.0 + 1000
+    spare = ladder.spare_time([], rung.trials, rung_budget, deadline)
+    left = plan.rung_seconds_left(rung.trials, rung_budget, 2, now, deadline, spare)
+    # The queue alone ends at 305; its two recipes, taken again as spare seeds, fill the rung
+    # until no more fits (a 100 s one needs 195 s of margin and start).
+    assert plan.rung_seconds_left(rung.trials, rung_budget, 2, now, deadline) == pytest.approx(305)
+    assert deadline - now - 195 - 120 < left <= deadline - now
+
+
 def test_the_top_rung_takes_the_baselines_best_explored_first_after_the_finalists():
     rung_budget = BUDGETS["full"]
     exploring = optuna.create_study(direction="maximize")
