@@ -223,10 +223,14 @@ def seed_leaders(trials: list[FrozenTrial]) -> list[FrozenTrial]:
     log-loss at the model's own temperature first (accuracy on 6,000 images moves in steps of
     a few images; log-loss also weighs how sure a model is where it is right, which is what
     an average of seeds gains from), those without one after, by accuracy."""
-    firsts = [t for t in trials if t.state == TrialState.COMPLETE and records.TRAINING_SEED not in t.user_attrs
-              and records.RETRY_OF not in t.user_attrs]
+    firsts = [t for t in trials if t.state == TrialState.COMPLETE and records.TRAINING_SEED not in t.user_attrs]
     firsts.sort(key=lambda t: (t.user_attrs.get(records.CALIBRATED_LOG_LOSS, float("inf")), -(records.accuracy(t) or 0.0)))
-    return firsts[:SEEDED_RECIPES]
+    seen, leaders = set(), []
+    for trial in firsts:  # a recipe once, though a retry of it completed too
+        if source_number(trial) not in seen:
+            seen.add(source_number(trial))
+            leaders.append(trial)
+    return leaders[:SEEDED_RECIPES]
 
 
 def pareto_front(study: optuna.Study) -> frozenset[int]:
