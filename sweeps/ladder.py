@@ -150,18 +150,20 @@ SEEDED_RECIPES = 2
 
 
 def top_up(lower: optuna.Study, rung: optuna.Study, rung_budget: Budget, deadline: float | None,
-           now: float, seed: int = 0) -> str | None:
+           now: float, seed: int = 0, seeds: bool = True) -> str | None:
     """When a worker of the top rung would idle with time left (its queue trained, some of it
     fast: a reused baseline, an early stop), queue what ``spare_choice`` takes for it. Returns
     its label, or None when nothing fits, and always without a deadline: a rung without one
     loses no time. A recipe's seeds count up from the sweep's ``seed``, one per training of it,
-    so a later sweep of the same store asks for the same seeds first and reuses their runs."""
+    so a later sweep of the same store asks for the same seeds first and reuses their runs.
+    ``seeds`` False: no seeds (a multi-objective sweep, whose answer is a front, where another
+    seed of a recipe adds no point)."""
     if deadline is None:
         return None
     trials = rung.get_trials(deepcopy=False)
     trainings = Counter(source_number(t) for t in trials if records.RETRY_OF not in t.user_attrs)
-    choice = spare_choice(ranked(lower.get_trials(deepcopy=False), pareto_front(lower)), seed_leaders(trials),
-                          trainings, rung_budget, deadline, now)
+    choice = spare_choice(ranked(lower.get_trials(deepcopy=False), pareto_front(lower)),
+                          seed_leaders(trials) if seeds else [], trainings, rung_budget, deadline, now)
     if choice is None:
         return None
     trial, forecast, again = choice
@@ -193,20 +195,20 @@ def spare_choice(ranked_below: list[FrozenTrial], leaders: list[FrozenTrial], tr
 
 
 def spare_time(ranked_below: list[FrozenTrial], rung_trials: list[FrozenTrial], rung_budget: Budget,
-               deadline: float | None) -> Callable[[float], float | None] | None:
+               deadline: float | None, seeds: bool = True) -> Callable[[float], float | None] | None:
     """The top rung's spare time as its forecast sees it: for a worker free at a given time, the
     forecast price of what ``top_up`` would queue for it then (each call as though the ones
     before were queued), or None when it would queue nothing. ``ranked_below``: the rung
     below's ranking. Until its leaders have trained, the rung's first recipes in queue order
     stand in for them, at their forecasts: the rung will fill its time all the same. None
-    without a deadline."""
+    without a deadline; ``seeds`` as top_up's."""
     if deadline is None:
         return None
     ranked_below = list(ranked_below)
-    leaders = seed_leaders(rung_trials)
+    leaders = seed_leaders(rung_trials) if seeds else []
     untrained = [t for t in sorted(rung_trials, key=lambda t: t.number)
                  if t.state in (TrialState.WAITING, TrialState.RUNNING) and records.TRAINING_SEED not in t.user_attrs]
-    leaders += untrained[:SEEDED_RECIPES - len(leaders)]
+    leaders += untrained[:SEEDED_RECIPES - len(leaders)] if seeds else []
     trainings = Counter(source_number(t) for t in rung_trials if records.RETRY_OF not in t.user_attrs)
 
     def take(free_at: float) -> float | None:

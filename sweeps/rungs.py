@@ -58,9 +58,11 @@ def run_rung(phase: Phase, sweep_plan: Plan, exploring: optuna.Study, lower: opt
     print(f"Rung {step} of {len(sweep_plan.rungs) + 1}, {phase.budget.name} ({phase.budget.train_size or 'all'} training images, "
           f"up to {phase.budget.max_epochs} epochs): "
           f"{'promoted ' + ', '.join(promoted) if promoted else 'nothing new promoted'}{deadline}", flush=True)
+    single = len(settings.objective) == 1  # only an accuracy sweep's ensemble gains from spare seeds
+
     def top_up(now: float) -> str | None:
         with sweep_study.ask_lock(storage, rung.study_name, lock_path):
-            added = ladder.top_up(lower, rung, phase.budget, phase.deadline, now, settings.seed)
+            added = ladder.top_up(lower, rung, phase.budget, phase.deadline, now, settings.seed, seeds=single)
         if added:
             print(f"Rung {phase.budget.name}: {added} queued too: a worker came free with time left that its "
                   "forecast fits", flush=True)
@@ -69,7 +71,7 @@ def run_rung(phase: Phase, sweep_plan: Plan, exploring: optuna.Study, lower: opt
     ranked_below = ladder.ranked(lower.get_trials(deepcopy=False), ladder.pareto_front(lower))
 
     def forecast(trials: list, now: float) -> float:
-        spare = ladder.spare_time(ranked_below, trials, phase.budget, phase.deadline) if phase.top else None
+        spare = ladder.spare_time(ranked_below, trials, phase.budget, phase.deadline, seeds=single) if phase.top else None
         return plan.rung_seconds_left(trials, phase.budget, workers, now, phase.deadline, spare)
 
     # Only the top rung tops up: time a middle rung leaves goes to the rungs above it.

@@ -368,6 +368,7 @@ def test_once_the_rung_below_is_used_up_spare_time_trains_the_leaders_again_with
     now = 1_000_000.0
     overhead = plan.TRIAL_OVERHEAD_SECONDS
     # Each leader's forecast is its first training's wall-clock there (10 epochs): 200 and 400 s.
+    assert ladder.top_up(lower, rung, rung_budget, now + 9999, now, seed=0, seeds=False) is None  # multi-objective
     assert ladder.top_up(lower, rung, rung_budget, now + 9999, now, seed=0) == "trial 7 seed 1"
     queued = rung.trials[-1]
     assert queued.state == TrialState.WAITING and queued.user_attrs[records.TRAINING_SEED] == 1
