@@ -225,7 +225,7 @@ def train(params: dict, split: data.Split, budget: Budget, *, seed: int = 0,
     train_seconds = time.perf_counter() - started
     curves = {run_logging.KERAS_TO_OUR_NAMES.get(k, k): [float(v) for v in values]
               for k, values in history.history.items()}
-    probabilities = model.predict(split.x_val[..., None], batch_size=1000, verbose=0)
+    probabilities = predict_probabilities(model, split.x_val)
     validation_accuracy = float((probabilities.argmax(axis=1) == split.y_val).mean())
     finite = [v if math.isfinite(v) else -1.0 for v in curves.get("val_accuracy", [])]
     return TrainingResult(
@@ -233,6 +233,11 @@ def train(params: dict, split: data.Split, budget: Budget, *, seed: int = 0,
         best_epoch=int(np.argmax(finite)) + 1 if finite else 0,
         validation_accuracy=validation_accuracy, validation_probabilities=probabilities,
         diverged=divergence.diverged, train_seconds=train_seconds)
+
+
+def predict_probabilities(model: keras.Model, images: np.ndarray) -> np.ndarray:
+    """The model's digit probabilities for a stack of 28x28 images."""
+    return model.predict(images[..., None], batch_size=1000, verbose=0)
 
 
 def _class_weights(params: dict) -> dict[int, float] | None:

@@ -156,7 +156,12 @@ def label(trial: FrozenTrial | optuna.Trial) -> str:
     by that and its seed."""
     name = trial.user_attrs[BASELINE] if BASELINE in trial.user_attrs else \
         f"trial {trial.user_attrs.get(SOURCE_TRIAL, trial.number)}"
-    return f"{name} seed {trial.user_attrs[TRAINING_SEED]}" if TRAINING_SEED in trial.user_attrs else name
+    return seeded(name, trial.user_attrs.get(TRAINING_SEED))
+
+
+def seeded(name: str, seed: int | None) -> str:
+    """A recipe's name, with the seed it was trained again with, if any."""
+    return name if seed is None else f"{name} seed {seed}"
 
 
 def accuracy(trial: FrozenTrial) -> float | None:

@@ -161,7 +161,7 @@ def top_up(lower: optuna.Study, rung: optuna.Study, rung_budget: Budget, deadlin
     if deadline is None:
         return None
     trials = rung.get_trials(deepcopy=False)
-    trainings = Counter(source_number(t) for t in trials if records.RETRY_OF not in t.user_attrs)
+    trainings = trainings_of(trials)
     choice = spare_choice(ranked(lower.get_trials(deepcopy=False), pareto_front(lower)),
                           seed_leaders(trials) if seeds else [], trainings, rung_budget, deadline, now)
     if choice is None:
@@ -169,7 +169,13 @@ def top_up(lower: optuna.Study, rung: optuna.Study, rung_budget: Budget, deadlin
     trial, forecast, again = choice
     new_seed = seed + trainings[source_number(trial)] if again else None
     enqueue(rung, trial, rung_budget, forecast, seed=new_seed)
-    return records.label(trial) + (f" seed {new_seed}" if again else "")
+    return records.seeded(records.label(trial), new_seed)
+
+
+def trainings_of(trials: list[FrozenTrial]) -> Counter:
+    """How many times a rung has been asked to train each recipe (by source trial), retries not
+    counted."""
+    return Counter(source_number(t) for t in trials if records.RETRY_OF not in t.user_attrs)
 
 
 def spare_choice(ranked_below: list[FrozenTrial], leaders: list[FrozenTrial], trainings: Counter,
@@ -205,11 +211,13 @@ def spare_time(ranked_below: list[FrozenTrial], rung_trials: list[FrozenTrial], 
     if deadline is None:
         return None
     ranked_below = list(ranked_below)
-    leaders = seed_leaders(rung_trials) if seeds else []
-    untrained = [t for t in sorted(rung_trials, key=lambda t: t.number)
-                 if t.state in (TrialState.WAITING, TrialState.RUNNING) and records.TRAINING_SEED not in t.user_attrs]
-    leaders += untrained[:SEEDED_RECIPES - len(leaders)] if seeds else []
-    trainings = Counter(source_number(t) for t in rung_trials if records.RETRY_OF not in t.user_attrs)
+    leaders = []
+    if seeds:
+        leaders = seed_leaders(rung_trials)
+        untrained = [t for t in sorted(rung_trials, key=lambda t: t.number) if records.TRAINING_SEED not in t.user_attrs
+                     and t.state in (TrialState.WAITING, TrialState.RUNNING)]
+        leaders += untrained[:SEEDED_RECIPES - len(leaders)]
+    trainings = trainings_of(rung_trials)
 
     def take(free_at: float) -> float | None:
         choice = spare_choice(ranked_below, leaders, trainings, rung_budget, deadline, free_at)

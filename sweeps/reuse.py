@@ -58,7 +58,7 @@ def record(trial, source, client, params: dict, fingerprint: str, images, labels
         if latency_missing:
             figures.update(train_trial.prediction_latency(model, images))
             mlflow.set_tag(records.PREDICT_THREADS_TAG, str(backend.threads_in_use()))
-        figures.update(calibration.scores(model.predict(images[..., None], batch_size=1000, verbose=0), labels))
+        figures.update(calibration.scores(train_trial.predict_probabilities(model, images), labels))
     if not latency_missing and records.PREDICT_THREADS_TAG in source.data.tags:
         mlflow.set_tag(records.PREDICT_THREADS_TAG, source.data.tags[records.PREDICT_THREADS_TAG])
     mlflow.log_metrics(figures)
