@@ -362,6 +362,8 @@ class Ensemble(Registered):
     validation_log_loss: float | None = None
     selection_log_loss: list[float] = field(default_factory=list)  # after each round of selection
     versus_baseline: PairedLead | None = None  # against the top rung's best baseline
+    views: int = 1  # test-time views each member is averaged over (1: the digit alone)
+    log_loss_without_views: float | None = None  # the selection's without them, as validation compared
     # Ladders before selection on log-loss: the accuracy of the best k averaged, k = 1, 2, ...
     validation_by_size: list[float] = field(default_factory=list)
 
@@ -383,6 +385,7 @@ class CandidateScore:
     validation_log_loss: float
     temperature: float = 1.0  # its softmax's, as the selection weighed it (1.0: a ladder before calibration)
     calibrated_log_loss: float | None = None  # its validation log-loss at that temperature
+    views_log_loss: float | None = None  # at it, averaged over the ensemble's test-time views
 
 
 @dataclass(frozen=True)

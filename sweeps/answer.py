@@ -60,6 +60,8 @@ def answer_lines(result: records.LadderResult) -> list[str]:
         return describe_versus_baseline(lead, validation_accuracy, baseline_itself(labels))
     loss = f", log-loss {averaged.validation_log_loss:.4f}" if averaged.validation_log_loss is not None else ""
     how = ("chosen on validation log-loss" if averaged.weights else "k chosen on validation accuracy")
+    if averaged.views > 1:
+        how += f", each averaged over the digit and its {averaged.views - 1} one-pixel shifts"
     lines = [f"Ensemble of {len(averaged.members)} ({describe_members(averaged)}; {how}): validation "
              f"{averaged.validation_accuracy:.4f}{loss}, test {averaged.test_accuracy:.4f} (read once): {averaged.model}",
              f"  {versus(averaged.versus_baseline, averaged.validation_accuracy, averaged.members)}",
@@ -80,15 +82,18 @@ def answer_lines(result: records.LadderResult) -> list[str]:
     return lines
 
 
+def optional(value: float | None) -> str:
+    return f"{value:.4f}" if value is not None else "-"
+
+
 def candidate_table(result: records.LadderResult) -> list[str]:
     """The top rung's models as the ensemble step weighed them (Markdown)."""
     if not result.scores:
         return []
     weights = dict(zip(result.ensemble.members, result.ensemble.weights))
-    lines = ["| candidate | validation accuracy | validation log-loss | temperature | log-loss at it | weight in the ensemble |",
-             "| --- | --- | --- | --- | --- | --- |"]
+    lines = ["| candidate | validation accuracy | validation log-loss | temperature | log-loss at it "
+             "| over test-time views | weight in the ensemble |", "| --- | --- | --- | --- | --- | --- | --- |"]
     lines += [f"| {score.label} | {score.validation_accuracy:.4f} | {score.validation_log_loss:.4f} | "
-              f"{score.temperature:.2f} | "
-              f"{f'{score.calibrated_log_loss:.4f}' if score.calibrated_log_loss is not None else '-'} | "
+              f"{score.temperature:.2f} | {optional(score.calibrated_log_loss)} | {optional(score.views_log_loss)} | "
               f"{weights.get(score.label, 0):.2f} |" for score in result.scores]
     return lines

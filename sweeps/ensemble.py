@@ -30,6 +30,41 @@ from harness.calibration import log_loss, temperature, tempered
 from sweeps.settings import ENSEMBLE_CANDIDATES, ENSEMBLE_MEMBERS, ENSEMBLE_ROUNDS, EnsembleSettings
 
 
+# (rows down, columns right) of each test-time view, black fill: the digit first. One pixel,
+# as two pixels and 10-degree turns raised the finalists' validation log-loss (RESULTS.md).
+SHIFTS = [(0, 0), (0, 1), (0, -1), (1, 0), (-1, 0)]
+
+
+def shifted(images: np.ndarray, down: int, right: int) -> np.ndarray:
+    """(n, 28, 28, 1) images moved by whole pixels with black fill: what ``shift_layers`` does."""
+    moved = np.zeros_like(images)
+    rows, columns = images.shape[1:3]
+    moved[:, max(down, 0):rows + min(down, 0), max(right, 0):columns + min(right, 0)] = \
+        images[:, max(-down, 0):rows + min(-down, 0), max(-right, 0):columns + min(-right, 0)]
+    return moved
+
+
+def shift_layers(inputs, down: int, right: int, name: str):
+    """The same move as ``shifted`` in plain Keras layers (pad, then crop), so the saved
+    ensemble loads in safe mode and carries its views to digits.predict and digits.serve."""
+    padded = keras.layers.ZeroPadding2D(((max(down, 0), max(-down, 0)), (max(right, 0), max(-right, 0))),
+                                        name=f"pad_{name}")(inputs)
+    return keras.layers.Cropping2D(((max(-down, 0), max(down, 0)), (max(-right, 0), max(right, 0))),
+                                   name=f"crop_{name}")(padded)
+
+
+def view_probabilities(model: keras.Model, images: np.ndarray) -> list[np.ndarray]:
+    """The model's probabilities on each of SHIFTS' views of the images, the digit first."""
+    return [model.predict(shifted(images, down, right) if (down, right) != (0, 0) else images,
+                          batch_size=1000, verbose=0) for down, right in SHIFTS]
+
+
+def over_views(views: list[np.ndarray], temperature_: float) -> np.ndarray:
+    """A candidate over its views as the averaged model computes it: each view at the
+    candidate's temperature, then their mean."""
+    return np.mean([tempered(view, temperature_) for view in views], axis=0)
+
+
 def calibrate(probabilities: list[np.ndarray], labels: np.ndarray) -> tuple[list[np.ndarray], list[float]]:
     """Each candidate at its own temperature, and the temperatures."""
     temperatures = [temperature(p, labels) for p in probabilities]
@@ -87,28 +122,34 @@ def paired_lead(leader: np.ndarray, runner_up: np.ndarray, labels: np.ndarray) -
     return {"only_leader": only_leader, "only_runner_up": only_runner, "p_value": min(1.0, 2 * tail)}
 
 
-def averaged(members: list[keras.Model], weights: list[float], temperatures: list[float] | None = None) -> keras.Model:
+def averaged(members: list[keras.Model], weights: list[float], temperatures: list[float] | None = None,
+             shifts: list[tuple[int, int]] | None = None) -> keras.Model:
     """One model that takes uint8 digits and returns the members' weighted mean probabilities,
-    each member at its temperature (plain Keras layers, so it loads in safe mode like any
-    model). Every network ends in Dense(10, softmax) (train_trial.build_model): a member at a
-    temperature other than 1 is its layers but the last, then a copy of that Dense without
-    its softmax, the logits divided by the temperature, and the softmax."""
+    each member at its temperature and, with ``shifts``, averaged over those views of the digit
+    (plain Keras layers, so it loads in safe mode like any model). Every network ends in
+    Dense(10, softmax) (train_trial.build_model): a member at a temperature other than 1 is its
+    layers but the last, then a copy of that Dense without its softmax, the logits divided by
+    the temperature, and the softmax."""
     temperatures = temperatures or [1.0] * len(members)
     inputs = keras.Input(shape=(28, 28, 1), dtype="uint8", name="digits")
+    views = [inputs if (down, right) == (0, 0) else shift_layers(inputs, down, right, f"view_{number}")
+             for number, (down, right) in enumerate(shifts or [(0, 0)])]
     outputs = []
     for index, (member, temperature_) in enumerate(zip(members, temperatures), start=1):
         member.name = f"member_{index}"  # a functional model needs its layers' names unique
         if temperature_ == 1.0:
-            outputs.append(member(inputs))
-            continue
-        last = member.layers[-1]
-        trunk = keras.Sequential(member.layers[:-1], name=f"member_{index}")
-        logits = keras.layers.Dense(last.units, name=f"logits_{index}")
-        hidden = trunk(inputs)
-        logits.build(hidden.shape)
-        logits.set_weights(last.get_weights())
-        scaled = keras.layers.Rescaling(1.0 / temperature_, name=f"temperature_{index}")(logits(hidden))
-        outputs.append(keras.layers.Activation("softmax", name=f"probabilities_{index}")(scaled))
+            per_view = [member(view) for view in views]
+        else:
+            last = member.layers[-1]
+            trunk = keras.Sequential(member.layers[:-1], name=f"member_{index}")
+            logits = keras.layers.Dense(last.units, name=f"logits_{index}")
+            hidden = [trunk(view) for view in views]
+            logits.build(hidden[0].shape)
+            logits.set_weights(last.get_weights())
+            scale = keras.layers.Rescaling(1.0 / temperature_, name=f"temperature_{index}")
+            softmax = keras.layers.Activation("softmax", name=f"probabilities_{index}")
+            per_view = [softmax(scale(logits(features))) for features in hidden]
+        outputs.append(per_view[0] if len(per_view) == 1 else keras.layers.Average(name=f"views_{index}")(per_view))
     if len(members) == 1:
         return keras.Model(inputs, outputs[0], name="ensemble")
     weighted = [keras.layers.Rescaling(weight, name=f"weight_{index}")(output)
@@ -144,21 +185,32 @@ def main(settings: EnsembleSettings) -> None:
         return
     models = [mlflow.keras.load_model(f"runs:/{records.model_run_id(t)}/model") for t in finished]
     x_val = split.x_val[..., None]
-    probabilities = [model.predict(x_val, batch_size=1000, verbose=0) for model in models]
+    views = [view_probabilities(model, x_val) for model in models]
+    probabilities = [candidate_views[0] for candidate_views in views]
     calibrated, temperatures = calibrate(probabilities, split.y_val)
-    chosen, curve = greedy_selection(calibrated, split.y_val)
+    with_views = [over_views(candidate_views, t) for candidate_views, t in zip(views, temperatures)]
+    plain_choice = greedy_selection(calibrated, split.y_val)
+    views_choice = greedy_selection(with_views, split.y_val)
+    use_views = min(views_choice[1]) < min(plain_choice[1])
+    chosen, curve = views_choice if use_views else plain_choice
     weights = weights_of(chosen)
-    mean = weighted_average(calibrated, weights)
+    mean = weighted_average(with_views if use_views else calibrated, weights)
     labels = [records.label(t) for t in finished]
     scores = [records.CandidateScore(label=label, validation_accuracy=accuracy(p, split.y_val),
                                      validation_log_loss=log_loss(p, split.y_val), temperature=t,
-                                     calibrated_log_loss=log_loss(c, split.y_val))
-              for label, p, c, t in zip(labels, probabilities, calibrated, temperatures)]
+                                     calibrated_log_loss=log_loss(c, split.y_val),
+                                     views_log_loss=log_loss(v, split.y_val))
+              for label, p, c, t, v in zip(labels, probabilities, calibrated, temperatures, with_views)]
     members = [labels[index] for index in weights]
     ensemble = averaged([models[index] for index in weights], list(weights.values()),
-                        [temperatures[index] for index in weights])
+                        [temperatures[index] for index in weights], SHIFTS if use_views else None)
     described = ", ".join(f"{labels[index]} x{weight:.2f}" for index, weight in weights.items())
     ensemble_accuracy, ensemble_loss = accuracy(mean, split.y_val), log_loss(mean, split.y_val)
+    views_said = (f"each member averaged over {len(SHIFTS)} test-time views (the digit and its 1-pixel shifts), "
+                  f"as validation chose: log-loss {min(views_choice[1]):.4f} with them, {min(plain_choice[1]):.4f} "
+                  "without" if use_views else
+                  f"no test-time views, as validation chose: log-loss {min(plain_choice[1]):.4f} without, "
+                  f"{min(views_choice[1]):.4f} averaged over the digit and its 1-pixel shifts")
 
     # Every choice is made; the test set is read now, once for each registered model.
     best = finished[0]
@@ -174,19 +226,21 @@ def main(settings: EnsembleSettings) -> None:
             records.FIDELITY: records.ENSEMBLE_FIDELITY, records.ENSEMBLE_MEMBERS_TAG: described,
             records.SOURCE_NAME_TAG: "python -m sweeps.run", records.SOURCE_TYPE_TAG: "LOCAL"}
     rows = "\n".join(f"| {score.label} | {score.validation_accuracy:.4f} | {score.validation_log_loss:.4f} | "
-                     f"{score.temperature:.2f} | {score.calibrated_log_loss:.4f} | {weights.get(index, 0):.2f} |"
+                     f"{score.temperature:.2f} | {score.calibrated_log_loss:.4f} | {score.views_log_loss:.4f} | "
+                     f"{weights.get(index, 0):.2f} |"
                      for index, score in enumerate(scores))
     note = (f"**Ensemble** of study `{settings.exploring_study}`: the weighted mean probabilities of the top rung's "
             f"models at budget `{settings.budget.name}`, each at its temperature, chosen by greedy forward selection "
             f"on validation log-loss ({len(chosen)} of {len(curve)} rounds kept): validation accuracy "
-            f"{ensemble_accuracy:.4f}, log-loss {ensemble_loss:.4f}.\n\n"
+            f"{ensemble_accuracy:.4f}, log-loss {ensemble_loss:.4f}; {views_said}.\n\n"
             f"| candidate (best validation accuracy first) | validation accuracy | validation log-loss | temperature "
-            f"| log-loss at it | weight |\n| --- | --- | --- | --- | --- | --- |\n{rows}\n")
+            f"| log-loss at it | over the views | weight |\n| --- | --- | --- | --- | --- | --- | --- |\n{rows}\n")
     with mlflow.start_run(run_name=f"ensemble of {len(members)} @ {settings.budget.name}",
                           tags={**tags, records.NOTE_TAG: note}) as run:
         mlflow.log_params({"members": described, "candidates": len(finished), "rounds_kept": len(chosen),
                            "selection": "greedy forward selection with replacement on validation log-loss, "
-                                        "each candidate at its validation temperature"})
+                                        "each candidate at its validation temperature",
+                           "test_time_views": len(SHIFTS) if use_views else 1})
         mlflow.log_metrics({"validation_accuracy": ensemble_accuracy, "validation_log_loss": ensemble_loss,
                             "param_count": ensemble.count_params(),
                             # what training its members cost, for the accuracy-cost fronts
@@ -221,7 +275,8 @@ def main(settings: EnsembleSettings) -> None:
                                   versus_baseline=versus_baseline(probabilities[0], baseline == 0)),
         ensemble=records.Ensemble(members=members, weights=list(weights.values()), run_id=run.info.run_id,
                                   validation_accuracy=ensemble_accuracy, validation_log_loss=ensemble_loss,
-                                  selection_log_loss=curve, **averaged_model,
+                                  selection_log_loss=curve, views=len(SHIFTS) if use_views else 1,
+                                  log_loss_without_views=min(plain_choice[1]), **averaged_model,
                                   versus_baseline=versus_baseline(mean, list(weights) == [baseline])),
         scores=scores, small=small, small_params_at_most=settings.small_params))
 

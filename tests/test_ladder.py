@@ -120,7 +120,13 @@ def test_the_ensemble_is_chosen_on_validation_tested_once_and_registered(climbed
                                     for p in on_test], abs=2e-4)
     calibrated, temperatures = ensemble.calibrate(on_validation, split.y_val)
     assert [score.temperature for score in result.scores] == pytest.approx(temperatures)
-    chosen, curve = ensemble.greedy_selection(calibrated, split.y_val)
+    views = [ensemble.view_probabilities(m, split.x_val[..., None]) for m in models]
+    with_views = [ensemble.over_views(v, t) for v, t in zip(views, temperatures)]
+    plain = ensemble.greedy_selection(calibrated, split.y_val)
+    over_the_views = ensemble.greedy_selection(with_views, split.y_val)
+    assert (averaged.views > 1) == (min(over_the_views[1]) < min(plain[1]))  # validation chose
+    assert averaged.log_loss_without_views == pytest.approx(min(plain[1]), abs=2e-4)
+    chosen, curve = over_the_views if averaged.views > 1 else plain
     weights = ensemble.weights_of(chosen)
     assert averaged.members == [records.label(candidates[index]) for index in weights]
     assert averaged.weights == pytest.approx(list(weights.values()))
@@ -194,7 +200,7 @@ def test_the_report_ranks_the_top_rung_with_all_five_baselines(climbed, run_comm
     ranking = top.split("| rank | model |")[1]
     table = [line for line in ranking.splitlines()[1:] if line.startswith("| ") and "---" not in line]
     assert len(table) == 6
-    weighed = top.split("| candidate | validation accuracy | validation log-loss | temperature | log-loss at it | weight in the ensemble |")[1]
+    weighed = top.split("| log-loss at it | over test-time views | weight in the ensemble |")[1]
     assert len([line for line in weighed.split("\n\n")[0].splitlines() if line.startswith("| ")]) == 1 + 6
     for name in ("kaggle_cnn", "mlp_3x256", "chollet_cnn", "gradio_cnn", "lenet5"):
         assert any(f"| {name} |" in line for line in table), name
@@ -500,6 +506,44 @@ def test_the_averaged_model_applies_each_members_temperature_and_loads_in_safe_m
     model.save(tmp_path / "ensemble.keras")
     loaded = keras.saving.load_model(tmp_path / "ensemble.keras", safe_mode=True)
     assert loaded.predict(image, verbose=0) == pytest.approx(expected, abs=1e-5)
+
+
+def test_the_numpy_views_are_the_keras_views():
+    from harness.backend import keras
+    from sweeps import ensemble
+
+    images = np.random.default_rng(0).integers(0, 256, (3, 28, 28, 1), dtype=np.uint8)
+    inputs = keras.Input((28, 28, 1), dtype="uint8")
+    for number, (down, right) in enumerate(ensemble.SHIFTS[1:]):
+        model = keras.Model(inputs, ensemble.shift_layers(inputs, down, right, str(number)))
+        moved = ensemble.shifted(images, down, right)
+        assert np.array_equal(keras.ops.convert_to_numpy(model(images)), moved)
+        assert np.array_equal(np.roll(moved, (-down, -right), axis=(1, 2))[:, 1:-1, 1:-1], images[:, 1:-1, 1:-1])
+        vacated = moved[:, 0] if down > 0 else moved[:, -1] if down < 0 else moved[:, :, 0] if right > 0 else moved[:, :, -1]
+        assert not vacated.any()  # black fill
+
+
+def test_the_averaged_model_over_views_is_what_the_selection_weighed_and_loads_in_safe_mode(tmp_path):
+    from harness.backend import keras
+    from sweeps import ensemble
+
+    def linear(seed):  # a network that sees where the ink is, ending in Dense(softmax)
+        return keras.Sequential([
+            keras.Input((28, 28, 1), dtype="uint8"), keras.layers.Rescaling(1 / 255), keras.layers.Flatten(),
+            keras.layers.Dense(10, activation="softmax", kernel_initializer=keras.initializers.RandomNormal(0, 0.3, seed))])
+
+    members, temperatures, weights = [linear(1), linear(2)], [0.5, 1.0], [0.7, 0.3]
+    images = np.random.default_rng(1).integers(0, 256, (4, 28, 28, 1), dtype=np.uint8)
+    expected = sum(weight * ensemble.over_views(ensemble.view_probabilities(member, images), t)
+                   for member, t, weight in zip(members, temperatures, weights))
+    alone = sum(weight * ensemble.tempered(member.predict(images, verbose=0), t)
+                for member, t, weight in zip(members, temperatures, weights))
+    assert not np.allclose(expected, alone, atol=1e-3)  # the views count
+    model = ensemble.averaged(members, weights, temperatures, ensemble.SHIFTS)
+    assert model.predict(images, verbose=0) == pytest.approx(expected, abs=1e-5)
+    model.save(tmp_path / "ensemble.keras")
+    loaded = keras.saving.load_model(tmp_path / "ensemble.keras", safe_mode=True)
+    assert loaded.predict(images, verbose=0) == pytest.approx(expected, abs=1e-5)
 
 
 def test_a_lead_counts_only_the_images_one_model_gets_right_and_says_when_it_is_noise():
