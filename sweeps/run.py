@@ -495,7 +495,8 @@ def finish(sweep: Sweep, sweep_plan: plan.Plan, climbed: list[tuple[plan.Phase, 
         return 130
     if sweep.crashed:
         print(f"{'error: ' if failed else ''}{len(sweep.crashed)} worker(s) exited abnormally (exit codes "
-              f"{sweep.crashed}); the trials they left running were recorded as failed and retried once",
+              f"{sweep.crashed}) and were replaced; a trial one left running was recorded as failed and retried "
+              "once (counted above as lost; none if it died before taking one)",
               file=sys.stderr)
     if ensemble_failure:
         print(f"error: {ensemble_failure}", file=sys.stderr)
