@@ -10,8 +10,11 @@ adds the candidate (again, if it helps most) whose addition lowers the weighted 
 log-loss most, and the rounds up to the lowest log-loss are kept; a model's weight is how
 often it was chosen. Log-loss, not accuracy: on 6,000 validation images, accuracy moves in
 steps of a few images, within the split's noise, and choosing on it made most ensembles one
-model. After every choice is made, the test set is read once for the ensemble and once for
-the best single model (the top rung's best validation accuracy). Both are registered: the
+model. Each candidate is also weighed averaged over test-time views (the digit and its four
+1-pixel shifts), and the ensemble keeps the views only when that selection's validation
+log-loss is the lower (in sweep D it was not: RESULTS.md; ``benchmarks.view_averaging``
+measures it for a finished sweep). After every choice is made, the test set is read once for
+the ensemble and once for the best single model (the top rung's best validation accuracy). Both are registered: the
 single model under the ``champion`` alias, the ensemble under ``ensemble``, so
 ``digits.predict`` and ``digits.serve`` load either like any model.
 """
@@ -30,8 +33,8 @@ from harness.calibration import log_loss, temperature, tempered
 from sweeps.settings import ENSEMBLE_CANDIDATES, ENSEMBLE_MEMBERS, ENSEMBLE_ROUNDS, EnsembleSettings
 
 
-# (rows down, columns right) of each test-time view, black fill: the digit first. One pixel,
-# as two pixels and 10-degree turns raised the finalists' validation log-loss (RESULTS.md).
+# (rows down, columns right) of each test-time view, black fill: the digit first. One pixel:
+# two-pixel shifts and 10-degree turns lost most on validation (benchmarks.view_averaging).
 SHIFTS = [(0, 0), (0, 1), (0, -1), (1, 0), (-1, 0)]
 
 

@@ -189,6 +189,24 @@ def test_running_the_finished_ladder_again_trains_and_registers_nothing_new(clim
 
 
 @pytest.mark.slow
+def test_the_views_benchmark_scores_the_ensembles_candidates_as_the_ensemble_step_did(climbed, run_command, monkeypatch):
+    from benchmarks import view_averaging
+
+    monkeypatch.chdir(climbed.folder)
+    code, out, err = run_command(view_averaging.main, ["--study", "mnist-sweep", "--tracking-uri", climbed.uri])
+    assert code == 0, err
+    result = records.ladder_result(climbed.studies["mnist-sweep"])
+    rows = {line.split(" | ")[0].removeprefix("| "): line.split(" | ")[1:] for line in out.splitlines()}
+    for score in result.scores:  # the digit alone, then its 1-pixel shifts: the ensemble's two choices
+        alone, shifted = (tuple(float(number) for number in cell.split(", ")) for cell in rows[score.label][:2])
+        assert alone == pytest.approx((score.validation_accuracy, score.calibrated_log_loss), abs=2e-4)
+        assert shifted[1] == pytest.approx(score.views_log_loss, abs=2e-4)
+    assert rows["the digit alone"][1].startswith("+0.0000 (ahead in 0, behind in 0)")
+    assert len([line for line in out.splitlines() if line.startswith("| ") and "---" not in line]) == \
+        2 + len(result.scores) + len(view_averaging.VIEW_SETS)
+
+
+@pytest.mark.slow
 def test_the_report_ranks_the_top_rung_with_all_five_baselines(climbed, run_command, monkeypatch):
     from analysis import compare
 
