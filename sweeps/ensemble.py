@@ -194,7 +194,9 @@ def main(settings: EnsembleSettings) -> None:
     with_views = [over_views(candidate_views, t) for candidate_views, t in zip(views, temperatures)]
     plain_choice = greedy_selection(calibrated, split.y_val)
     views_choice = greedy_selection(with_views, split.y_val)
-    use_views = min(views_choice[1]) < min(plain_choice[1])
+    loss_with_views, loss_without = min(views_choice[1]), min(plain_choice[1])
+    use_views = loss_with_views < loss_without
+    view_count = len(SHIFTS) if use_views else 1
     chosen, curve = views_choice if use_views else plain_choice
     weights = weights_of(chosen)
     mean = weighted_average(with_views if use_views else calibrated, weights)
@@ -209,11 +211,8 @@ def main(settings: EnsembleSettings) -> None:
                         [temperatures[index] for index in weights], SHIFTS if use_views else None)
     described = ", ".join(f"{labels[index]} x{weight:.2f}" for index, weight in weights.items())
     ensemble_accuracy, ensemble_loss = accuracy(mean, split.y_val), log_loss(mean, split.y_val)
-    views_said = (f"each member averaged over {len(SHIFTS)} test-time views (the digit and its 1-pixel shifts), "
-                  f"as validation chose: log-loss {min(views_choice[1]):.4f} with them, {min(plain_choice[1]):.4f} "
-                  "without" if use_views else
-                  f"no test-time views, as validation chose: log-loss {min(plain_choice[1]):.4f} without, "
-                  f"{min(views_choice[1]):.4f} averaged over the digit and its 1-pixel shifts")
+    views_said = (f"{'each member averaged over the digit and its 1-pixel shifts' if use_views else 'no test-time views'}"
+                  f", as validation chose: log-loss {loss_with_views:.4f} over the views, {loss_without:.4f} without")
 
     # Every choice is made; the test set is read now, once for each registered model.
     best = finished[0]
@@ -243,7 +242,7 @@ def main(settings: EnsembleSettings) -> None:
         mlflow.log_params({"members": described, "candidates": len(finished), "rounds_kept": len(chosen),
                            "selection": "greedy forward selection with replacement on validation log-loss, "
                                         "each candidate at its validation temperature",
-                           "test_time_views": len(SHIFTS) if use_views else 1})
+                           "test_time_views": view_count})
         mlflow.log_metrics({"validation_accuracy": ensemble_accuracy, "validation_log_loss": ensemble_loss,
                             "param_count": ensemble.count_params(),
                             # what training its members cost, for the accuracy-cost fronts
@@ -278,8 +277,8 @@ def main(settings: EnsembleSettings) -> None:
                                   versus_baseline=versus_baseline(probabilities[0], baseline == 0)),
         ensemble=records.Ensemble(members=members, weights=list(weights.values()), run_id=run.info.run_id,
                                   validation_accuracy=ensemble_accuracy, validation_log_loss=ensemble_loss,
-                                  selection_log_loss=curve, views=len(SHIFTS) if use_views else 1,
-                                  log_loss_without_views=min(plain_choice[1]), **averaged_model,
+                                  selection_log_loss=curve, views=view_count,
+                                  log_loss_without_views=loss_without, **averaged_model,
                                   versus_baseline=versus_baseline(mean, list(weights) == [baseline])),
         scores=scores, small=small, small_params_at_most=settings.small_params))
 
