@@ -671,3 +671,27 @@ def test_the_ensembles_process_reports_a_full_disk_as_one_reason_not_a_traceback
         rungs._ensemble_process(settings, failures)
     assert exit_info.value.code == STORE_FAILED_EXIT
     assert failures.get() == f"{tmp_path}/mlruns/artifacts/model.keras: No space left on device"
+
+
+def test_the_best_augmented_recipe_takes_the_last_seed_leaders_place_when_none_of_the_best_is_augmented():
+    def trained(number, loss, **params):
+        trial = recipe_trial(number, 0.99, block1_convs=number, **params)
+        trial.set_user_attr(records.SOURCE_TRIAL, number)
+        trial.set_user_attr(records.CALIBRATED_LOG_LOSS, loss)
+        return trial
+
+    rung = optuna.create_study(direction="maximize")
+    for trial in (trained(1, 0.020), trained(2, 0.022), trained(3, 0.026, augment=True, rotation=10.0),
+                  trained(4, 0.030, augment=True, zoom=0.1), trained(5, 0.021)):
+        rung.add_trial(trial)
+    leaders = ladder.seed_leaders(rung.trials)
+    assert [t.user_attrs[records.SOURCE_TRIAL] for t in leaders] == [1, 3]  # not 5, the second by log-loss
+    assert ladder.augmented(leaders[-1])
+    # Where one of the best is augmented already, log-loss alone decides.
+    rung.add_trial(trained(6, 0.019, augment=True, shift=0.1))
+    assert [t.user_attrs[records.SOURCE_TRIAL] for t in ladder.seed_leaders(rung.trials)] == [6, 1]
+    # No augmented recipe trained there: the best two by log-loss.
+    plain = optuna.create_study(direction="maximize")
+    for trial in (trained(1, 0.020), trained(2, 0.022), trained(5, 0.021)):
+        plain.add_trial(trial)
+    assert [t.user_attrs[records.SOURCE_TRIAL] for t in ladder.seed_leaders(plain.trials)] == [1, 5]
