@@ -8,7 +8,8 @@ import pytest
 COMMANDS = ["train_trial", "sweeps.run", "sweeps.reproduce", "sweeps.baselines", "analysis.compare",
             "digits.predict", "digits.serve", "benchmarks.throughput", "benchmarks.memory",
             "benchmarks.harness_overhead", "benchmarks.sweep_efficiency", "benchmarks.layer_costs",
-            "benchmarks.chaos", "benchmarks.recipe_levers"]
+            "benchmarks.chaos", "benchmarks.recipe_levers", "benchmarks.view_averaging", "benchmarks.time_left",
+            "benchmarks.store_pool"]
 
 
 @pytest.mark.parametrize("module", COMMANDS)

@@ -207,6 +207,27 @@ def test_the_views_benchmark_scores_the_ensembles_candidates_as_the_ensemble_ste
 
 
 @pytest.mark.slow
+def test_the_store_pool_benchmark_chooses_as_the_ensemble_step_did_when_the_store_holds_one_sweep(
+        climbed, run_command, monkeypatch):
+    from benchmarks import store_pool
+
+    monkeypatch.chdir(climbed.folder)
+    code, out, err = run_command(store_pool.main, ["--study", "mnist-sweep", "--tracking-uri", climbed.uri])
+    assert code == 0, err
+    result = records.ladder_result(climbed.studies["mnist-sweep"])
+    assert out.startswith(f"Top rungs set up as {result.top_rung}: {result.top_rung}; ")
+    halves, whole = out.split("Each set's choice on all of validation")
+    rows = [line.split(" | ") for line in halves.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert len(rows) == 3 and all(row[1:] == rows[0][1:] for row in rows)  # one sweep: the same candidates
+    assert rows[0][2].startswith("+0.0000 (ahead in 0, behind in 0)")
+    chosen = [line.split(" | ") for line in whole.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    # The sweep's own set on all of validation is the ensemble step's selection without views.
+    assert float(chosen[0][2]) == pytest.approx(result.ensemble.log_loss_without_views, abs=1e-4)
+    if result.ensemble.views == 1:
+        assert chosen[0][3].removesuffix(" |") == answer.describe_members(result.ensemble)
+
+
+@pytest.mark.slow
 def test_the_report_ranks_the_top_rung_with_all_five_baselines(climbed, run_command, monkeypatch):
     from analysis import compare
 

@@ -1,0 +1,119 @@
+"""Benchmark 9: would a sweep's ensemble gain from the models its store's earlier sweeps
+trained? The candidates the ensemble step weighs (its top rung's best 16 by validation
+accuracy) against the same number from every top rung of the store with the same data,
+split and budget, and against all of those; each set's ensemble chosen on one half of
+validation and scored on the other, over the same random halves for every set (paired), as
+Markdown; then each set's choice on all of validation.
+
+    python -m benchmarks.store_pool --study mnist-sweep-3
+
+A model two sweeps share (a reused run) counts once. The test set is not read. Costs one
+prediction of the validation images per distinct model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from harness import cli, data, records, tracking
+from harness.calibration import log_loss, temperature, tempered
+from harness.errors import UserError
+from sweeps import ensemble
+from sweeps import study as sweep_study
+from sweeps.settings import ENSEMBLE_CANDIDATES
+
+HALVES = 30
+
+
+def parse_args(argv: Sequence[str] | None):
+    parser = cli.ArgumentParser(prog="python -m benchmarks.store_pool", description=__doc__.splitlines()[0])
+    parser.add_argument("--study", default=sweep_study.DEFAULT_STUDY, type=cli.study_name,
+                        help=f"a study whose ladder has built its ensemble (default: {sweep_study.DEFAULT_STUDY})")
+    parser.add_argument("--storage", metavar="URL", help="Optuna storage URL (default: the journal in mlruns/)")
+    cli.add_store_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def top_rungs(storage, top_rung: str) -> list[str]:
+    """The store's top rungs set up as ``top_rung`` is (search space, data, split, budget), it first."""
+    import optuna
+
+    recorded = records.recorded_fingerprint(optuna.load_study(study_name=top_rung, storage=storage))
+    others = sorted(summary.study_name for summary in optuna.study.get_all_study_summaries(storage)
+                    if "@" in summary.study_name and summary.study_name != top_rung
+                    and records.same_setup(summary.user_attrs.get(records.FINGERPRINT, {}), recorded))
+    return [top_rung, *others]
+
+
+def finished(storage, rung: str) -> list:
+    """A rung's trials that hold a model, best validation accuracy first."""
+    import optuna
+    from optuna.trial import TrialState
+
+    trials = optuna.load_study(study_name=rung, storage=storage).get_trials(deepcopy=False, states=[TrialState.COMPLETE])
+    return sorted((t for t in trials if records.model_run_id(t)), key=records.accuracy, reverse=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import mlflow
+
+    args = parse_args(argv)
+    url = sweep_study.storage_url(args.storage)
+    result = records.ladder_result(sweep_study.load_existing(args.study, url))
+    if result is None:
+        raise UserError(f"study {args.study!r} has no ensemble yet: run its ladder to the end first")
+    storage = sweep_study.open_storage(url)
+    rungs = top_rungs(storage, result.top_rung)
+    labelled = {}  # model run id -> label, the sweep's own first
+    for rung in rungs:
+        for trial in finished(storage, rung):
+            own = rung == result.top_rung
+            labelled.setdefault(records.model_run_id(trial), records.label(trial) if own else f"{rung}: {records.label(trial)}")
+    own_ids = [records.model_run_id(t) for t in finished(storage, result.top_rung)][:ENSEMBLE_CANDIDATES]
+    split = data.split(data.load(args.data), data.DEFAULT_SPLIT_SEED)
+    y = split.y_val
+    tracking.use_store(tracking.tracking_uri(args.tracking_uri))
+    predicted = {run_id: mlflow.keras.load_model(f"runs:/{run_id}/model").predict(split.x_val[..., None], batch_size=1000, verbose=0)
+                 for run_id in labelled}
+    by_accuracy = sorted(labelled, key=lambda run_id: -ensemble.accuracy(predicted[run_id], y))
+    sets = {f"{result.top_rung}, best {len(own_ids)} (as the sweep does)": own_ids,
+            f"the store's {len(rungs)} top rungs, best {min(ENSEMBLE_CANDIDATES, len(by_accuracy))}": by_accuracy[:ENSEMBLE_CANDIDATES],
+            f"the store's {len(rungs)} top rungs, all {len(by_accuracy)}": by_accuracy}
+    print(f"Top rungs set up as {result.top_rung}: {', '.join(rungs)}; {len(labelled)} distinct models\n")
+    rng = np.random.default_rng(0)
+    halves = [rng.permutation(len(y)) for _ in range(HALVES)]
+    scored = {name: [] for name in sets}
+    for order in halves:
+        fit, held = order[: len(y) // 2], order[len(y) // 2:]
+        for name, ids in sets.items():
+            candidates = [tempered(predicted[i], temperature(predicted[i][fit], y[fit])) for i in ids]
+            chosen, _ = ensemble.greedy_selection([c[fit] for c in candidates], y[fit])
+            mean = ensemble.weighted_average([c[held] for c in candidates], ensemble.weights_of(chosen))
+            scored[name].append((ensemble.accuracy(mean, y[held]), log_loss(mean, y[held]), len(set(chosen))))
+    print(f"The ensemble chosen on one half of validation, scored on the other ({HALVES} random halves, "
+          "the same for every set)\n")
+    print("| candidates | accuracy (mean ± sd) | against the sweep's own | log-loss | distinct members |\n"
+          "| --- | --- | --- | --- | --- |")
+    own_rows = np.array(scored[next(iter(sets))])
+    for name in sets:
+        rows = np.array(scored[name])
+        gain = rows[:, 0] - own_rows[:, 0]
+        print(f"| {name} | {rows[:, 0].mean():.4f} ± {rows[:, 0].std():.4f} | {gain.mean():+.4f} "
+              f"(ahead in {(gain > 0).sum()}, behind in {(gain < 0).sum()}) | {rows[:, 1].mean():.4f} | "
+              f"{rows[:, 2].mean():.1f} |")
+    print("\nEach set's choice on all of validation\n\n| candidates | validation accuracy | log-loss | members |\n"
+          "| --- | --- | --- | --- |")
+    for name, ids in sets.items():
+        candidates, _ = ensemble.calibrate([predicted[i] for i in ids], y)
+        chosen, curve = ensemble.greedy_selection(candidates, y)
+        weights = ensemble.weights_of(chosen)
+        mean = ensemble.weighted_average(candidates, weights)
+        members = ", ".join(f"{labelled[ids[index]]} x{weight:.2f}" for index, weight in weights.items())
+        print(f"| {name} | {ensemble.accuracy(mean, y):.4f} | {min(curve):.4f} | {members} |")
+    return 0
+
+
+if __name__ == "__main__":
+    cli.run(main)
