@@ -15,16 +15,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
-
+from benchmarks import halves
 from harness import cli, data, records, tracking
-from harness.calibration import log_loss, temperature, tempered
+from harness.calibration import temperature, tempered
 from harness.errors import UserError
 from sweeps import ensemble
 from sweeps import study as sweep_study
 from sweeps.settings import ENSEMBLE_CANDIDATES
-
-HALVES = 30
 
 
 def parse_args(argv: Sequence[str] | None):
@@ -66,12 +63,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UserError(f"study {args.study!r} has no ensemble yet: run its ladder to the end first")
     storage = sweep_study.open_storage(url)
     rungs = top_rungs(storage, result.top_rung)
+    by_rung = {rung: finished(storage, rung) for rung in rungs}
     labelled = {}  # model run id -> label, the sweep's own first
-    for rung in rungs:
-        for trial in finished(storage, rung):
+    for rung, trials in by_rung.items():
+        for trial in trials:
             own = rung == result.top_rung
             labelled.setdefault(records.model_run_id(trial), records.label(trial) if own else f"{rung}: {records.label(trial)}")
-    own_ids = [records.model_run_id(t) for t in finished(storage, result.top_rung)][:ENSEMBLE_CANDIDATES]
+    own_ids = [records.model_run_id(t) for t in by_rung[result.top_rung]][:ENSEMBLE_CANDIDATES]
     split = data.split(data.load(args.data), data.DEFAULT_SPLIT_SEED)
     y = split.y_val
     tracking.use_store(tracking.tracking_uri(args.tracking_uri))
@@ -82,27 +80,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"the store's {len(rungs)} top rungs, best {min(ENSEMBLE_CANDIDATES, len(by_accuracy))}": by_accuracy[:ENSEMBLE_CANDIDATES],
             f"the store's {len(rungs)} top rungs, all {len(by_accuracy)}": by_accuracy}
     print(f"Top rungs set up as {result.top_rung}: {', '.join(rungs)}; {len(labelled)} distinct models\n")
-    rng = np.random.default_rng(0)
-    halves = [rng.permutation(len(y)) for _ in range(HALVES)]
     scored = {name: [] for name in sets}
-    for order in halves:
-        fit, held = order[: len(y) // 2], order[len(y) // 2:]
+    for fit, held in halves.random_halves(len(y)):
         for name, ids in sets.items():
             candidates = [tempered(predicted[i], temperature(predicted[i][fit], y[fit])) for i in ids]
-            chosen, _ = ensemble.greedy_selection([c[fit] for c in candidates], y[fit])
-            mean = ensemble.weighted_average([c[held] for c in candidates], ensemble.weights_of(chosen))
-            scored[name].append((ensemble.accuracy(mean, y[held]), log_loss(mean, y[held]), len(set(chosen))))
-    print(f"The ensemble chosen on one half of validation, scored on the other ({HALVES} random halves, "
-          "the same for every set)\n")
-    print("| candidates | accuracy (mean ± sd) | against the sweep's own | log-loss | distinct members |\n"
-          "| --- | --- | --- | --- | --- |")
-    own_rows = np.array(scored[next(iter(sets))])
-    for name in sets:
-        rows = np.array(scored[name])
-        gain = rows[:, 0] - own_rows[:, 0]
-        print(f"| {name} | {rows[:, 0].mean():.4f} ± {rows[:, 0].std():.4f} | {gain.mean():+.4f} "
-              f"(ahead in {(gain > 0).sum()}, behind in {(gain < 0).sum()}) | {rows[:, 1].mean():.4f} | "
-              f"{rows[:, 2].mean():.1f} |")
+            scored[name].append(halves.chosen_and_scored(candidates, y, fit, held))
+    halves.print_table(scored, "candidates", "the sweep's own")
     print("\nEach set's choice on all of validation\n\n| candidates | validation accuracy | log-loss | members |\n"
           "| --- | --- | --- | --- |")
     for name, ids in sets.items():

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from benchmarks import halves
 from digits.classifier import transformed
 from harness import cli, data, records, tracking
 from harness.calibration import log_loss, temperature
@@ -33,8 +34,6 @@ VIEW_SETS = {
     "2-pixel shifts, 10-degree turns (7, digits.predict --tta)": TWO_PIXELS + [(10, 0, 0), (-10, 0, 0)],
     "1-pixel shifts, 5-degree turns (7)": ONE_PIXEL + [(5, 0, 0), (-5, 0, 0)],
 }
-HALVES = 30
-
 
 def parse_args(argv: Sequence[str] | None):
     parser = cli.ArgumentParser(prog="python -m benchmarks.view_averaging", description=__doc__.splitlines()[0])
@@ -86,28 +85,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     for label, probabilities, t in zip(labels, predicted, temperatures):
         cells = [over(probabilities, VIEW_SETS[name], t) for name in names]
         print(f"| {label} | " + " | ".join(f"{ensemble.accuracy(c, y):.4f}, {log_loss(c, y):.4f}" for c in cells) + " |")
-    rng = np.random.default_rng(0)
-    halves = [rng.permutation(len(y)) for _ in range(HALVES)]
     scored = {name: [] for name in names}
-    for order in halves:
-        fit, held = order[: len(y) // 2], order[len(y) // 2:]
+    for fit, held in halves.random_halves(len(y)):
         half_temperatures = [temperature(p[(0, 0, 0)][fit], y[fit]) for p in predicted]
         for name in names:
             candidates = [over(p, VIEW_SETS[name], t) for p, t in zip(predicted, half_temperatures)]
-            chosen, _ = ensemble.greedy_selection([c[fit] for c in candidates], y[fit])
-            mean = ensemble.weighted_average([c[held] for c in candidates], ensemble.weights_of(chosen))
-            scored[name].append((ensemble.accuracy(mean, y[held]), log_loss(mean, y[held]), len(set(chosen))))
-    print(f"\nThe ensemble chosen on one half of validation, scored on the other ({HALVES} random halves, "
-          "the same for every set)\n")
-    print("| views | accuracy (mean ± sd) | against the digit alone | log-loss | distinct members |\n"
-          "| --- | --- | --- | --- | --- |")
-    alone = np.array(scored[names[0]])
-    for name in names:
-        rows = np.array(scored[name])
-        gain = rows[:, 0] - alone[:, 0]
-        print(f"| {name} | {rows[:, 0].mean():.4f} ± {rows[:, 0].std():.4f} | {gain.mean():+.4f} "
-              f"(ahead in {(gain > 0).sum()}, behind in {(gain < 0).sum()}) | {rows[:, 1].mean():.4f} | "
-              f"{rows[:, 2].mean():.1f} |")
+            scored[name].append(halves.chosen_and_scored(candidates, y, fit, held))
+    print()
+    halves.print_table(scored, "views", "the digit alone")
     return 0
 
 

@@ -1,0 +1,45 @@
+"""Validation halves for the benchmarks that weigh ensembles: the ensemble step's selection
+run on one random half of validation and scored on the other, over the same halves for every
+set of candidates compared (paired), and the table of the outcome. The test set is not read."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from harness.calibration import log_loss
+from sweeps import ensemble
+
+HALVES = 30
+
+
+def random_halves(images: int, count: int = HALVES) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``count`` random splits of ``images`` validation indices into a half to choose on and a
+    half to score on; the same ones on every call."""
+    rng = np.random.default_rng(0)
+    orders = [rng.permutation(images) for _ in range(count)]
+    return [(order[: images // 2], order[images // 2:]) for order in orders]
+
+
+def chosen_and_scored(candidates: list[np.ndarray], labels: np.ndarray, fit: np.ndarray,
+                      held: np.ndarray) -> tuple[float, float, int]:
+    """The ensemble chosen on ``fit`` from calibrated candidates, as the ensemble step chooses:
+    its accuracy and log-loss on ``held``, and how many distinct members it has."""
+    chosen, _ = ensemble.greedy_selection([c[fit] for c in candidates], labels[fit])
+    mean = ensemble.weighted_average([c[held] for c in candidates], ensemble.weights_of(chosen))
+    return ensemble.accuracy(mean, labels[held]), log_loss(mean, labels[held]), len(set(chosen))
+
+
+def print_table(scored: dict[str, list[tuple[float, float, int]]], what: str, against: str) -> None:
+    """Each set's held-out scores over the halves, paired against the first set's (``against``
+    names it); ``what`` heads the sets' column."""
+    print(f"The ensemble chosen on one half of validation, scored on the other ({len(next(iter(scored.values())))} "
+          "random halves, the same for every set)\n")
+    print(f"| {what} | accuracy (mean ± sd) | against {against} | log-loss | distinct members |\n"
+          "| --- | --- | --- | --- | --- |")
+    first = np.array(next(iter(scored.values())))
+    for name, scores in scored.items():
+        rows = np.array(scores)
+        gain = rows[:, 0] - first[:, 0]
+        print(f"| {name} | {rows[:, 0].mean():.4f} ± {rows[:, 0].std():.4f} | {gain.mean():+.4f} "
+              f"(ahead in {(gain > 0).sum()}, behind in {(gain < 0).sum()}) | {rows[:, 1].mean():.4f} | "
+              f"{rows[:, 2].mean():.1f} |")
