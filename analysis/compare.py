@@ -232,7 +232,8 @@ def ladder_section(study: optuna.Study, rungs: list[optuna.Study], client, finis
             if result:
                 lines += ["**Answer:** every choice made on validation, each test figure read once after them.", "",
                           *(f"- {line.strip()}" for line in answer.answer_lines(result)), "",
-                          "The top rung's models as the ensemble step weighed them, on the validation images:", "",
+                          "The models the ensemble step weighed (the top rung's, and any other sweep's in the store, "
+                          "labelled with its study), on the validation images:", "",
                           *answer.candidate_table(result), ""]
         else:
             lines += [f"## Rung `{budget}`", ""]

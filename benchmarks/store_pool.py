@@ -1,9 +1,9 @@
-"""Benchmark 9: would a sweep's ensemble gain from the models its store's earlier sweeps
-trained? The candidates the ensemble step weighs (its top rung's best 16 by validation
-accuracy) against the same number from every top rung of the store with the same data,
-split and budget, and against all of those; each set's ensemble chosen on one half of
-validation and scored on the other, over the same random halves for every set (paired), as
-Markdown; then each set's choice on all of validation.
+"""Benchmark 9: what does a sweep's ensemble gain from the models its store's other sweeps
+trained? The ensemble step's candidates (the best 16 by validation accuracy of the sweep's top
+rung and of every top rung of the store with the same data, split and budget) against the
+sweep's own top rung's best 16 alone, and against every model of those top rungs; each set's
+ensemble chosen on one half of validation and scored on the other, over the same random halves
+for every set (paired), as Markdown; then each set's choice on all of validation.
 
     python -m benchmarks.store_pool --study mnist-sweep-3
 
@@ -19,7 +19,7 @@ from benchmarks import halves
 from harness import cli, data, records, tracking
 from harness.calibration import temperature, tempered
 from harness.errors import UserError
-from sweeps import ensemble
+from sweeps import ensemble, ladder
 from sweeps import study as sweep_study
 from sweeps.settings import ENSEMBLE_CANDIDATES
 
@@ -33,24 +33,11 @@ def parse_args(argv: Sequence[str] | None):
     return parser.parse_args(argv)
 
 
-def top_rungs(storage, top_rung: str) -> list[str]:
-    """The store's top rungs set up as ``top_rung`` is (search space, data, split, budget), it first."""
-    import optuna
-
-    recorded = records.recorded_fingerprint(optuna.load_study(study_name=top_rung, storage=storage))
-    others = sorted(summary.study_name for summary in optuna.study.get_all_study_summaries(storage)
-                    if "@" in summary.study_name and summary.study_name != top_rung
-                    and records.same_setup(summary.user_attrs.get(records.FINGERPRINT, {}), recorded))
-    return [top_rung, *others]
-
-
 def finished(storage, rung: str) -> list:
     """A rung's trials that hold a model, best validation accuracy first."""
     import optuna
-    from optuna.trial import TrialState
 
-    trials = optuna.load_study(study_name=rung, storage=storage).get_trials(deepcopy=False, states=[TrialState.COMPLETE])
-    return sorted((t for t in trials if records.model_run_id(t)), key=records.accuracy, reverse=True)
+    return ladder.finished_models(optuna.load_study(study_name=rung, storage=storage).get_trials(deepcopy=False))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -62,30 +49,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     if result is None:
         raise UserError(f"study {args.study!r} has no ensemble yet: run its ladder to the end first")
     storage = sweep_study.open_storage(url)
-    rungs = top_rungs(storage, result.top_rung)
-    by_rung = {rung: finished(storage, rung) for rung in rungs}
-    labelled = {}  # model run id -> label, the sweep's own first
-    for rung, trials in by_rung.items():
-        for trial in trials:
-            own = rung == result.top_rung
-            labelled.setdefault(records.model_run_id(trial), records.label(trial) if own else f"{rung}: {records.label(trial)}")
-    own_ids = [records.model_run_id(t) for t in by_rung[result.top_rung]][:ENSEMBLE_CANDIDATES]
+    own = finished(storage, result.top_rung)
+    others = {rung: finished(storage, rung) for rung in sweep_study.other_top_rungs(storage, result.top_rung)}
+    every = ladder.ensemble_candidates(own, others, len(own) + sum(map(len, others.values())))
+    labelled = {records.model_run_id(candidate.trial): candidate.label for candidate in every}
+    own_ids = [records.model_run_id(t) for t in own][:ENSEMBLE_CANDIDATES]
+    pooled_ids = [records.model_run_id(c.trial) for c in ladder.ensemble_candidates(own, others, ENSEMBLE_CANDIDATES)]
     split = data.split(data.load(args.data), data.DEFAULT_SPLIT_SEED)
     y = split.y_val
     tracking.use_store(tracking.tracking_uri(args.tracking_uri))
     predicted = {run_id: mlflow.keras.load_model(f"runs:/{run_id}/model").predict(split.x_val[..., None], batch_size=1000, verbose=0)
                  for run_id in labelled}
-    by_accuracy = sorted(labelled, key=lambda run_id: -ensemble.accuracy(predicted[run_id], y))
-    sets = {f"{result.top_rung}, best {len(own_ids)} (as the sweep does)": own_ids,
-            f"the store's {len(rungs)} top rungs, best {min(ENSEMBLE_CANDIDATES, len(by_accuracy))}": by_accuracy[:ENSEMBLE_CANDIDATES],
-            f"the store's {len(rungs)} top rungs, all {len(by_accuracy)}": by_accuracy}
-    print(f"Top rungs set up as {result.top_rung}: {', '.join(rungs)}; {len(labelled)} distinct models\n")
+    rungs = 1 + len(others)
+    sets = {f"{result.top_rung} alone, best {len(own_ids)}": own_ids,
+            f"the store's {rungs} top rungs, best {len(pooled_ids)} (as the ensemble step does)": pooled_ids,
+            f"the store's {rungs} top rungs, all {len(labelled)}": list(labelled)}
+    print(f"Top rungs set up as {result.top_rung}: {', '.join([result.top_rung, *others])}; "
+          f"{len(labelled)} distinct models\n")
     scored = {name: [] for name in sets}
     for fit, held in halves.random_halves(len(y)):
         for name, ids in sets.items():
             candidates = [tempered(predicted[i], temperature(predicted[i][fit], y[fit])) for i in ids]
             scored[name].append(halves.chosen_and_scored(candidates, y, fit, held))
-    halves.print_table(scored, "candidates", "the sweep's own")
+    halves.print_table(scored, "candidates", "its own top rung alone")
     print("\nEach set's choice on all of validation\n\n| candidates | validation accuracy | log-loss | members |\n"
           "| --- | --- | --- | --- |")
     for name, ids in sets.items():

@@ -1,8 +1,8 @@
 """Benchmark 8: which test-time views pay, on validation only? A finished ladder's ensemble
-candidates (its top rung's best, as the ensemble step weighed them) predict the validation
-images under sets of views (shifts and turns); each model's accuracy and log-loss at its own
-temperature over each set, then the ensemble chosen on one half of validation and scored on
-the other, over the same random halves for every set (paired), as Markdown.
+candidates (as the ensemble step weighed them) predict the validation images under sets of
+views (shifts and turns); each model's accuracy and log-loss at its own temperature over each
+set, then the ensemble chosen on one half of validation and scored on the other, over the same
+random halves for every set (paired), as Markdown.
 
     python -m benchmarks.view_averaging --study mnist-sweep
 
@@ -53,15 +53,19 @@ def candidate_views(study_name: str, storage_url: str, tracking_uri: str | None,
     result = records.ladder_result(study)
     if result is None:
         raise UserError(f"study {study_name!r} has no ensemble yet: run its ladder to the end first")
-    top = optuna.load_study(study_name=result.top_rung, storage=sweep_study.open_storage(storage_url))
     tracking.use_store(tracking.tracking_uri(tracking_uri))
+    if all(score.model_run_id for score in result.scores):
+        weighed = [(score.label, score.model_run_id) for score in result.scores]
+    else:  # a ladder from before candidates were pooled: its own top rung's, by trial number
+        top = optuna.load_study(study_name=result.top_rung, storage=sweep_study.open_storage(storage_url))
+        weighed = [(records.label(top.trials[number]), records.model_run_id(top.trials[number]))
+                   for number in result.candidates]
     views = sorted({view for chosen in VIEW_SETS.values() for view in chosen})
     moved = {view: transformed(images, *view) for view in views}
     labels, predicted = [], []
-    for number in result.candidates:
-        trial = top.trials[number]
-        model = mlflow.keras.load_model(f"runs:/{records.model_run_id(trial)}/model")
-        labels.append(records.label(trial))
+    for label, model_run_id in weighed:
+        model = mlflow.keras.load_model(f"runs:/{model_run_id}/model")
+        labels.append(label)
         predicted.append({(0, 0, 0): model.predict(images, batch_size=1000, verbose=0),
                           **{view: model.predict(moved[view], batch_size=1000, verbose=0) for view in views}})
     return labels, predicted

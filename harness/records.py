@@ -202,6 +202,11 @@ def rung_budget_name(rung_study: str) -> str:
     return rung_study.rpartition("@")[2]
 
 
+def exploring_study_name(rung_study: str) -> str:
+    """The exploring study a ladder rung's study belongs to."""
+    return rung_study.rpartition("@")[0]
+
+
 def trial_run_tags(study_name: str, trial_number: int, parent_run_id: str) -> dict[str, str]:
     """The tags that tie a trial's MLflow run to its study, its trial and the parent run."""
     return {PARENT_RUN_TAG: parent_run_id, STUDY_TAG: study_name, TRIAL_NUMBER_TAG: str(trial_number)}
@@ -386,17 +391,21 @@ class CandidateScore:
     temperature: float = 1.0  # its softmax's, as the selection weighed it (1.0: a ladder before calibration)
     calibrated_log_loss: float | None = None  # its validation log-loss at that temperature
     views_log_loss: float | None = None  # at it, averaged over the ensemble's test-time views
+    model_run_id: str | None = None  # the run that holds its model (None: a ladder before pooling)
 
 
 @dataclass(frozen=True)
 class LadderResult:
     top_rung: str  # the top rung's study
-    candidates: list[int]  # its trials the ensemble step weighed, best validation first
+    candidates: list[int]  # its best trials, the ensemble step's own candidates, best validation first
     champion: Champion
     ensemble: Ensemble
     scores: list[CandidateScore] = field(default_factory=list)  # the candidates', in that order
     small: Small | None = None  # None: no top-rung model fits the size budget (or a ladder before @small)
     small_params_at_most: int = 0  # the size budget @small was looked for under
+    # The store's other top rungs set up the same, whose best models were candidates too
+    # (``scores`` holds the candidates weighed, this sweep's and theirs).
+    other_top_rungs: list[str] = field(default_factory=list)
 
     def to_attr(self) -> dict:
         return dataclasses.asdict(self)
@@ -412,7 +421,8 @@ def ladder_result(study: optuna.Study) -> LadderResult | None:
                         ensemble=Ensemble(**_with_lead(recorded["ensemble"])),
                         scores=[CandidateScore(**score) for score in recorded.get("scores", [])],
                         small=Small(**recorded["small"]) if recorded.get("small") else None,
-                        small_params_at_most=recorded.get("small_params_at_most", 0))
+                        small_params_at_most=recorded.get("small_params_at_most", 0),
+                        other_top_rungs=list(recorded.get("other_top_rungs", [])))
 
 
 def _with_lead(recorded: dict) -> dict:

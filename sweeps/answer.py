@@ -62,6 +62,8 @@ def answer_lines(result: records.LadderResult) -> list[str]:
     how = ("chosen on validation log-loss" if averaged.weights else "k chosen on validation accuracy")
     if averaged.views > 1:
         how += f", each averaged over the digit and its {averaged.views - 1} one-pixel shifts"
+    if result.other_top_rungs:
+        how += f"; candidates from this sweep's top rung and the store's {', '.join(result.other_top_rungs)}"
     lines = [f"Ensemble of {len(averaged.members)} ({describe_members(averaged)}; {how}): validation "
              f"{averaged.validation_accuracy:.4f}{loss}, test {averaged.test_accuracy:.4f} (read once): {averaged.model}",
              f"  {versus(averaged.versus_baseline, averaged.validation_accuracy, averaged.members)}",
@@ -87,7 +89,8 @@ def optional(value: float | None) -> str:
 
 
 def candidate_table(result: records.LadderResult) -> list[str]:
-    """The top rung's models as the ensemble step weighed them (Markdown)."""
+    """The models the ensemble step weighed, the top rung's and any other sweep's (labelled with
+    its study), as it weighed them (Markdown)."""
     if not result.scores:
         return []
     weights = dict(zip(result.ensemble.members, result.ensemble.weights))

@@ -1,22 +1,27 @@
 """The ladder's last step, in a worker process of its own: the top rung's models averaged.
 
-The top rung's models (the sweep's finalists and the baselines, all at one full budget) are
-the candidates. The ensemble is chosen by greedy forward selection with replacement on the
-validation set's log-loss (Caruana et al., 2004), each candidate's probabilities first set to
-the temperature that makes its own validation log-loss lowest (Guo et al., 2017: label
-smoothing and dropout leave models under- or overconfident by different amounts, and
-selection would otherwise weigh that, not what they get right); starting from the best model, each round
-adds the candidate (again, if it helps most) whose addition lowers the weighted average's
-log-loss most, and the rounds up to the lowest log-loss are kept; a model's weight is how
-often it was chosen. Log-loss, not accuracy: on 6,000 validation images, accuracy moves in
-steps of a few images, within the split's noise, and choosing on it made most ensembles one
-model. Each candidate is also weighed averaged over test-time views (the digit and its four
-1-pixel shifts), and the ensemble keeps the views only when that selection's validation
-log-loss is the lower (in sweep D it was not: RESULTS.md; ``benchmarks.view_averaging``
-measures it for a finished sweep). After every choice is made, the test set is read once for
-the ensemble and once for the best single model (the top rung's best validation accuracy). Both are registered: the
-single model under the ``champion`` alias, the ensemble under ``ensemble``, so
-``digits.predict`` and ``digits.serve`` load either like any model.
+The candidates are the best models, by validation accuracy, of the top rung (the sweep's
+finalists, their seeds and the baselines, all at one full budget) and of the store's other
+sweeps' top rungs set up the same (same data, split and budget): those were trained on the same
+images, so each sweep in a store chooses from everything the store has trained
+(``ladder.ensemble_candidates``; in sweep E this lowered the chosen ensemble's validation
+log-loss: ``benchmarks.store_pool``, RESULTS.md). The ensemble is chosen by greedy forward
+selection with replacement on the validation set's log-loss (Caruana et al., 2004), each
+candidate's probabilities first set to the temperature that makes its own validation log-loss
+lowest (Guo et al., 2017: label smoothing and dropout leave models under- or overconfident by
+different amounts, and selection would otherwise weigh that, not what they get right); starting
+from the best model, each round adds the candidate (again, if it helps most) whose addition
+lowers the weighted average's log-loss most, and the rounds up to the lowest log-loss are kept;
+a model's weight is how often it was chosen. Log-loss, not accuracy: on 6,000 validation
+images, accuracy moves in steps of a few images, within the split's noise, and choosing on it
+made most ensembles one model. Each candidate is also weighed averaged over test-time views
+(the digit and its four 1-pixel shifts), and the ensemble keeps the views only when that
+selection's validation log-loss is the lower (in sweep D it was not: RESULTS.md;
+``benchmarks.view_averaging`` measures it for a finished sweep). After every choice is made,
+the test set is read once for the ensemble and once for the best single model (this sweep's top
+rung's best validation accuracy). Both are registered: the single model under the ``champion``
+alias, the ensemble under ``ensemble``, so ``digits.predict`` and ``digits.serve`` load either
+like any model.
 """
 
 from __future__ import annotations
@@ -165,9 +170,9 @@ def main(settings: EnsembleSettings) -> None:
     exploring study's ``records.LadderResult``, which the parent reports."""
     import mlflow
     import optuna
-    from optuna.trial import TrialState
 
     from harness import records
+    from sweeps import ladder
     from sweeps import study as sweep_study
     from sweeps.reproduce import evaluate_and_register
 
@@ -181,14 +186,29 @@ def main(settings: EnsembleSettings) -> None:
     storage = sweep_study.open_storage(settings.storage_url)
     exploring = optuna.load_study(study_name=settings.exploring_study, storage=storage)
     top = optuna.load_study(study_name=settings.rung_study, storage=storage)
-    finished = sorted((t for t in top.get_trials(deepcopy=False)
-                       if t.state == TrialState.COMPLETE and records.model_run_id(t)),
-                      key=records.accuracy, reverse=True)[:ENSEMBLE_CANDIDATES]
-    if not finished:
+    own = ladder.finished_models(top.get_trials(deepcopy=False))
+    if not own:
         return
-    models = [mlflow.keras.load_model(f"runs:/{records.model_run_id(t)}/model") for t in finished]
+    other_rungs = sweep_study.other_top_rungs(storage, settings.rung_study)
+    pool = ladder.ensemble_candidates(
+        own, {rung: optuna.load_study(study_name=rung, storage=storage).get_trials(deepcopy=False) for rung in other_rungs},
+        ENSEMBLE_CANDIDATES)
     x_val = split.x_val[..., None]
-    views = [view_probabilities(model, x_val) for model in models]
+    loaded, predicted = {}, {}  # by model run id: a model two trials share is loaded and predicted once
+
+    def model_of(trial) -> keras.Model:
+        if (run_id := records.model_run_id(trial)) not in loaded:
+            loaded[run_id] = mlflow.keras.load_model(f"runs:/{run_id}/model")
+        return loaded[run_id]
+
+    def probabilities_of(trial) -> np.ndarray:
+        if (run_id := records.model_run_id(trial)) not in predicted:
+            predicted[run_id] = model_of(trial).predict(x_val, batch_size=1000, verbose=0)
+        return predicted[run_id]
+
+    views = [view_probabilities(model_of(candidate.trial), x_val) for candidate in pool]
+    for candidate, candidate_views in zip(pool, views):
+        predicted[records.model_run_id(candidate.trial)] = candidate_views[0]
     probabilities = [candidate_views[0] for candidate_views in views]
     calibrated, temperatures = calibrate(probabilities, split.y_val)
     with_views = [over_views(candidate_views, t) for candidate_views, t in zip(views, temperatures)]
@@ -200,24 +220,26 @@ def main(settings: EnsembleSettings) -> None:
     chosen, curve = views_choice if use_views else plain_choice
     weights = weights_of(chosen)
     mean = weighted_average(with_views if use_views else calibrated, weights)
-    labels = [records.label(t) for t in finished]
+    labels = [candidate.label for candidate in pool]
     scores = [records.CandidateScore(label=label, validation_accuracy=accuracy(p, split.y_val),
                                      validation_log_loss=log_loss(p, split.y_val), temperature=t,
                                      calibrated_log_loss=log_loss(c, split.y_val),
-                                     views_log_loss=log_loss(v, split.y_val))
-              for label, p, c, t, v in zip(labels, probabilities, calibrated, temperatures, with_views)]
+                                     views_log_loss=log_loss(v, split.y_val),
+                                     model_run_id=records.model_run_id(candidate.trial))
+              for candidate, label, p, c, t, v in zip(pool, labels, probabilities, calibrated, temperatures, with_views)]
     members = [labels[index] for index in weights]
-    ensemble = averaged([models[index] for index in weights], list(weights.values()),
+    ensemble = averaged([model_of(pool[index].trial) for index in weights], list(weights.values()),
                         [temperatures[index] for index in weights], SHIFTS if use_views else None)
     described = ", ".join(f"{labels[index]} x{weight:.2f}" for index, weight in weights.items())
     ensemble_accuracy, ensemble_loss = accuracy(mean, split.y_val), log_loss(mean, split.y_val)
     views_said = (f"{'each member averaged over the digit and its 1-pixel shifts' if use_views else 'no test-time views'}"
                   f", as validation chose: log-loss {loss_with_views:.4f} over the views, {loss_without:.4f} without")
 
-    # Every choice is made; the test set is read now, once for each registered model.
-    best = finished[0]
+    # Every choice is made; the test set is read now, once for each registered model. The best
+    # single model is this sweep's own, as are its runner-up and the baseline it is held against.
+    best = own[0]
     champion = evaluate_and_register(
-        best.user_attrs[records.MLFLOW_RUN_ID], models[0], dataset, settings.model_name, tracking.CHAMPION_ALIAS,
+        best.user_attrs[records.MLFLOW_RUN_ID], model_of(best), dataset, settings.model_name, tracking.CHAMPION_ALIAS,
         {records.SOURCE_STUDY_TAG: settings.exploring_study,
          records.SOURCE_TRIAL_TAG: str(best.user_attrs.get(records.SOURCE_TRIAL, "")),
          records.BUDGET_TAG: settings.budget.name, records.VALIDATION_ACCURACY_TAG: f"{records.accuracy(best):.4f}"},
@@ -231,22 +253,24 @@ def main(settings: EnsembleSettings) -> None:
                      f"{score.temperature:.2f} | {score.calibrated_log_loss:.4f} | {score.views_log_loss:.4f} | "
                      f"{weights.get(index, 0):.2f} |"
                      for index, score in enumerate(scores))
-    note = (f"**Ensemble** of study `{settings.exploring_study}`: the weighted mean probabilities of the top rung's "
-            f"models at budget `{settings.budget.name}`, each at its temperature, chosen by greedy forward selection "
+    drawn_from = (f"the best {len(pool)} models of its top rung and of the store's other top rungs set up the same "
+                  f"({', '.join(f'`{rung}`' for rung in other_rungs)})" if other_rungs else "its top rung's best models")
+    note = (f"**Ensemble** of study `{settings.exploring_study}`: the weighted mean probabilities of {drawn_from} "
+            f"at budget `{settings.budget.name}`, each at its temperature, chosen by greedy forward selection "
             f"on validation log-loss ({len(chosen)} of {len(curve)} rounds kept): validation accuracy "
             f"{ensemble_accuracy:.4f}, log-loss {ensemble_loss:.4f}; {views_said}.\n\n"
             f"| candidate (best validation accuracy first) | validation accuracy | validation log-loss | temperature "
             f"| log-loss at it | over the views | weight |\n| --- | --- | --- | --- | --- | --- | --- |\n{rows}\n")
     with mlflow.start_run(run_name=f"ensemble of {len(members)} @ {settings.budget.name}",
                           tags={**tags, records.NOTE_TAG: note}) as run:
-        mlflow.log_params({"members": described, "candidates": len(finished), "rounds_kept": len(chosen),
+        mlflow.log_params({"members": described, "candidates": len(pool), "rounds_kept": len(chosen),
                            "selection": "greedy forward selection with replacement on validation log-loss, "
                                         "each candidate at its validation temperature",
                            "test_time_views": view_count})
         mlflow.log_metrics({"validation_accuracy": ensemble_accuracy, "validation_log_loss": ensemble_loss,
                             "param_count": ensemble.count_params(),
                             # what training its members cost, for the accuracy-cost fronts
-                            "train_seconds": sum(trained_seconds(t) for t in (finished[i] for i in weights)),
+                            "train_seconds": sum(trained_seconds(pool[index].trial) for index in weights),
                             **train_trial.prediction_latency(ensemble, split.x_val)})
         for step, loss in enumerate(curve, 1):
             mlflow.log_metric("selection_validation_log_loss", loss, step=step)
@@ -259,27 +283,32 @@ def main(settings: EnsembleSettings) -> None:
         run.info.run_id, ensemble, dataset, settings.model_name, tracking.ENSEMBLE_ALIAS,
         {records.SOURCE_STUDY_TAG: settings.exploring_study, records.MEMBERS_TAG: described,
          records.BUDGET_TAG: settings.budget.name, records.VALIDATION_ACCURACY_TAG: f"{ensemble_accuracy:.4f}"})
-    lead = {"runner_up": labels[1], **paired_lead(probabilities[0], probabilities[1], split.y_val)} if len(finished) > 1 else {}
-    baseline = next((index for index, t in enumerate(finished) if records.BASELINE in t.user_attrs), None)
+    lead = {"runner_up": records.label(own[1]), **paired_lead(probabilities_of(best), probabilities_of(own[1]), split.y_val)} \
+        if len(own) > 1 else {}
+    baseline = next((t for t in own if records.BASELINE in t.user_attrs), None)
 
     def versus_baseline(model_probabilities: np.ndarray, is_the_baseline: bool):
         if baseline is None or is_the_baseline:
             return None
-        paired = paired_lead(model_probabilities, probabilities[baseline], split.y_val)
-        return records.PairedLead(against=labels[baseline], against_accuracy=scores[baseline].validation_accuracy,
+        paired = paired_lead(model_probabilities, probabilities_of(baseline), split.y_val)
+        return records.PairedLead(against=records.label(baseline),
+                                  against_accuracy=accuracy(probabilities_of(baseline), split.y_val),
                                   only_this=paired["only_leader"], only_against=paired["only_runner_up"],
                                   p_value=paired["p_value"])
 
+    only_member = [records.model_run_id(pool[index].trial) for index in weights]
     records.record_ladder_result(exploring, records.LadderResult(
-        top_rung=settings.rung_study, candidates=[t.number for t in finished],
-        champion=records.Champion(label=labels[0], run_id=best.user_attrs[records.MLFLOW_RUN_ID],
+        top_rung=settings.rung_study, candidates=[t.number for t in own[:ENSEMBLE_CANDIDATES]],
+        other_top_rungs=other_rungs,
+        champion=records.Champion(label=records.label(best), run_id=best.user_attrs[records.MLFLOW_RUN_ID],
                                   validation_accuracy=records.accuracy(best), **champion, **lead,
-                                  versus_baseline=versus_baseline(probabilities[0], baseline == 0)),
+                                  versus_baseline=versus_baseline(probabilities_of(best), best is baseline)),
         ensemble=records.Ensemble(members=members, weights=list(weights.values()), run_id=run.info.run_id,
                                   validation_accuracy=ensemble_accuracy, validation_log_loss=ensemble_loss,
                                   selection_log_loss=curve, views=view_count,
                                   log_loss_without_views=loss_without, **averaged_model,
-                                  versus_baseline=versus_baseline(mean, list(weights) == [baseline])),
+                                  versus_baseline=versus_baseline(
+                                      mean, baseline is not None and only_member == [records.model_run_id(baseline)])),
         scores=scores, small=small, small_params_at_most=settings.small_params))
 
 

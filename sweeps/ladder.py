@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -263,10 +264,41 @@ def requested_trials(rung: optuna.Study) -> int:
     return sum(records.RETRY_OF not in t.user_attrs for t in rung.get_trials(deepcopy=False))
 
 
+def finished_models(trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    """A rung's completed trials that hold a model, best validation accuracy first."""
+    return sorted((t for t in trials if t.state == TrialState.COMPLETE and records.model_run_id(t)),
+                  key=records.accuracy, reverse=True)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A model the ensemble step weighs: its label in tables and member lists, and its trial
+    (of this sweep's top rung, or of another sweep's top rung set up the same)."""
+    label: str
+    trial: FrozenTrial
+
+
+def ensemble_candidates(own: list[FrozenTrial], others: dict[str, list[FrozenTrial]],
+                        at_most: int) -> list[Candidate]:
+    """The best ``at_most`` distinct models, by validation accuracy, of this sweep's top rung
+    (``own``) and the store's other top rungs set up the same (``others``, by study name):
+    every one was trained on the same training images and scored on the same validation
+    images, so what another sweep trained is a candidate at no cost. A model two top rungs
+    share (a reused run) counts once, as this sweep's; on a tie, this sweep's model first."""
+    seen, pool = set(), []
+    for rung, trials in [(None, own), *others.items()]:
+        for trial in finished_models(trials):
+            if (model := records.model_run_id(trial)) not in seen:
+                seen.add(model)
+                label = records.label(trial) if rung is None else f"{records.exploring_study_name(rung)}: {records.label(trial)}"
+                pool.append(Candidate(label, trial))
+    return sorted(pool, key=lambda candidate: records.accuracy(candidate.trial), reverse=True)[:at_most]
+
+
 def needs_ensemble(exploring: optuna.Study, top: optuna.Study, candidates_at_most: int) -> bool:
-    """Whether the top rung holds finished models that the recorded ensemble did not weigh."""
-    candidates = sorted((t for t in top.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE),
-                        key=records.accuracy, reverse=True)[:candidates_at_most]
+    """Whether the top rung holds finished models that the recorded ensemble did not weigh.
+    (Models another sweep's top rung gains later do not reopen a finished ladder.)"""
+    candidates = finished_models(top.get_trials(deepcopy=False))[:candidates_at_most]
     recorded = records.ladder_result(exploring)
     return bool(candidates) and (recorded is None or recorded.candidates != [t.number for t in candidates])
 

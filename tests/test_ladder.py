@@ -6,6 +6,9 @@ import contextlib
 import datetime
 import io
 import os
+import shutil
+import sqlite3
+from pathlib import Path
 
 import numpy as np
 import optuna
@@ -43,6 +46,26 @@ def climbed(tmp_path_factory):
     uri = f"sqlite:///{folder}/mlruns/mlflow.db"
     return type("Climbed", (), {"folder": folder, "outputs": outputs, "studies": studies, "uri": uri,
                                 "client": tracking.client(uri)})
+
+
+@pytest.fixture(scope="module")
+def pooled(climbed, tmp_path_factory):
+    """A second sweep, every model trained anew (--retrain), in a copy of the climbed sweep's
+    store (its MLflow records pointed at the copy's artifacts); returns the copy and the output."""
+    folder = tmp_path_factory.mktemp("pooled") / "store"
+    shutil.copytree(climbed.folder, folder)
+    old, new = (Path(f, "mlruns", "artifacts").resolve().as_uri() for f in (climbed.folder, folder))
+    with contextlib.closing(sqlite3.connect(folder / "mlruns" / "mlflow.db")) as database, database:
+        for table, column in (("experiments", "artifact_location"), ("runs", "artifact_uri"),
+                              ("logged_models", "artifact_location")):
+            database.execute(f"UPDATE {table} SET {column} = replace({column}, ?, ?)", (old, new))
+    output = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(folder)
+        with pytest.raises(SystemExit) as exit_info, contextlib.redirect_stdout(output):
+            cli.run(sweep_run.main, [*LADDER, "--study", "second", "--retrain"])
+    assert exit_info.value.code == 0, output.getvalue()
+    return folder, output.getvalue()
 
 
 def rung_runs(climbed, study_name):
@@ -225,6 +248,42 @@ def test_the_store_pool_benchmark_chooses_as_the_ensemble_step_did_when_the_stor
     assert float(chosen[0][2]) == pytest.approx(result.ensemble.log_loss_without_views, abs=1e-4)
     if result.ensemble.views == 1:
         assert chosen[0][3].removesuffix(" |") == answer.describe_members(result.ensemble)
+
+
+@pytest.mark.slow
+def test_a_second_sweep_in_the_store_weighs_the_first_sweeps_top_rung_models_too(climbed, pooled, run_command,
+                                                                                  monkeypatch):
+    from benchmarks import store_pool
+
+    folder, output = pooled
+    storage = sweep_study.open_storage(f"journal:{folder}/mlruns/optuna.journal")
+    result = records.ladder_result(optuna.load_study(study_name="second", storage=storage))
+    assert result.other_top_rungs == ["mnist-sweep@smoke-full"]
+    own = ladder.finished_models(optuna.load_study(study_name="second@smoke-full", storage=storage).trials)
+    first = ladder.finished_models(optuna.load_study(study_name="mnist-sweep@smoke-full", storage=storage).trials)
+    assert len(own) + len(first) <= ENSEMBLE_CANDIDATES  # so every model of both is a candidate, each once
+    weighed = [(score.label, score.model_run_id) for score in result.scores]
+    assert sorted(weighed) == sorted([(records.label(t), records.model_run_id(t)) for t in own] +
+                                     [(f"mnist-sweep: {records.label(t)}", records.model_run_id(t)) for t in first])
+    assert [score.validation_accuracy for score in result.scores] == \
+        sorted((score.validation_accuracy for score in result.scores), reverse=True)
+    assert set(result.ensemble.members) <= {label for label, _ in weighed}
+    # The best single model, its runner-up and @small are this sweep's own.
+    assert result.champion.run_id == own[0].user_attrs[records.MLFLOW_RUN_ID]
+    assert result.champion.runner_up == records.label(own[1])
+    assert result.small.run_id in {t.user_attrs[records.MLFLOW_RUN_ID] for t in own}
+    assert result.candidates == [t.number for t in own]
+    assert "candidates from this sweep's top rung and the store's mnist-sweep@smoke-full" in output
+    assert records.ladder_result(climbed.studies["mnist-sweep"]).other_top_rungs == []
+    # The benchmark's pooled set is the ensemble step's, and so is its choice on all of validation.
+    monkeypatch.chdir(folder)
+    code, out, err = run_command(store_pool.main, ["--study", "second", "--tracking-uri",
+                                                   f"sqlite:///{folder}/mlruns/mlflow.db"])
+    assert code == 0, err
+    chosen = [line.split(" | ") for line in out.split("Each set's choice on all of validation")[1].splitlines()
+              if line.startswith("| ") and "---" not in line][1:]
+    assert "(as the ensemble step does)" in chosen[1][0]
+    assert float(chosen[1][2]) == pytest.approx(result.ensemble.log_loss_without_views, abs=1e-4)
 
 
 @pytest.mark.slow
@@ -716,3 +775,22 @@ def test_the_best_augmented_recipe_takes_the_last_seed_leaders_place_when_none_o
     for trial in (trained(1, 0.020), trained(2, 0.022), trained(5, 0.021)):
         plain.add_trial(trial)
     assert [t.user_attrs[records.SOURCE_TRIAL] for t in ladder.seed_leaders(plain.trials)] == [1, 5]
+
+
+def model_trial(value: float, run_id: str, source: int, state=TrialState.COMPLETE, **user_attrs):
+    """A top-rung trial carrying up exploring trial ``source``, its model in run ``run_id``."""
+    return optuna.trial.create_trial(state=state, value=value if state == TrialState.COMPLETE else None,
+                                     user_attrs={records.MLFLOW_RUN_ID: run_id, records.SOURCE_TRIAL: source, **user_attrs})
+
+
+def test_the_ensembles_candidates_are_the_best_distinct_models_of_this_and_the_stores_other_top_rungs():
+    own = [model_trial(0.990, "a", 0, **{records.BASELINE: "kaggle_cnn"}), model_trial(0.993, "b", 7),
+           model_trial(0.0, "c", 8, state=TrialState.FAIL), model_trial(0.991, "d", 9, **{records.REUSED_FROM: "k2"})]
+    other = [model_trial(0.995, "x", 61, **{records.TRAINING_SEED: 2}),
+             model_trial(0.991, "y", 3, **{records.REUSED_FROM: "k2"}),  # the model this sweep reused: once, as its own
+             model_trial(0.980, "z", 5)]
+    pool = ladder.ensemble_candidates(own, {"mnist-sweep-2@full": other}, at_most=4)
+    assert [c.label for c in pool] == ["mnist-sweep-2: trial 61 seed 2", "trial 7", "trial 9", "kaggle_cnn"]
+    assert [records.model_run_id(c.trial) for c in pool] == ["x", "b", "k2", "a"]
+    # Alone, a sweep's candidates are its own best; a failed trial holds no model.
+    assert [c.label for c in ladder.ensemble_candidates(own, {}, at_most=16)] == ["trial 7", "trial 9", "kaggle_cnn"]
