@@ -33,15 +33,9 @@ def parse_args(argv: Sequence[str] | None):
     return parser.parse_args(argv)
 
 
-def finished(storage, rung: str) -> list:
-    """A rung's trials that hold a model, best validation accuracy first."""
-    import optuna
-
-    return ladder.finished_models(optuna.load_study(study_name=rung, storage=storage).get_trials(deepcopy=False))
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     import mlflow
+    import optuna
 
     args = parse_args(argv)
     url = sweep_study.storage_url(args.storage)
@@ -49,8 +43,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if result is None:
         raise UserError(f"study {args.study!r} has no ensemble yet: run its ladder to the end first")
     storage = sweep_study.open_storage(url)
-    own = finished(storage, result.top_rung)
-    others = {rung: finished(storage, rung) for rung in sweep_study.other_top_rungs(storage, result.top_rung)}
+    own = ladder.finished_models(optuna.load_study(study_name=result.top_rung, storage=storage).get_trials(deepcopy=False))
+    others = sweep_study.other_top_rungs(storage, result.top_rung)
     every = ladder.ensemble_candidates(own, others, len(own) + sum(map(len, others.values())))
     labelled = {records.model_run_id(candidate.trial): candidate.label for candidate in every}
     own_ids = [records.model_run_id(t) for t in own][:ENSEMBLE_CANDIDATES]

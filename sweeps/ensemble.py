@@ -189,10 +189,9 @@ def main(settings: EnsembleSettings) -> None:
     own = ladder.finished_models(top.get_trials(deepcopy=False))
     if not own:
         return
-    other_rungs = sweep_study.other_top_rungs(storage, settings.rung_study)
-    pool = ladder.ensemble_candidates(
-        own, {rung: optuna.load_study(study_name=rung, storage=storage).get_trials(deepcopy=False) for rung in other_rungs},
-        ENSEMBLE_CANDIDATES)
+    others = sweep_study.other_top_rungs(storage, settings.rung_study)
+    other_rungs = list(others)
+    pool = ladder.ensemble_candidates(own, others, ENSEMBLE_CANDIDATES)
     x_val = split.x_val[..., None]
     loaded, predicted = {}, {}  # by model run id: a model two trials share is loaded and predicted once
 

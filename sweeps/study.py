@@ -251,14 +251,16 @@ def earlier_best(storage: optuna.storages.BaseStorage, study_name: str, fingerpr
     return best[:count]
 
 
-def other_top_rungs(storage: optuna.storages.BaseStorage, top_rung: str) -> list[str]:
-    """The storage's other ladder rungs set up as ``top_rung`` is (search space, data, split and
-    budget): the top rungs of its other sweeps, whose models the ensemble step also weighs."""
+def other_top_rungs(storage: optuna.storages.BaseStorage, top_rung: str) -> dict[str, list[optuna.trial.FrozenTrial]]:
+    """The trials of the storage's other ladder rungs set up as ``top_rung`` is (search space,
+    data, split and budget), by study name: the top rungs of its other sweeps, whose models the
+    ensemble step also weighs."""
     from harness import records
 
     recorded = records.recorded_fingerprint(optuna.load_study(study_name=top_rung, storage=storage))
     if not recorded:
-        return []
-    return sorted(summary.study_name for summary in optuna.study.get_all_study_summaries(storage, include_best_trial=False)
-                  if "@" in summary.study_name and summary.study_name != top_rung
-                  and records.same_setup(summary.user_attrs.get(records.FINGERPRINT, {}), recorded))
+        return {}
+    names = sorted(summary.study_name for summary in optuna.study.get_all_study_summaries(storage, include_best_trial=False)
+                   if "@" in summary.study_name and summary.study_name != top_rung
+                   and records.same_setup(summary.user_attrs.get(records.FINGERPRINT, {}), recorded))
+    return {name: optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False) for name in names}
