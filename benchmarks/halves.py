@@ -4,6 +4,8 @@ set of candidates compared (paired), and the table of the outcome. The test set 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from harness.calibration import log_loss
@@ -20,13 +22,20 @@ def random_halves(images: int, count: int = HALVES) -> list[tuple[np.ndarray, np
     return [(order[: images // 2], order[images // 2:]) for order in orders]
 
 
-def chosen_and_scored(candidates: list[np.ndarray], labels: np.ndarray, fit: np.ndarray,
-                      held: np.ndarray) -> tuple[float, float, int]:
-    """The ensemble chosen on ``fit`` from calibrated candidates, as the ensemble step chooses:
-    its accuracy and log-loss on ``held``, and how many distinct members it has."""
-    chosen, _ = ensemble.greedy_selection([c[fit] for c in candidates], labels[fit])
-    mean = ensemble.weighted_average([c[held] for c in candidates], ensemble.weights_of(chosen))
-    return ensemble.accuracy(mean, labels[held]), log_loss(mean, labels[held]), len(set(chosen))
+def greedy_weights(candidates: list[np.ndarray], labels: np.ndarray) -> dict[int, float]:
+    """The ensemble step's choice: greedy forward selection on log-loss, weights by rounds."""
+    return ensemble.weights_of(ensemble.greedy_selection(candidates, labels)[0])
+
+
+def chosen_and_scored(candidates: list[np.ndarray], labels: np.ndarray, fit: np.ndarray, held: np.ndarray,
+                      choose: Callable[[list[np.ndarray], np.ndarray], dict[int, float]] = greedy_weights,
+                      ) -> tuple[float, float, int]:
+    """The ensemble chosen by ``choose`` (by default as the ensemble step chooses) on ``fit``
+    from calibrated candidates: its accuracy and log-loss on ``held``, and how many distinct
+    members it has."""
+    weights = choose([c[fit] for c in candidates], labels[fit])
+    mean = ensemble.weighted_average([c[held] for c in candidates], weights)
+    return ensemble.accuracy(mean, labels[held]), log_loss(mean, labels[held]), len(weights)
 
 
 def print_table(scored: dict[str, list[tuple[float, float, int]]], what: str, against: str) -> None:

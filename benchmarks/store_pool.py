@@ -14,6 +14,9 @@ prediction of the validation images per distinct model.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
 
 from benchmarks import halves
 from harness import cli, data, records, tracking
@@ -33,32 +36,49 @@ def parse_args(argv: Sequence[str] | None):
     return parser.parse_args(argv)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+class StoreModels(NamedTuple):
+    """Every distinct model of a store's top rungs set up as a sweep's, predicted on validation."""
+    top_rung: str
+    other_rungs: list[str]
+    labels: dict[str, str]  # by model run id, the sweep's own first, each rung best first
+    own_ids: list[str]  # the ids of the sweep's own top rung's best ENSEMBLE_CANDIDATES
+    pooled_ids: list[str]  # the ids the ensemble step weighs
+    predicted: dict[str, np.ndarray]  # by model run id
+    labels_true: np.ndarray
+
+
+def store_models(study_name: str, storage: str | None, data_path, tracking_uri: str | None) -> StoreModels:
     import mlflow
     import optuna
 
-    args = parse_args(argv)
-    url = sweep_study.storage_url(args.storage)
-    result = records.ladder_result(sweep_study.load_existing(args.study, url))
+    url = sweep_study.storage_url(storage)
+    result = records.ladder_result(sweep_study.load_existing(study_name, url))
     if result is None:
-        raise UserError(f"study {args.study!r} has no ensemble yet: run its ladder to the end first")
-    storage = sweep_study.open_storage(url)
-    own = ladder.finished_models(optuna.load_study(study_name=result.top_rung, storage=storage).get_trials(deepcopy=False))
-    others = sweep_study.other_top_rungs(storage, result.top_rung)
+        raise UserError(f"study {study_name!r} has no ensemble yet: run its ladder to the end first")
+    opened = sweep_study.open_storage(url)
+    own = ladder.finished_models(optuna.load_study(study_name=result.top_rung, storage=opened).get_trials(deepcopy=False))
+    others = sweep_study.other_top_rungs(opened, result.top_rung)
     every = ladder.ensemble_candidates(own, others, len(own) + sum(map(len, others.values())))
     labelled = {records.model_run_id(candidate.trial): candidate.label for candidate in every}
     own_ids = [records.model_run_id(t) for t in own][:ENSEMBLE_CANDIDATES]
     pooled_ids = [records.model_run_id(c.trial) for c in ladder.ensemble_candidates(own, others, ENSEMBLE_CANDIDATES)]
-    split = data.split(data.load(args.data), data.DEFAULT_SPLIT_SEED)
-    y = split.y_val
-    tracking.use_store(tracking.tracking_uri(args.tracking_uri))
+    split = data.split(data.load(data_path), data.DEFAULT_SPLIT_SEED)
+    tracking.use_store(tracking.tracking_uri(tracking_uri))
     predicted = {run_id: mlflow.keras.load_model(f"runs:/{run_id}/model").predict(split.x_val[..., None], batch_size=1000, verbose=0)
                  for run_id in labelled}
+    return StoreModels(result.top_rung, list(others), labelled, own_ids, pooled_ids, predicted, split.y_val)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    store = store_models(args.study, args.storage, args.data, args.tracking_uri)
+    labelled, predicted, y = store.labels, store.predicted, store.labels_true
+    own_ids, pooled_ids, others = store.own_ids, store.pooled_ids, store.other_rungs
     rungs = 1 + len(others)
-    sets = {f"{result.top_rung} alone, best {len(own_ids)}": own_ids,
+    sets = {f"{store.top_rung} alone, best {len(own_ids)}": own_ids,
             f"the store's {rungs} top rungs, best {len(pooled_ids)} (as the ensemble step does)": pooled_ids,
             f"the store's {rungs} top rungs, all {len(labelled)}": list(labelled)}
-    print(f"Top rungs set up as {result.top_rung}: {', '.join([result.top_rung, *others])}; "
+    print(f"Top rungs set up as {store.top_rung}: {', '.join([store.top_rung, *others])}; "
           f"{len(labelled)} distinct models\n")
     scored = {name: [] for name in sets}
     for fit, held in halves.random_halves(len(y)):

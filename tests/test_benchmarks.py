@@ -1,6 +1,6 @@
-"""The sweep-efficiency benchmark's verdict: a ratio when both arms reached a threshold, an
-upper bound when the no-pruning arm stopped first, and a target called met only when the
-figures show it."""
+"""The benchmarks' own logic: the sweep-efficiency verdict (a ratio when both arms reached a
+threshold, an upper bound when the no-pruning arm stopped first, and a target called met only
+when the figures show it), the EMA arms, and the ensemble selection rules compared."""
 
 import pytest
 
@@ -41,3 +41,36 @@ def test_the_ema_benchmark_validates_both_arms_every_epoch(capsys):
     import train_trial
 
     assert train_trial.make_optimizer.__name__ == "make_optimizer"  # put back after the EMA arm
+
+
+def test_every_selection_rule_returns_weights_of_real_candidates_that_sum_to_one():
+    import numpy as np
+
+    from benchmarks import selection_rules
+
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 10, size=400)
+    candidates = []
+    for noise in [0.5, 0.6, 0.7, 0.8, 3.0]:  # the last one mostly wrong
+        logits = rng.normal(0, noise, size=(400, 10))
+        logits[np.arange(400), labels] += 2.0 if noise < 1 else 0.0
+        candidates.append(np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True))
+    for name, choose in selection_rules.RULES.items():
+        weights = choose(candidates, labels)
+        assert weights and set(weights) <= set(range(5)), name
+        assert sum(weights.values()) == pytest.approx(1), name
+    assert 4 not in selection_rules.best_k(candidates, labels)  # the poor model does not lower the mean's loss
+    assert selection_rules.every_candidate(candidates, labels) == {index: 0.2 for index in range(5)}
+
+
+def test_best_k_adds_candidates_while_the_plain_average_improves():
+    import numpy as np
+
+    from benchmarks import selection_rules
+
+    labels = np.array([0, 1, 0, 1])
+    # Each alone is wrong on a different image; two averaged are right on all four.
+    first = np.array([[0.4, 0.6], [0.1, 0.9], [0.9, 0.1], [0.1, 0.9]])
+    second = np.array([[0.9, 0.1], [0.6, 0.4], [0.9, 0.1], [0.1, 0.9]])
+    useless = np.array([[0.1, 0.9], [0.9, 0.1], [0.1, 0.9], [0.9, 0.1]])
+    assert sorted(selection_rules.best_k_by_log_loss([first, useless, second], labels)) == [0, 2]

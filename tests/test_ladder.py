@@ -251,6 +251,24 @@ def test_the_store_pool_benchmark_chooses_as_the_ensemble_step_did_when_the_stor
 
 
 @pytest.mark.slow
+def test_the_selection_rules_benchmark_scores_each_rule_and_the_steps_rule_chooses_as_the_step_did(
+        climbed, run_command, monkeypatch):
+    from benchmarks import selection_rules
+
+    monkeypatch.chdir(climbed.folder)
+    code, out, err = run_command(selection_rules.main, ["--study", "mnist-sweep", "--tracking-uri", climbed.uri])
+    assert code == 0, err
+    result = records.ladder_result(climbed.studies["mnist-sweep"])
+    halves, whole = out.split("Each rule's choice on all of validation")
+    rows = [line.split(" | ") for line in halves.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert len(rows) == len(selection_rules.RULES)
+    assert rows[0][2].startswith("+0.0000 (ahead in 0, behind in 0)")
+    chosen = [line.split(" | ") for line in whole.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert [row[0].removeprefix("| ") for row in chosen] == list(selection_rules.RULES)
+    assert float(chosen[0][2]) == pytest.approx(result.ensemble.log_loss_without_views, abs=1e-4)
+
+
+@pytest.mark.slow
 def test_a_second_sweep_in_the_store_weighs_the_first_sweeps_top_rung_models_too(climbed, pooled, run_command,
                                                                                   monkeypatch):
     from benchmarks import store_pool
