@@ -111,10 +111,10 @@ RULES = {
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     store = store_pool.store_models(args.study, args.storage, args.data, args.tracking_uri)
-    y = store.labels_true
-    ids = list(store.labels) if args.every else store.pooled_ids
+    y = store.y_val
+    ids = list(store.model_labels) if args.every else store.pooled_ids
     print(f"Top rungs set up as {store.top_rung}: {', '.join([store.top_rung, *store.other_rungs])}; "
-          f"{len(ids)} candidates of {len(store.labels)} distinct models\n")
+          f"{len(ids)} candidates of {len(store.model_labels)} distinct models\n")
     scored = {name: [] for name in RULES}
     for fit, held in halves.random_halves(len(y)):
         candidates = [tempered(store.predicted[i], temperature(store.predicted[i][fit], y[fit])) for i in ids]
@@ -127,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, choose in RULES.items():
         weights = choose(candidates, y)
         mean = ensemble.weighted_average(candidates, weights)
-        members = ", ".join(f"{store.labels[ids[index]]} x{weight:.2f}" for index, weight in weights.items())
+        members = ", ".join(f"{store.model_labels[ids[index]]} x{weight:.2f}" for index, weight in weights.items())
         print(f"| {name} | {ensemble.accuracy(mean, y):.4f} | {log_loss(mean, y):.4f} | {members} |")
     return 0
 

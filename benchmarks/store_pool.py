@@ -40,11 +40,11 @@ class StoreModels(NamedTuple):
     """Every distinct model of a store's top rungs set up as a sweep's, predicted on validation."""
     top_rung: str
     other_rungs: list[str]
-    labels: dict[str, str]  # by model run id, the sweep's own first, each rung best first
+    model_labels: dict[str, str]  # by model run id, the sweep's own first, each rung best first
     own_ids: list[str]  # the ids of the sweep's own top rung's best ENSEMBLE_CANDIDATES
     pooled_ids: list[str]  # the ids the ensemble step weighs
     predicted: dict[str, np.ndarray]  # by model run id
-    labels_true: np.ndarray
+    y_val: np.ndarray  # the validation images' digits
 
 
 def store_models(study_name: str, storage: str | None, data_path, tracking_uri: str | None) -> StoreModels:
@@ -72,7 +72,7 @@ def store_models(study_name: str, storage: str | None, data_path, tracking_uri: 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     store = store_models(args.study, args.storage, args.data, args.tracking_uri)
-    labelled, predicted, y = store.labels, store.predicted, store.labels_true
+    labelled, predicted, y = store.model_labels, store.predicted, store.y_val
     own_ids, pooled_ids, others = store.own_ids, store.pooled_ids, store.other_rungs
     rungs = 1 + len(others)
     sets = {f"{store.top_rung} alone, best {len(own_ids)}": own_ids,
