@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from harness.calibration import log_loss
+from harness.calibration import log_loss, temperature, tempered
 from sweeps import ensemble
 
 HALVES = 30
@@ -20,6 +20,12 @@ def random_halves(images: int, count: int = HALVES) -> list[tuple[np.ndarray, np
     rng = np.random.default_rng(0)
     orders = [rng.permutation(images) for _ in range(count)]
     return [(order[: images // 2], order[images // 2:]) for order in orders]
+
+
+def calibrated_on(probabilities: list[np.ndarray], labels: np.ndarray, fit: np.ndarray) -> list[np.ndarray]:
+    """Each candidate at the temperature that makes its log-loss on ``fit`` lowest: the
+    ensemble step's calibration, seeing only the half it chooses on."""
+    return [tempered(p, temperature(p[fit], labels[fit])) for p in probabilities]
 
 
 def greedy_weights(candidates: list[np.ndarray], labels: np.ndarray) -> dict[int, float]:
@@ -52,3 +58,12 @@ def print_table(scored: dict[str, list[tuple[float, float, int]]], what: str, ag
         print(f"| {name} | {rows[:, 0].mean():.4f} ± {rows[:, 0].std():.4f} | {gain.mean():+.4f} "
               f"(ahead in {(gain > 0).sum()}, behind in {(gain < 0).sum()}) | {rows[:, 1].mean():.4f} | "
               f"{rows[:, 2].mean():.1f} |")
+
+
+def choice_row(name: str, candidates: list[np.ndarray], labels: np.ndarray, weights: dict[int, float],
+               names: list[str]) -> str:
+    """A Markdown row for an ensemble chosen on all of validation: its accuracy, log-loss and
+    weighted members (``names`` by candidate index)."""
+    mean = ensemble.weighted_average(candidates, weights)
+    members = ", ".join(f"{names[index]} x{weight:.2f}" for index, weight in weights.items())
+    return f"| {name} | {ensemble.accuracy(mean, labels):.4f} | {log_loss(mean, labels):.4f} | {members} |"

@@ -19,7 +19,7 @@ import numpy as np
 
 from benchmarks import halves, store_pool
 from harness import cli
-from harness.calibration import log_loss, temperature, tempered
+from harness.calibration import log_loss
 from sweeps import ensemble
 from sweeps import study as sweep_study
 from sweeps.settings import ENSEMBLE_ROUNDS
@@ -117,18 +117,16 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{len(ids)} candidates of {len(store.model_labels)} distinct models\n")
     scored = {name: [] for name in RULES}
     for fit, held in halves.random_halves(len(y)):
-        candidates = [tempered(store.predicted[i], temperature(store.predicted[i][fit], y[fit])) for i in ids]
+        candidates = halves.calibrated_on([store.predicted[i] for i in ids], y, fit)
         for name, choose in RULES.items():
             scored[name].append(halves.chosen_and_scored(candidates, y, fit, held, choose))
     halves.print_table(scored, "rule", "the ensemble step's")
     print("\nEach rule's choice on all of validation\n\n| rule | validation accuracy | log-loss | members |\n"
           "| --- | --- | --- | --- |")
     candidates, _ = ensemble.calibrate([store.predicted[i] for i in ids], y)
+    names = [store.model_labels[i] for i in ids]
     for name, choose in RULES.items():
-        weights = choose(candidates, y)
-        mean = ensemble.weighted_average(candidates, weights)
-        members = ", ".join(f"{store.model_labels[ids[index]]} x{weight:.2f}" for index, weight in weights.items())
-        print(f"| {name} | {ensemble.accuracy(mean, y):.4f} | {log_loss(mean, y):.4f} | {members} |")
+        print(halves.choice_row(name, candidates, y, choose(candidates, y), names))
     return 0
 
 

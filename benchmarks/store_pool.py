@@ -20,7 +20,6 @@ import numpy as np
 
 from benchmarks import halves
 from harness import cli, data, records, tracking
-from harness.calibration import temperature, tempered
 from harness.errors import UserError
 from sweeps import ensemble, ladder
 from sweeps import study as sweep_study
@@ -83,18 +82,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     scored = {name: [] for name in sets}
     for fit, held in halves.random_halves(len(y)):
         for name, ids in sets.items():
-            candidates = [tempered(predicted[i], temperature(predicted[i][fit], y[fit])) for i in ids]
+            candidates = halves.calibrated_on([predicted[i] for i in ids], y, fit)
             scored[name].append(halves.chosen_and_scored(candidates, y, fit, held))
     halves.print_table(scored, "candidates", "its own top rung alone")
     print("\nEach set's choice on all of validation\n\n| candidates | validation accuracy | log-loss | members |\n"
           "| --- | --- | --- | --- |")
     for name, ids in sets.items():
         candidates, _ = ensemble.calibrate([predicted[i] for i in ids], y)
-        chosen, curve = ensemble.greedy_selection(candidates, y)
-        weights = ensemble.weights_of(chosen)
-        mean = ensemble.weighted_average(candidates, weights)
-        members = ", ".join(f"{labelled[ids[index]]} x{weight:.2f}" for index, weight in weights.items())
-        print(f"| {name} | {ensemble.accuracy(mean, y):.4f} | {min(curve):.4f} | {members} |")
+        print(halves.choice_row(name, candidates, y, halves.greedy_weights(candidates, y), [labelled[i] for i in ids]))
     return 0
 
 
