@@ -151,26 +151,44 @@ SEEDED_RECIPES = 2
 
 
 def top_up(lower: optuna.Study, rung: optuna.Study, rung_budget: Budget, deadline: float | None,
-           now: float, seed: int = 0, seeds: bool = True) -> str | None:
+           now: float, seed: int = 0, seeds: bool = True,
+           store_trials: Callable[[], list[FrozenTrial]] = list) -> str | None:
     """When a worker of the top rung would idle with time left (its queue trained, some of it
-    fast: a reused baseline, an early stop), queue what ``spare_choice`` takes for it. Returns
-    its label, or None when nothing fits, and always without a deadline: a rung without one
-    loses no time. A recipe's seeds count up from the sweep's ``seed``, one per training of it,
-    so a later sweep of the same store asks for the same seeds first and reuses their runs.
-    ``seeds`` False: no seeds (a multi-objective sweep, whose answer is a front, where another
-    seed of a recipe adds no point)."""
+    fast: a reused baseline, an early stop), queue what ``spare_choice`` takes for it, with the
+    seed ``next_seed`` gives it (``store_trials``: the trials of the store's other top rungs set
+    up as this one). Returns its label, or None when nothing fits, and always without a
+    deadline: a rung without one loses no time. ``seeds`` False: no seeds (a multi-objective
+    sweep, whose answer is a front, where another seed of a recipe adds no point)."""
     if deadline is None:
         return None
     trials = rung.get_trials(deepcopy=False)
-    trainings = trainings_of(trials)
     choice = spare_choice(ranked(lower.get_trials(deepcopy=False), pareto_front(lower)),
-                          seed_leaders(trials) if seeds else [], trainings, rung_budget, deadline, now)
+                          seed_leaders(trials) if seeds else [], trainings_of(trials), rung_budget, deadline, now)
     if choice is None:
         return None
     trial, forecast, again = choice
-    new_seed = seed + trainings[source_number(trial)] if again else None
+    new_seed = next_seed(trial, seed, trials, store_trials()) if again else None
     enqueue(rung, trial, rung_budget, forecast, seed=new_seed)
     return records.seeded(records.label(trial), new_seed)
+
+
+def next_seed(recipe: FrozenTrial, first_seed: int, rung_trials: list[FrozenTrial],
+              store_trials: list[FrozenTrial]) -> int:
+    """The seed of ``recipe``'s next training in the top rung: the lowest above the sweep's
+    ``first_seed`` that the rung has not asked for, skipping those another top rung of the
+    store (``store_trials``) trained the recipe with until the time share cut it. Seeds count
+    up so that a later sweep of the store asks for the same ones first and reuses their runs;
+    but a cut run is not reused, and training its seed again under a time share buys a
+    near-copy of a model the ensemble step already weighs, where the next seed buys a new one."""
+    taken = {t.user_attrs[records.TRAINING_SEED] for t in rung_trials
+             if source_number(t) == source_number(recipe) and records.TRAINING_SEED in t.user_attrs}
+    taken |= {t.user_attrs[records.TRAINING_SEED] for t in store_trials
+              if t.state == TrialState.COMPLETE and t.params == recipe.params and records.TRAINING_SEED in t.user_attrs
+              and t.user_attrs.get(records.STOP_CAUSE) == records.StopCause.TIME_SHARE.value}
+    seed = first_seed + 1
+    while seed in taken:
+        seed += 1
+    return seed
 
 
 def trainings_of(trials: list[FrozenTrial]) -> Counter:

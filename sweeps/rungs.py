@@ -60,9 +60,13 @@ def run_rung(phase: Phase, sweep_plan: Plan, exploring: optuna.Study, lower: opt
           f"{'promoted ' + ', '.join(promoted) if promoted else 'nothing new promoted'}{deadline}", flush=True)
     single = len(settings.objective) == 1  # only an accuracy sweep's ensemble gains from spare seeds
 
+    def store_trials() -> list:
+        return [trial for trials in sweep_study.other_top_rungs(storage, rung.study_name).values() for trial in trials]
+
     def top_up(now: float) -> str | None:
         with sweep_study.ask_lock(storage, rung.study_name, lock_path):
-            added = ladder.top_up(lower, rung, phase.budget, phase.deadline, now, settings.seed, seeds=single)
+            added = ladder.top_up(lower, rung, phase.budget, phase.deadline, now, settings.seed, seeds=single,
+                                  store_trials=store_trials)
         if added:
             print(f"Rung {phase.budget.name}: {added} queued too: a worker came free with time left that its "
                   "forecast fits", flush=True)

@@ -515,6 +515,41 @@ def test_once_the_rung_below_is_used_up_spare_time_trains_the_leaders_again_with
         pytest.approx(660)
 
 
+def test_a_spare_seed_skips_one_another_top_rung_trained_until_the_time_share_cut_it():
+    recipe = timed_trial(9, 0.993, 40, epochs=10, **{records.SOURCE_TRIAL: 9, records.BASELINE: "kaggle_cnn"})
+
+    def elsewhere(seed, cause, x=9, state=TrialState.COMPLETE):  # a top-up of another sweep's top rung
+        trial = timed_trial(x, 0.994, 40, epochs=10, **{records.SOURCE_TRIAL: 3, records.TRAINING_SEED: seed,
+                                                         records.STOP_CAUSE: cause.value})
+        trial.state = state
+        return trial
+
+    cut, completed = records.StopCause.TIME_SHARE, records.StopCause.COMPLETED
+    # Seed 1 ended uncut in another sweep (it is reused, at no cost); seed 2 was cut there:
+    # asking for it again would train a near-copy of a model the ensemble already weighs.
+    store = [elsewhere(1, completed), elsewhere(2, cut)]
+    assert ladder.next_seed(recipe, 0, [recipe], store) == 1
+    queued_seed_1 = timed_trial(9, 0.99, 40, **{records.SOURCE_TRIAL: 9, records.TRAINING_SEED: 1})
+    assert ladder.next_seed(recipe, 0, [recipe, queued_seed_1], store) == 3
+    # The rung's own seeds are never asked for twice, cut or not, though another rung's cut
+    # ones are skipped past them.
+    queued_seed_3 = timed_trial(9, 0.99, 40, **{records.SOURCE_TRIAL: 9, records.TRAINING_SEED: 3})
+    assert ladder.next_seed(recipe, 0, [recipe, queued_seed_1, queued_seed_3], store) == 4
+    # Only the same recipe's cut runs count; nor does one that failed (it left no model), nor
+    # the sweep's first seed (its first training), which seeds count up from.
+    others = [elsewhere(2, cut, x=8), elsewhere(2, cut, state=TrialState.FAIL)]
+    assert ladder.next_seed(recipe, 0, [recipe, queued_seed_1], others) == 2
+    assert ladder.next_seed(recipe, 5, [recipe], store) == 6
+    # top_up asks for the store's trials when it queues a seed (the rung below is used up).
+    lower, rung = optuna.create_study(direction="maximize"), optuna.create_study(direction="maximize")
+    rung.add_trial(recipe)
+    rung.add_trial(queued_seed_1)
+    asked = []
+    label = ladder.top_up(lower, rung, BUDGETS["full"], 1_000_000.0 + 9999, 1_000_000.0, seed=0,
+                          store_trials=lambda: asked.append(True) or store)
+    assert label == "kaggle_cnn seed 3" and rung.trials[-1].user_attrs[records.TRAINING_SEED] == 3 and asked == [True]
+
+
 def test_before_its_leaders_have_trained_the_top_rungs_forecast_still_fills_its_time():
     rung_budget = BUDGETS["full"]
     rung = optuna.create_study(direction="maximize")
