@@ -226,24 +226,39 @@ WARM_START_RECIPES = 5
 
 def earlier_best(storage: optuna.storages.BaseStorage, study_name: str, fingerprint: dict,
                  count: int = WARM_START_RECIPES) -> list[tuple[str, optuna.trial.FrozenTrial]]:
-    """The best sampled recipes of the storage's other exploring studies of the same search
-    space, data and split (each recipe once, best validation accuracy first), with the study
-    each is from: a new sweep enqueues them, so it explores new ground instead of re-finding
-    them, and its sampler learns from them at once."""
+    """The best sampled recipes of the storage's other sweeps of the same search space, data
+    and split, each recipe once, as their exploring trials with the study each is from: first
+    those the sweeps' top rungs trained, lowest calibrated validation log-loss there first (as
+    first trained, not their spare seeds), then the explored ones, best validation accuracy
+    first. A new sweep enqueues them, so it explores new ground instead of re-finding them, its
+    sampler learns from them at once, and its ladder can carry up again, and reuse, what won at
+    the top budget: a recipe that pays only there (an augmented one, for one) ranks low at the
+    exploring budget, where the pruner may even have stopped it."""
     from harness import records
 
     same = (records.SEARCH_SPACE_VERSION_KEY, records.DATA_SHA256_KEY, records.SPLIT_SEED_KEY)
-    found, seen = [], set()
+    at_the_top, explored = [], []
     for summary in optuna.study.get_all_study_summaries(storage, include_best_trial=False):
         recorded = summary.user_attrs.get(records.FINGERPRINT, {})
         if (summary.study_name == study_name or "@" in summary.study_name
                 or any(recorded.get(key) != fingerprint.get(key) for key in same)):
             continue
         study = optuna.load_study(study_name=summary.study_name, storage=storage)
-        found += [(summary.study_name, trial) for trial in study.get_trials(deepcopy=False, states=[TrialState.COMPLETE])
-                  if records.BASELINE not in trial.user_attrs and records.accuracy(trial) is not None]
-    best = []
-    for name, trial in sorted(found, key=lambda pair: records.accuracy(pair[1]), reverse=True):
+        trials = study.get_trials(deepcopy=False)
+        explored += [(summary.study_name, trial) for trial in trials if trial.state == TrialState.COMPLETE
+                     and records.BASELINE not in trial.user_attrs and records.accuracy(trial) is not None]
+        result = records.ladder_result(study)
+        if result is None:
+            continue
+        for trained in optuna.load_study(study_name=result.top_rung, storage=storage).get_trials(deepcopy=False):
+            if (trained.state == TrialState.COMPLETE and records.CALIBRATED_LOG_LOSS in trained.user_attrs
+                    and records.BASELINE not in trained.user_attrs and records.TRAINING_SEED not in trained.user_attrs):
+                source = trials[trained.user_attrs.get(records.SOURCE_TRIAL, trained.number)]
+                at_the_top.append((trained.user_attrs[records.CALIBRATED_LOG_LOSS], summary.study_name, source))
+    ordered = [(name, trial) for _, name, trial in sorted(at_the_top, key=lambda found: found[0])]
+    ordered += sorted(explored, key=lambda pair: records.accuracy(pair[1]), reverse=True)
+    best, seen = [], set()
+    for name, trial in ordered:
         key = json.dumps(trial.params, sort_keys=True)
         if key not in seen:
             seen.add(key)

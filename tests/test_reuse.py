@@ -92,6 +92,44 @@ def test_a_second_study_starts_from_the_first_ones_best_recipes(two_sweeps):
     assert all(records.REUSED_FROM in t.user_attrs for t in carried)  # trained by the first already
 
 
+def test_a_new_study_starts_from_what_won_at_the_earlier_top_rungs_before_what_explored_best():
+    storage = optuna.storages.InMemoryStorage()
+    setup = {records.SEARCH_SPACE_VERSION_KEY: 3, records.DATA_SHA256_KEY: "abc", records.SPLIT_SEED_KEY: 0}
+    space = {"x": optuna.distributions.IntDistribution(0, 99)}
+
+    def exploring(name, values, setup=setup):
+        study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
+        study.set_user_attr(records.FINGERPRINT, setup)
+        for x, value in values:
+            if value is None:  # the pruner stopped it before it reported
+                study.add_trial(optuna.trial.create_trial(params={"x": x}, distributions=space, state=TrialState.PRUNED))
+            else:
+                study.add_trial(optuna.trial.create_trial(params={"x": x}, distributions=space, value=value))
+        return study
+
+    first = exploring("first", [(0, 0.99), (1, 0.98), (2, None), (3, 0.97), (4, 0.96)])
+    exploring("second", [(5, 0.995)])
+    exploring("elsewhere", [(6, 0.999)], setup={**setup, records.DATA_SHA256_KEY: "other"})
+    # First's top rung trained trial 2 (pruned when explored: an augmented recipe, say) to the
+    # lowest log-loss, then trial 3, then trial 0; a spare seed of trial 0 scored lower still
+    # and a baseline too, but those are not recipes of its own.
+    top = optuna.create_study(study_name="first@full", storage=storage, direction="maximize")
+    for source, loss, extra in ((0, 0.030, {}), (3, 0.025, {}), (2, 0.020, {}), (0, 0.010, {records.TRAINING_SEED: 1}),
+                                (4, 0.005, {records.BASELINE: "kaggle_cnn"})):
+        top.add_trial(optuna.trial.create_trial(
+            params={"x": source}, distributions=space, value=0.99,
+            user_attrs={records.SOURCE_TRIAL: source, records.CALIBRATED_LOG_LOSS: loss, **extra}))
+    registered = records.Registered("run", 0.99, 0.99, "models:/m@a", "1")
+    records.record_ladder_result(first, records.LadderResult(
+        top_rung="first@full", candidates=[], champion=records.Champion(**dataclasses.asdict(registered)),
+        ensemble=records.Ensemble(**dataclasses.asdict(registered))))
+    best = sweep_study.earlier_best(storage, "third", setup, count=5)
+    assert [(name, trial.params["x"]) for name, trial in best] == \
+        [("first", 2), ("first", 3), ("first", 0), ("second", 5), ("first", 1)]
+    assert best[0][1].state == TrialState.PRUNED and best[0][1].number == 2  # the exploring trial, as explored
+    assert [trial.params["x"] for _, trial in sweep_study.earlier_best(storage, "first", setup, count=2)] == [5]
+
+
 @pytest.mark.slow
 def test_retrain_trains_what_it_could_reuse(two_sweeps):
     studies, client, _ = two_sweeps
