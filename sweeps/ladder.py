@@ -146,7 +146,8 @@ def enqueue(rung: optuna.Study, trial: FrozenTrial, rung_budget: Budget, forecas
 # many of them (the best by calibrated validation log-loss): averaging seeds of a strong
 # recipe is the cheapest accuracy left once the rung below is used up (Deotte's ensemble of
 # 15 seeds of one augmented CNN tests 99.75 % against 99.65 % for one), and two recipes keep
-# the ensemble from resting on one architecture.
+# the ensemble from resting on one architecture. The next recipes' seeds only fill time in
+# which none of the leaders' fits (sweep I idled both workers 21-25 minutes for want of it).
 SEEDED_RECIPES = 2
 
 
@@ -163,7 +164,7 @@ def top_up(lower: optuna.Study, rung: optuna.Study, rung_budget: Budget, deadlin
         return None
     trials = rung.get_trials(deepcopy=False)
     choice = spare_choice(ranked(lower.get_trials(deepcopy=False), pareto_front(lower)),
-                          seed_leaders(trials) if seeds else [], trainings_of(trials), rung_budget, deadline, now)
+                          seed_recipes(trials) if seeds else [], trainings_of(trials), rung_budget, deadline, now)
     if choice is None:
         return None
     trial, forecast, again = choice
@@ -197,13 +198,15 @@ def trainings_of(trials: list[FrozenTrial]) -> Counter:
     return Counter(source_number(t) for t in trials if records.RETRY_OF not in t.user_attrs)
 
 
-def spare_choice(ranked_below: list[FrozenTrial], leaders: list[FrozenTrial], trainings: Counter,
+def spare_choice(ranked_below: list[FrozenTrial], recipes: list[FrozenTrial], trainings: Counter,
                  rung_budget: Budget, deadline: float, now: float) -> tuple[FrozenTrial, float, bool] | None:
     """What a top-rung worker free at ``now`` takes: the best-ranked recipe of the rung below
     that the rung has not trained (``trainings``: the rung's trainings by source trial) whose
     forecast price fits before ``deadline``, one more finalist; once none is left that fits,
-    another seed of a leading recipe (``seed_leaders``), the leader trained the fewest times
-    first (the better on a tie), whose forecast, its first training's wall-clock there, fits.
+    another seed of one of the rung's ``recipes`` (``seed_recipes``' order) whose forecast, its
+    first training's wall-clock there, fits: a leader's, the leader trained the fewest times
+    first (the better on a tie), else the next recipe's in that order, so a worker does not
+    idle while a seed fits that the leaders' longer trainings do not.
     Returns the trial, its forecast and whether it trains again with another seed; or None.
     It starts once a fresh worker has (``plan.WORKER_START_SECONDS``), so it must fit from then."""
     now += plan.WORKER_START_SECONDS
@@ -212,10 +215,11 @@ def spare_choice(ranked_below: list[FrozenTrial], leaders: list[FrozenTrial], tr
             forecast = plan.price(trial, rung_budget)
             if forecast > 0 and plan.fits(rung_budget, deadline, forecast, now):
                 return trial, forecast, False
-    for leader in sorted(leaders, key=lambda t: trainings[source_number(t)]):
-        forecast = plan.retrain_price(leader)
+    leaders = sorted(recipes[:SEEDED_RECIPES], key=lambda t: trainings[source_number(t)])
+    for recipe in leaders + recipes[SEEDED_RECIPES:]:
+        forecast = plan.retrain_price(recipe)
         if forecast > 0 and plan.fits(rung_budget, deadline, forecast, now):
-            return leader, forecast, True
+            return recipe, forecast, True
     return None
 
 
@@ -230,16 +234,15 @@ def spare_time(ranked_below: list[FrozenTrial], rung_trials: list[FrozenTrial], 
     if deadline is None:
         return None
     ranked_below = list(ranked_below)
-    leaders = []
+    recipes = []
     if seeds:
-        leaders = seed_leaders(rung_trials)
         untrained = [t for t in sorted(rung_trials, key=lambda t: t.number) if records.TRAINING_SEED not in t.user_attrs
                      and t.state in (TrialState.WAITING, TrialState.RUNNING)]
-        leaders += untrained[:SEEDED_RECIPES - len(leaders)]
+        recipes = seed_recipes(rung_trials) + untrained
     trainings = trainings_of(rung_trials)
 
     def take(free_at: float) -> float | None:
-        choice = spare_choice(ranked_below, leaders, trainings, rung_budget, deadline, free_at)
+        choice = spare_choice(ranked_below, recipes, trainings, rung_budget, deadline, free_at)
         if choice is None:
             return None
         trainings[source_number(choice[0])] += 1
@@ -248,14 +251,20 @@ def spare_time(ranked_below: list[FrozenTrial], rung_trials: list[FrozenTrial], 
 
 
 def seed_leaders(trials: list[FrozenTrial]) -> list[FrozenTrial]:
-    """The rung's SEEDED_RECIPES best recipes, each as first trained there: lowest validation
-    log-loss at the model's own temperature first (accuracy on 6,000 images moves in steps of
-    a few images; log-loss also weighs how sure a model is where it is right, which is what
-    an average of seeds gains from), those without one after, by accuracy; and, when none of
-    those is augmented, the best augmented recipe in the last place: validation comes from
-    the training set's writers, where unaugmented recipes rank first, and on the test set's
-    writers the augmented `kaggle_cnn` scores 0.2-0.3 points above its validation figure, the
-    sampled unaugmented leaders at or below theirs (RESULTS.md, sweeps A to D)."""
+    """The rung's SEEDED_RECIPES leading recipes, whose seeds its spare time trains first."""
+    return seed_recipes(trials)[:SEEDED_RECIPES]
+
+
+def seed_recipes(trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    """The rung's recipes, each as first trained there, in the order their spare seeds go:
+    lowest validation log-loss at the model's own temperature first (accuracy on 6,000 images
+    moves in steps of a few images; log-loss also weighs how sure a model is where it is
+    right, which is what an average of seeds gains from), those without one after, by
+    accuracy; and, when none of the SEEDED_RECIPES leaders is augmented, the best augmented
+    recipe moved up to the leaders' last place: validation comes from the training set's
+    writers, where unaugmented recipes rank first, and on the test set's writers the augmented
+    `kaggle_cnn` scores 0.2-0.3 points above its validation figure, the sampled unaugmented
+    leaders at or below theirs (RESULTS.md, sweeps A to D)."""
     firsts = [t for t in trials if t.state == TrialState.COMPLETE and records.TRAINING_SEED not in t.user_attrs]
     firsts.sort(key=lambda t: (t.user_attrs.get(records.CALIBRATED_LOG_LOSS, float("inf")), -(records.accuracy(t) or 0.0)))
     seen, recipes = set(), []
@@ -263,10 +272,12 @@ def seed_leaders(trials: list[FrozenTrial]) -> list[FrozenTrial]:
         if source_number(trial) not in seen:
             seen.add(source_number(trial))
             recipes.append(trial)
-    leaders = recipes[:SEEDED_RECIPES]
-    if len(leaders) == SEEDED_RECIPES >= 2 and not any(augmented(t) for t in leaders):
-        leaders[-1] = next((t for t in recipes if augmented(t)), leaders[-1])
-    return leaders
+    last_leader = SEEDED_RECIPES - 1
+    if len(recipes) > last_leader >= 1 and not any(augmented(t) for t in recipes[:SEEDED_RECIPES]):
+        if (best := next((t for t in recipes if augmented(t)), None)) is not None:
+            recipes.remove(best)
+            recipes.insert(last_leader, best)
+    return recipes
 
 
 def pareto_front(study: optuna.Study) -> frozenset[int]:

@@ -500,9 +500,11 @@ def test_once_the_rung_below_is_used_up_spare_time_trains_the_leaders_again_with
     assert ladder.top_up(lower, rung, rung_budget, now + 9999, now, seed=0) == "kaggle_cnn seed 1"
     assert rung.trials[-1].user_attrs[records.BASELINE] == "kaggle_cnn"
     assert ladder.top_up(lower, rung, rung_budget, now + 9999, now, seed=0) == "trial 7 seed 2"
-    # 300 s left: only trial 7 (200 s) fits, whatever kaggle_cnn's count; then nothing does.
+    # 300 s left: only trial 7 (200 s) fits, whatever kaggle_cnn's count; with 150 s, no
+    # leader's seed fits but trial 0's (100 s) does; with 40 s, none.
     assert ladder.top_up(lower, rung, rung_budget, now + 300 + overhead, now, seed=0) == "trial 7 seed 3"
-    assert ladder.top_up(lower, rung, rung_budget, now + 150 + overhead, now, seed=0) is None
+    assert ladder.top_up(lower, rung, rung_budget, now + 150 + overhead, now, seed=0) == "trial 0 seed 1"
+    assert ladder.top_up(lower, rung, rung_budget, now + 40 + overhead, now, seed=0) is None
     assert ladder.top_up(lower, rung, rung_budget, None, now) is None
     # The forecast makes the same choices, each counted as a fresh worker's start, its price
     # and the expected overhead (trial 7: 220 s, kaggle_cnn 420 s); whether one fits counts
@@ -513,6 +515,35 @@ def test_once_the_rung_below_is_used_up_spare_time_trains_the_leaders_again_with
     spare = ladder.spare_time(ladder.ranked(lower.trials), rung.trials[:4], rung_budget, now + 700 + overhead)
     assert plan.rung_seconds_left(rung.trials[:4], rung_budget, 2, now, now + 700 + overhead, spare) == \
         pytest.approx(660)
+
+
+def test_when_no_leaders_seed_fits_the_next_recipes_that_does_is_trained_rather_than_idle():
+    rung_budget = BUDGETS["full"]
+    lower, rung = optuna.create_study(direction="maximize"), optuna.create_study(direction="maximize")
+    # As sweep I's top rung 25 minutes before its deadline: the leaders by log-loss (trial 2,
+    # kaggle_cnn) each took 30 and 40 minutes there; trial 7 and trial 6
+    # took 14 and 15, and trial 7 leads them by log-loss; trial 5 (18 minutes) is between.
+    for source, loss, seconds, extra in ((2, 0.0214, 60, {}), (9, 0.0220, 80, {records.BASELINE: "kaggle_cnn"}),
+                                         (7, 0.0234, 28, {}), (6, 0.0287, 30, {}), (5, 0.0284, 36, {})):
+        rung.add_trial(timed_trial(source, 0.994, seconds, epochs=30,
+                                   **{records.SOURCE_TRIAL: source, records.CALIBRATED_LOG_LOSS: loss, **extra}))
+    assert [records.label(t) for t in ladder.seed_leaders(rung.trials)] == ["trial 2", "kaggle_cnn"]
+    assert [records.label(t) for t in ladder.seed_recipes(rung.trials)] == \
+        ["trial 2", "kaggle_cnn", "trial 7", "trial 5", "trial 6"]
+    now, overhead = 1_000_000.0, plan.TRIAL_OVERHEAD_SECONDS + plan.WORKER_START_SECONDS
+    deadline = now + 25 * 60
+    assert ladder.top_up(lower, rung, rung_budget, deadline, now, seed=0) == "trial 7 seed 1"
+    assert ladder.top_up(lower, rung, rung_budget, deadline, now, seed=0) == "trial 7 seed 2"
+    # With time for a leader's seed, the leader's goes first, as before.
+    assert ladder.top_up(lower, rung, rung_budget, now + 1800 + overhead, now, seed=0) == "trial 2 seed 1"
+    # Under 15 minutes: only what fits (trial 5, 18 minutes, does not); then nothing.
+    assert ladder.top_up(lower, rung, rung_budget, now + 860 + overhead, now, seed=0) == "trial 7 seed 3"
+    assert ladder.top_up(lower, rung, rung_budget, now + 830 + overhead, now, seed=0) is None
+    # The forecast sees the same: two workers free now, 25 minutes left, each takes trial
+    # 7's seed (860 s, 920 with start and overhead), then nothing more fits.
+    spare = ladder.spare_time([], rung.trials[:5], rung_budget, deadline)
+    assert plan.rung_seconds_left(rung.trials[:5], rung_budget, 2, now, deadline, spare) == pytest.approx(
+        plan.WORKER_START_SECONDS + 840 + plan.EXPECTED_OVERHEAD_SECONDS)
 
 
 def test_a_spare_seed_skips_one_another_top_rung_trained_until_the_time_share_cut_it():
