@@ -205,8 +205,9 @@ def spare_choice(ranked_below: list[FrozenTrial], recipes: list[FrozenTrial], tr
     forecast price fits before ``deadline``, one more finalist; once none is left that fits,
     another seed of one of the rung's ``recipes`` (``seed_recipes``' order) whose forecast, its
     first training's wall-clock there, fits: a leader's, the leader trained the fewest times
-    first (the better on a tie), else the next recipe's in that order, so a worker does not
-    idle while a seed fits that the leaders' longer trainings do not.
+    first (the better on a tie), else the next sampled recipe's in that order, so a worker
+    does not idle while a seed fits that the leaders' longer trainings do not (a baseline's
+    seeds past the leaders only add copies of a comparison point).
     Returns the trial, its forecast and whether it trains again with another seed; or None.
     It starts once a fresh worker has (``plan.WORKER_START_SECONDS``), so it must fit from then."""
     now += plan.WORKER_START_SECONDS
@@ -216,7 +217,8 @@ def spare_choice(ranked_below: list[FrozenTrial], recipes: list[FrozenTrial], tr
             if forecast > 0 and plan.fits(rung_budget, deadline, forecast, now):
                 return trial, forecast, False
     leaders = sorted(recipes[:SEEDED_RECIPES], key=lambda t: trainings[source_number(t)])
-    for recipe in leaders + recipes[SEEDED_RECIPES:]:
+    sampled = [t for t in recipes[SEEDED_RECIPES:] if records.BASELINE not in t.user_attrs]
+    for recipe in leaders + sampled:
         forecast = plan.retrain_price(recipe)
         if forecast > 0 and plan.fits(rung_budget, deadline, forecast, now):
             return recipe, forecast, True

@@ -524,25 +524,27 @@ def test_when_no_leaders_seed_fits_the_next_recipes_that_does_is_trained_rather_
     # kaggle_cnn) each took 30 and 40 minutes there; trial 7 and trial 6
     # took 14 and 15, and trial 7 leads them by log-loss; trial 5 (18 minutes) is between.
     for source, loss, seconds, extra in ((2, 0.0214, 60, {}), (9, 0.0220, 80, {records.BASELINE: "kaggle_cnn"}),
-                                         (7, 0.0234, 28, {}), (6, 0.0287, 30, {}), (5, 0.0284, 36, {})):
+                                         (7, 0.0234, 28, {}), (6, 0.0287, 30, {}), (5, 0.0284, 36, {}),
+                                         (4, 0.0400, 5, {records.BASELINE: "lenet5"})):
         rung.add_trial(timed_trial(source, 0.994, seconds, epochs=30,
                                    **{records.SOURCE_TRIAL: source, records.CALIBRATED_LOG_LOSS: loss, **extra}))
     assert [records.label(t) for t in ladder.seed_leaders(rung.trials)] == ["trial 2", "kaggle_cnn"]
     assert [records.label(t) for t in ladder.seed_recipes(rung.trials)] == \
-        ["trial 2", "kaggle_cnn", "trial 7", "trial 5", "trial 6"]
+        ["trial 2", "kaggle_cnn", "trial 7", "trial 5", "trial 6", "lenet5"]
     now, overhead = 1_000_000.0, plan.TRIAL_OVERHEAD_SECONDS + plan.WORKER_START_SECONDS
     deadline = now + 25 * 60
     assert ladder.top_up(lower, rung, rung_budget, deadline, now, seed=0) == "trial 7 seed 1"
     assert ladder.top_up(lower, rung, rung_budget, deadline, now, seed=0) == "trial 7 seed 2"
     # With time for a leader's seed, the leader's goes first, as before.
     assert ladder.top_up(lower, rung, rung_budget, now + 1800 + overhead, now, seed=0) == "trial 2 seed 1"
-    # Under 15 minutes: only what fits (trial 5, 18 minutes, does not); then nothing.
+    # Under 15 minutes: only what fits (trial 5, 18 minutes, does not); then nothing: a
+    # baseline past the leaders (lenet5, 150 s) adds only a copy of a comparison point.
     assert ladder.top_up(lower, rung, rung_budget, now + 860 + overhead, now, seed=0) == "trial 7 seed 3"
     assert ladder.top_up(lower, rung, rung_budget, now + 830 + overhead, now, seed=0) is None
     # The forecast sees the same: two workers free now, 25 minutes left, each takes trial
     # 7's seed (860 s, 920 with start and overhead), then nothing more fits.
-    spare = ladder.spare_time([], rung.trials[:5], rung_budget, deadline)
-    assert plan.rung_seconds_left(rung.trials[:5], rung_budget, 2, now, deadline, spare) == pytest.approx(
+    spare = ladder.spare_time([], rung.trials[:6], rung_budget, deadline)
+    assert plan.rung_seconds_left(rung.trials[:6], rung_budget, 2, now, deadline, spare) == pytest.approx(
         plan.WORKER_START_SECONDS + 840 + plan.EXPECTED_OVERHEAD_SECONDS)
 
 
