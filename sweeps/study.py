@@ -238,7 +238,9 @@ def earlier_best(storage: optuna.storages.BaseStorage, study_name: str, fingerpr
 
     same = (records.SEARCH_SPACE_VERSION_KEY, records.DATA_SHA256_KEY, records.SPLIT_SEED_KEY)
     at_the_top, explored = [], []
-    for summary in optuna.study.get_all_study_summaries(storage, include_best_trial=False):
+    summaries = optuna.study.get_all_study_summaries(storage, include_best_trial=False)
+    names = {summary.study_name for summary in summaries}
+    for summary in summaries:
         recorded = summary.user_attrs.get(records.FINGERPRINT, {})
         if (summary.study_name == study_name or "@" in summary.study_name
                 or any(recorded.get(key) != fingerprint.get(key) for key in same)):
@@ -248,7 +250,7 @@ def earlier_best(storage: optuna.storages.BaseStorage, study_name: str, fingerpr
         explored += [(summary.study_name, trial) for trial in trials if trial.state == TrialState.COMPLETE
                      and records.BASELINE not in trial.user_attrs and records.accuracy(trial) is not None]
         result = records.ladder_result(study)
-        if result is None:
+        if result is None or result.top_rung not in names:  # no ladder yet, or its top rung deleted
             continue
         for trained in optuna.load_study(study_name=result.top_rung, storage=storage).get_trials(deepcopy=False):
             if (trained.state == TrialState.COMPLETE and records.CALIBRATED_LOG_LOSS in trained.user_attrs

@@ -128,6 +128,8 @@ def test_a_new_study_starts_from_what_won_at_the_earlier_top_rungs_before_what_e
         [("first", 2), ("first", 3), ("first", 0), ("second", 5), ("first", 1)]
     assert best[0][1].state == TrialState.PRUNED and best[0][1].number == 2  # the exploring trial, as explored
     assert [trial.params["x"] for _, trial in sweep_study.earlier_best(storage, "first", setup, count=2)] == [5]
+    optuna.delete_study(study_name="first@full", storage=storage)  # a user tidied the store by hand
+    assert [trial.params["x"] for _, trial in sweep_study.earlier_best(storage, "third", setup, count=2)] == [5, 0]
 
 
 @pytest.mark.slow
