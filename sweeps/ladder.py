@@ -252,21 +252,27 @@ def spare_time(ranked_below: list[FrozenTrial], rung_trials: list[FrozenTrial], 
     return take
 
 
-def seed_leaders(trials: list[FrozenTrial]) -> list[FrozenTrial]:
-    """The rung's SEEDED_RECIPES leading recipes, whose seeds its spare time trains first."""
-    return seed_recipes(trials)[:SEEDED_RECIPES]
-
-
 def seed_recipes(trials: list[FrozenTrial]) -> list[FrozenTrial]:
-    """The rung's recipes, each as first trained there, in the order their spare seeds go:
-    lowest validation log-loss at the model's own temperature first (accuracy on 6,000 images
-    moves in steps of a few images; log-loss also weighs how sure a model is where it is
-    right, which is what an average of seeds gains from), those without one after, by
-    accuracy; and, when none of the SEEDED_RECIPES leaders is augmented, the best augmented
-    recipe moved up to the leaders' last place: validation comes from the training set's
-    writers, where unaugmented recipes rank first, and on the test set's writers the augmented
+    """The rung's recipes in the order their spare seeds go, the first SEEDED_RECIPES leading:
+    ``by_log_loss``'s, but when none of the leaders is augmented, the best augmented recipe
+    moved up to the leaders' last place: validation comes from the training set's writers,
+    where unaugmented recipes rank first, and on the test set's writers the augmented
     `kaggle_cnn` scores 0.2-0.3 points above its validation figure, the sampled unaugmented
     leaders at or below theirs (RESULTS.md, sweeps A to D)."""
+    recipes = by_log_loss(trials)
+    last_leader = SEEDED_RECIPES - 1
+    if len(recipes) > last_leader >= 1 and not any(augmented(t) for t in recipes[:SEEDED_RECIPES]):
+        if (best := next((t for t in recipes if augmented(t)), None)) is not None:
+            recipes.remove(best)
+            recipes.insert(last_leader, best)
+    return recipes
+
+
+def by_log_loss(trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    """A rung's recipes, each as first trained there (not its spare seeds): lowest validation
+    log-loss at the model's own temperature first (accuracy on 6,000 images moves in steps of
+    a few images; log-loss also weighs how sure a model is where it is right, which is what
+    an average of seeds gains from), those without one after, by accuracy."""
     firsts = [t for t in trials if t.state == TrialState.COMPLETE and records.TRAINING_SEED not in t.user_attrs]
     firsts.sort(key=lambda t: (t.user_attrs.get(records.CALIBRATED_LOG_LOSS, float("inf")), -(records.accuracy(t) or 0.0)))
     seen, recipes = set(), []
@@ -274,11 +280,6 @@ def seed_recipes(trials: list[FrozenTrial]) -> list[FrozenTrial]:
         if source_number(trial) not in seen:
             seen.add(source_number(trial))
             recipes.append(trial)
-    last_leader = SEEDED_RECIPES - 1
-    if len(recipes) > last_leader >= 1 and not any(augmented(t) for t in recipes[:SEEDED_RECIPES]):
-        if (best := next((t for t in recipes if augmented(t)), None)) is not None:
-            recipes.remove(best)
-            recipes.insert(last_leader, best)
     return recipes
 
 

@@ -235,6 +235,7 @@ def earlier_best(storage: optuna.storages.BaseStorage, study_name: str, fingerpr
     the top budget: a recipe that pays only there (an augmented one, for one) ranks low at the
     exploring budget, where the pruner may even have stopped it."""
     from harness import records
+    from sweeps import ladder
 
     same = (records.SEARCH_SPACE_VERSION_KEY, records.DATA_SHA256_KEY, records.SPLIT_SEED_KEY)
     at_the_top, explored = [], []
@@ -252,11 +253,11 @@ def earlier_best(storage: optuna.storages.BaseStorage, study_name: str, fingerpr
         result = records.ladder_result(study)
         if result is None or result.top_rung not in names:  # no ladder yet, or its top rung deleted
             continue
-        for trained in optuna.load_study(study_name=result.top_rung, storage=storage).get_trials(deepcopy=False):
-            if (trained.state == TrialState.COMPLETE and records.CALIBRATED_LOG_LOSS in trained.user_attrs
-                    and records.BASELINE not in trained.user_attrs and records.TRAINING_SEED not in trained.user_attrs):
-                source = trials[trained.user_attrs.get(records.SOURCE_TRIAL, trained.number)]
-                at_the_top.append((trained.user_attrs[records.CALIBRATED_LOG_LOSS], summary.study_name, source))
+        top_rung = optuna.load_study(study_name=result.top_rung, storage=storage)
+        for trained in ladder.by_log_loss(top_rung.get_trials(deepcopy=False)):
+            if records.CALIBRATED_LOG_LOSS in trained.user_attrs and records.BASELINE not in trained.user_attrs:
+                at_the_top.append((trained.user_attrs[records.CALIBRATED_LOG_LOSS], summary.study_name,
+                                   trials[ladder.source_number(trained)]))
     ordered = [(name, trial) for _, name, trial in sorted(at_the_top, key=lambda found: found[0])]
     ordered += sorted(explored, key=lambda pair: records.accuracy(pair[1]), reverse=True)
     best, seen = [], set()

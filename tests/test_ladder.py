@@ -486,7 +486,7 @@ def test_once_the_rung_below_is_used_up_spare_time_trains_the_leaders_again_with
         if loss is not None:
             attributes[records.CALIBRATED_LOG_LOSS] = loss
         rung.add_trial(timed_trial(source, value, seconds, epochs=10, **attributes))
-    assert [records.label(t) for t in ladder.seed_leaders(rung.trials)] == ["trial 7", "kaggle_cnn"]
+    assert [records.label(t) for t in ladder.seed_recipes(rung.trials)[:ladder.SEEDED_RECIPES]] == ["trial 7", "kaggle_cnn"]
     now = 1_000_000.0
     overhead = plan.TRIAL_OVERHEAD_SECONDS
     # Each leader's forecast is its first training's wall-clock there (10 epochs): 200 and 400 s.
@@ -528,7 +528,7 @@ def test_when_no_leaders_seed_fits_the_next_recipes_that_does_is_trained_rather_
                                          (4, 0.0400, 5, {records.BASELINE: "lenet5"})):
         rung.add_trial(timed_trial(source, 0.994, seconds, epochs=30,
                                    **{records.SOURCE_TRIAL: source, records.CALIBRATED_LOG_LOSS: loss, **extra}))
-    assert [records.label(t) for t in ladder.seed_leaders(rung.trials)] == ["trial 2", "kaggle_cnn"]
+    assert [records.label(t) for t in ladder.seed_recipes(rung.trials)[:ladder.SEEDED_RECIPES]] == ["trial 2", "kaggle_cnn"]
     assert [records.label(t) for t in ladder.seed_recipes(rung.trials)] == \
         ["trial 2", "kaggle_cnn", "trial 7", "trial 5", "trial 6", "lenet5"]
     now, overhead = 1_000_000.0, plan.TRIAL_OVERHEAD_SECONDS + plan.WORKER_START_SECONDS
@@ -850,17 +850,17 @@ def test_the_best_augmented_recipe_takes_the_last_seed_leaders_place_when_none_o
     for trial in (trained(1, 0.020), trained(2, 0.022), trained(3, 0.026, augment=True, rotation=10.0),
                   trained(4, 0.030, augment=True, zoom=0.1), trained(5, 0.021)):
         rung.add_trial(trial)
-    leaders = ladder.seed_leaders(rung.trials)
+    leaders = ladder.seed_recipes(rung.trials)[:ladder.SEEDED_RECIPES]
     assert [t.user_attrs[records.SOURCE_TRIAL] for t in leaders] == [1, 3]  # not 5, the second by log-loss
     assert ladder.augmented(leaders[-1])
     # Where one of the best is augmented already, log-loss alone decides.
     rung.add_trial(trained(6, 0.019, augment=True, shift=0.1))
-    assert [t.user_attrs[records.SOURCE_TRIAL] for t in ladder.seed_leaders(rung.trials)] == [6, 1]
+    assert [t.user_attrs[records.SOURCE_TRIAL] for t in ladder.seed_recipes(rung.trials)[:ladder.SEEDED_RECIPES]] == [6, 1]
     # No augmented recipe trained there: the best two by log-loss.
     plain = optuna.create_study(direction="maximize")
     for trial in (trained(1, 0.020), trained(2, 0.022), trained(5, 0.021)):
         plain.add_trial(trial)
-    assert [t.user_attrs[records.SOURCE_TRIAL] for t in ladder.seed_leaders(plain.trials)] == [1, 5]
+    assert [t.user_attrs[records.SOURCE_TRIAL] for t in ladder.seed_recipes(plain.trials)[:ladder.SEEDED_RECIPES]] == [1, 5]
 
 
 def model_trial(value: float, run_id: str, source: int, state=TrialState.COMPLETE, **user_attrs):
