@@ -63,18 +63,11 @@ def best_k(candidates: list[np.ndarray], labels: np.ndarray) -> dict[int, float]
 
 def sorted_start_then_greedy(candidates: list[np.ndarray], labels: np.ndarray) -> dict[int, float]:
     """Caruana's sorted initialisation: start from the best k (as ``best_k``), then the step's
-    greedy rounds on top; each start model counts as one round."""
+    greedy rounds on top, with no cap on distinct members."""
     start = best_k_by_log_loss(candidates, labels)
-    total = sum(candidates[index].astype(np.float64) for index in start)
-    chosen, curve = list(start), [log_loss(total / len(start), labels)]
-    for _ in range(ENSEMBLE_ROUNDS):
-        size = len(chosen) + 1
-        trials = {index: log_loss((total + candidates[index]) / size, labels) for index in range(len(candidates))}
-        best = min(trials, key=lambda index: (trials[index], index))
-        chosen.append(best)
-        total += candidates[best]
-        curve.append(trials[best])
-    return ensemble.weights_of(chosen[: len(start) + int(np.argmin(curve))])
+    chosen, _ = ensemble.greedy_selection(candidates, labels, rounds=len(start) + ENSEMBLE_ROUNDS,
+                                          most_members=len(candidates), start=start)
+    return ensemble.weights_of(chosen)
 
 
 def bagged(over_models: bool):

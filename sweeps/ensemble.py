@@ -84,16 +84,17 @@ def accuracy(probabilities: np.ndarray, labels: np.ndarray) -> float:
 
 
 def greedy_selection(probabilities: list[np.ndarray], labels: np.ndarray, rounds: int = ENSEMBLE_ROUNDS,
-                     most_members: int = ENSEMBLE_MEMBERS) -> tuple[list[int], list[float]]:
+                     most_members: int = ENSEMBLE_MEMBERS, start: list[int] | None = None,
+                     ) -> tuple[list[int], list[float]]:
     """Caruana's forward selection with replacement on validation log-loss. Returns the
     candidates chosen, one entry per round kept (a model chosen twice weighs twice), and the
     log-loss after each round tried. At most ``most_members`` distinct models: past that, a
-    round may only weigh up a model already in."""
-    losses = [log_loss(p, labels) for p in probabilities]
-    chosen = [int(np.argmin(losses))]
-    total = probabilities[chosen[0]].astype(np.float64)
-    curve = [losses[chosen[0]]]
-    for _ in range(rounds - 1):
+    round may only weigh up a model already in. ``start`` (Caruana's sorted initialisation)
+    is kept whole and counts as its length in rounds; by default the start is the best model."""
+    chosen = list(start) if start else [int(np.argmin([log_loss(p, labels) for p in probabilities]))]
+    total = sum(probabilities[index].astype(np.float64) for index in chosen)
+    curve = [log_loss(total / len(chosen), labels)]
+    for _ in range(rounds - len(chosen)):
         allowed = range(len(probabilities)) if len(set(chosen)) < most_members else sorted(set(chosen))
         size = len(chosen) + 1
         trials = {index: log_loss((total + probabilities[index]) / size, labels) for index in allowed}
@@ -101,7 +102,7 @@ def greedy_selection(probabilities: list[np.ndarray], labels: np.ndarray, rounds
         chosen.append(best)
         total += probabilities[best]
         curve.append(trials[best])
-    kept = int(np.argmin(curve)) + 1  # the first round with the lowest log-loss
+    kept = len(chosen) - len(curve) + 1 + int(np.argmin(curve))  # the first round with the lowest log-loss
     return chosen[:kept], curve
 
 
