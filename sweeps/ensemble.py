@@ -93,8 +93,8 @@ def greedy_selection(probabilities: list[np.ndarray], labels: np.ndarray, rounds
     is kept whole and counts as its length in rounds; by default the start is the best model."""
     chosen = list(start) if start else [int(np.argmin([log_loss(p, labels) for p in probabilities]))]
     total = sum(probabilities[index].astype(np.float64) for index in chosen)
-    curve = [log_loss(total / len(chosen), labels)]
-    for _ in range(rounds - len(chosen)):
+    curve, started = [log_loss(total / len(chosen), labels)], len(chosen)
+    for _ in range(rounds - started):
         allowed = range(len(probabilities)) if len(set(chosen)) < most_members else sorted(set(chosen))
         size = len(chosen) + 1
         trials = {index: log_loss((total + probabilities[index]) / size, labels) for index in allowed}
@@ -102,7 +102,7 @@ def greedy_selection(probabilities: list[np.ndarray], labels: np.ndarray, rounds
         chosen.append(best)
         total += probabilities[best]
         curve.append(trials[best])
-    kept = len(chosen) - len(curve) + 1 + int(np.argmin(curve))  # the first round with the lowest log-loss
+    kept = started + int(np.argmin(curve))  # the first round with the lowest log-loss
     return chosen[:kept], curve
 
 
