@@ -164,7 +164,7 @@ def top_up(lower: optuna.Study, rung: optuna.Study, rung_budget: Budget, deadlin
         return None
     trials = rung.get_trials(deepcopy=False)
     choice = spare_choice(ranked(lower.get_trials(deepcopy=False), pareto_front(lower)),
-                          seed_recipes(trials) if seeds else [], trainings_of(trials), rung_budget, deadline, now)
+                          by_log_loss(trials) if seeds else [], trainings_of(trials), rung_budget, deadline, now)
     if choice is None:
         return None
     trial, forecast, again = choice
@@ -203,11 +203,12 @@ def spare_choice(ranked_below: list[FrozenTrial], recipes: list[FrozenTrial], tr
     """What a top-rung worker free at ``now`` takes: the best-ranked recipe of the rung below
     that the rung has not trained (``trainings``: the rung's trainings by source trial) whose
     forecast price fits before ``deadline``, one more finalist; once none is left that fits,
-    another seed of one of the rung's ``recipes`` (``seed_recipes``' order) whose forecast, its
-    first training's wall-clock there, fits: a leader's, the leader trained the fewest times
-    first (the better on a tie), else the next sampled recipe's in that order, so a worker
-    does not idle while a seed fits that the leaders' longer trainings do not (a baseline's
-    seeds past the leaders only add copies of a comparison point).
+    another seed of one of the rung's ``recipes`` (``by_log_loss``' order; ``seed_recipes``
+    picks the leaders among them, its augmented one among those whose seed fits) whose
+    forecast, its first training's wall-clock there, fits: a leader's, the leader trained the
+    fewest times first (the better on a tie), else the next sampled recipe's in that order, so
+    a worker does not idle while a seed fits that the leaders' longer trainings do not (a
+    baseline's seeds past the leaders only add copies of a comparison point).
     Returns the trial, its forecast and whether it trains again with another seed; or None.
     It starts once a fresh worker has (``plan.WORKER_START_SECONDS``), so it must fit from then."""
     now += plan.WORKER_START_SECONDS
@@ -216,12 +217,16 @@ def spare_choice(ranked_below: list[FrozenTrial], recipes: list[FrozenTrial], tr
             forecast = plan.price(trial, rung_budget)
             if forecast > 0 and plan.fits(rung_budget, deadline, forecast, now):
                 return trial, forecast, False
+
+    def seed_fits(recipe: FrozenTrial) -> bool:
+        forecast = plan.retrain_price(recipe)
+        return forecast > 0 and plan.fits(rung_budget, deadline, forecast, now)
+    recipes = seed_recipes(recipes, seed_fits)
     leaders = sorted(recipes[:SEEDED_RECIPES], key=lambda t: trainings[source_number(t)])
     sampled = [t for t in recipes[SEEDED_RECIPES:] if records.BASELINE not in t.user_attrs]
     for recipe in leaders + sampled:
-        forecast = plan.retrain_price(recipe)
-        if forecast > 0 and plan.fits(rung_budget, deadline, forecast, now):
-            return recipe, forecast, True
+        if seed_fits(recipe):
+            return recipe, plan.retrain_price(recipe), True
     return None
 
 
@@ -240,7 +245,7 @@ def spare_time(ranked_below: list[FrozenTrial], rung_trials: list[FrozenTrial], 
     if seeds:
         untrained = [t for t in sorted(rung_trials, key=lambda t: t.number) if records.TRAINING_SEED not in t.user_attrs
                      and t.state in (TrialState.WAITING, TrialState.RUNNING)]
-        recipes = seed_recipes(rung_trials) + untrained
+        recipes = by_log_loss(rung_trials) + untrained
     trainings = trainings_of(rung_trials)
 
     def take(free_at: float) -> float | None:
@@ -252,17 +257,21 @@ def spare_time(ranked_below: list[FrozenTrial], rung_trials: list[FrozenTrial], 
     return take
 
 
-def seed_recipes(trials: list[FrozenTrial]) -> list[FrozenTrial]:
-    """The rung's recipes in the order their spare seeds go, the first SEEDED_RECIPES leading:
-    ``by_log_loss``'s, but when none of the leaders is augmented, the best augmented recipe
-    moved up to the leaders' last place: validation comes from the training set's writers,
-    where unaugmented recipes rank first, and on the test set's writers the augmented
-    `kaggle_cnn` scores 0.2-0.3 points above its validation figure, the sampled unaugmented
-    leaders at or below theirs (RESULTS.md, sweeps A to D)."""
-    recipes = by_log_loss(trials)
+def seed_recipes(recipes: list[FrozenTrial],
+                 can_seed: Callable[[FrozenTrial], bool] = lambda recipe: True) -> list[FrozenTrial]:
+    """The rung's ``recipes`` (``by_log_loss``' order) in the order their spare seeds go, the
+    first SEEDED_RECIPES leading: that order, but when none of the leaders is augmented, the
+    best augmented recipe that ``can_seed`` (whose seed fits the time left) moved up to the
+    leaders' last place: validation comes from the training set's writers, where unaugmented
+    recipes rank first, and on the test set's writers the augmented `kaggle_cnn` scores
+    0.2-0.3 points above its validation figure, the sampled unaugmented leaders at or below
+    theirs (RESULTS.md, sweeps A to D). A leader whose seed cannot fit would give the place
+    to the other leader's seeds alone: in sweep J `kaggle_cnn` (40 minutes a training) held
+    it, and all seven spare seeds went to one unaugmented recipe."""
+    recipes = list(recipes)
     last_leader = SEEDED_RECIPES - 1
     if len(recipes) > last_leader >= 1 and not any(augmented(t) for t in recipes[:SEEDED_RECIPES]):
-        if (best := next((t for t in recipes if augmented(t)), None)) is not None:
+        if (best := next((t for t in recipes if augmented(t) and can_seed(t)), None)) is not None:
             recipes.remove(best)
             recipes.insert(last_leader, best)
     return recipes

@@ -472,6 +472,11 @@ def test_a_worker_that_comes_free_with_time_left_tops_the_rung_up_with_the_best_
     assert ladder.top_up(lower, rung, rung_budget, now + 9999, now) is None  # the rung holds every recipe
 
 
+def seed_leaders(trials):
+    """A rung's recipes whose spare seeds go first, whatever the time left."""
+    return ladder.seed_recipes(ladder.by_log_loss(trials))[:ladder.SEEDED_RECIPES]
+
+
 def test_once_the_rung_below_is_used_up_spare_time_trains_the_leaders_again_with_seeds_of_their_own():
     rung_budget = BUDGETS["full"]
     lower = optuna.create_study(direction="maximize")
@@ -486,7 +491,7 @@ def test_once_the_rung_below_is_used_up_spare_time_trains_the_leaders_again_with
         if loss is not None:
             attributes[records.CALIBRATED_LOG_LOSS] = loss
         rung.add_trial(timed_trial(source, value, seconds, epochs=10, **attributes))
-    assert [records.label(t) for t in ladder.seed_recipes(rung.trials)[:ladder.SEEDED_RECIPES]] == ["trial 7", "kaggle_cnn"]
+    assert [records.label(t) for t in seed_leaders(rung.trials)] == ["trial 7", "kaggle_cnn"]
     now = 1_000_000.0
     overhead = plan.TRIAL_OVERHEAD_SECONDS
     # Each leader's forecast is its first training's wall-clock there (10 epochs): 200 and 400 s.
@@ -528,8 +533,8 @@ def test_when_no_leaders_seed_fits_the_next_recipes_that_does_is_trained_rather_
                                          (4, 0.0400, 5, {records.BASELINE: "lenet5"})):
         rung.add_trial(timed_trial(source, 0.994, seconds, epochs=30,
                                    **{records.SOURCE_TRIAL: source, records.CALIBRATED_LOG_LOSS: loss, **extra}))
-    assert [records.label(t) for t in ladder.seed_recipes(rung.trials)[:ladder.SEEDED_RECIPES]] == ["trial 2", "kaggle_cnn"]
-    assert [records.label(t) for t in ladder.seed_recipes(rung.trials)] == \
+    assert [records.label(t) for t in seed_leaders(rung.trials)] == ["trial 2", "kaggle_cnn"]
+    assert [records.label(t) for t in ladder.seed_recipes(ladder.by_log_loss(rung.trials))] == \
         ["trial 2", "kaggle_cnn", "trial 7", "trial 5", "trial 6", "lenet5"]
     now, overhead = 1_000_000.0, plan.TRIAL_OVERHEAD_SECONDS + plan.WORKER_START_SECONDS
     deadline = now + 25 * 60
@@ -546,6 +551,43 @@ def test_when_no_leaders_seed_fits_the_next_recipes_that_does_is_trained_rather_
     spare = ladder.spare_time([], rung.trials[:6], rung_budget, deadline)
     assert plan.rung_seconds_left(rung.trials[:6], rung_budget, 2, now, deadline, spare) == pytest.approx(
         plan.WORKER_START_SECONDS + 840 + plan.EXPECTED_OVERHEAD_SECONDS)
+
+
+def test_the_augmented_seed_leader_is_the_best_augmented_recipe_whose_seed_fits_the_time_left():
+    rung_budget = BUDGETS["full"]
+    lower, rung = optuna.create_study(direction="maximize"), optuna.create_study(direction="maximize")
+    # As sweep J's top rung: by log-loss trial 59 and trial 52 lead, both unaugmented; the best
+    # augmented recipe is kaggle_cnn (127 s an epoch, 19 epochs: 2413 s), the next trial 8
+    # (36 s, 30 epochs: 1080 s). J gave every spare seed to trial 59.
+    for source, loss, seconds, epochs, rotation, extra in (
+            (59, 0.0195, 28, 30, 0.0, {}), (52, 0.0211, 34, 30, 0.0, {}),
+            (0, 0.0261, 127, 19, 10.0, {records.BASELINE: "kaggle_cnn"}), (8, 0.0285, 36, 30, 18.0, {})):
+        start = datetime.datetime(2026, 12, 4, 21, 0)
+        rung.add_trial(optuna.trial.FrozenTrial(
+            number=0, trial_id=0, state=TrialState.COMPLETE, value=0.995, values=None, datetime_start=start,
+            datetime_complete=start + datetime.timedelta(seconds=seconds * epochs),
+            params={"x": source, "rotation": rotation},
+            distributions={"x": optuna.distributions.IntDistribution(0, 99),
+                           "rotation": optuna.distributions.FloatDistribution(0.0, 30.0)},
+            user_attrs={records.SOURCE_TRIAL: source, records.CALIBRATED_LOG_LOSS: loss, **extra}, system_attrs={},
+            intermediate_values={epoch: 0.995 for epoch in range(epochs)}))
+    assert [records.label(t) for t in seed_leaders(rung.trials)] == ["trial 59", "kaggle_cnn"]
+    now, overhead = 1_000_000.0, plan.TRIAL_OVERHEAD_SECONDS + plan.WORKER_START_SECONDS
+    # With time for kaggle_cnn's seed, it is the augmented leader, as before.
+    assert ladder.top_up(lower, rung, rung_budget, now + 2500 + overhead, now, seed=0) == "trial 59 seed 1"
+    assert ladder.top_up(lower, rung, rung_budget, now + 2500 + overhead, now, seed=0) == "kaggle_cnn seed 1"
+    # 40 minutes left: kaggle_cnn's does not fit, so trial 8 takes its place, and the seeds
+    # alternate between the two leaders, the one trained the fewest times first.
+    deadline = now + 40 * 60
+    assert ladder.top_up(lower, rung, rung_budget, deadline, now, seed=0) == "trial 8 seed 1"
+    assert ladder.top_up(lower, rung, rung_budget, deadline, now, seed=0) == "trial 59 seed 2"
+    assert ladder.top_up(lower, rung, rung_budget, deadline, now, seed=0) == "trial 8 seed 2"
+    # 16 minutes left: only trial 59's seed (840 s) fits.
+    assert ladder.top_up(lower, rung, rung_budget, now + 900 + overhead, now, seed=0) == "trial 59 seed 3"
+    # The forecast sees the same leaders: two workers free now, 40 minutes left, take trial
+    # 59's and trial 8's seeds (the rung as first trained), then trial 59's again.
+    spare = ladder.spare_time([], rung.trials[:4], rung_budget, deadline)
+    assert [spare(now), spare(now)] == [840, 1080]
 
 
 def test_a_spare_seed_skips_one_another_top_rung_trained_until_the_time_share_cut_it():
@@ -850,17 +892,17 @@ def test_the_best_augmented_recipe_takes_the_last_seed_leaders_place_when_none_o
     for trial in (trained(1, 0.020), trained(2, 0.022), trained(3, 0.026, augment=True, rotation=10.0),
                   trained(4, 0.030, augment=True, zoom=0.1), trained(5, 0.021)):
         rung.add_trial(trial)
-    leaders = ladder.seed_recipes(rung.trials)[:ladder.SEEDED_RECIPES]
+    leaders = seed_leaders(rung.trials)
     assert [t.user_attrs[records.SOURCE_TRIAL] for t in leaders] == [1, 3]  # not 5, the second by log-loss
     assert ladder.augmented(leaders[-1])
     # Where one of the best is augmented already, log-loss alone decides.
     rung.add_trial(trained(6, 0.019, augment=True, shift=0.1))
-    assert [t.user_attrs[records.SOURCE_TRIAL] for t in ladder.seed_recipes(rung.trials)[:ladder.SEEDED_RECIPES]] == [6, 1]
+    assert [t.user_attrs[records.SOURCE_TRIAL] for t in seed_leaders(rung.trials)] == [6, 1]
     # No augmented recipe trained there: the best two by log-loss.
     plain = optuna.create_study(direction="maximize")
     for trial in (trained(1, 0.020), trained(2, 0.022), trained(5, 0.021)):
         plain.add_trial(trial)
-    assert [t.user_attrs[records.SOURCE_TRIAL] for t in ladder.seed_recipes(plain.trials)[:ladder.SEEDED_RECIPES]] == [1, 5]
+    assert [t.user_attrs[records.SOURCE_TRIAL] for t in seed_leaders(plain.trials)] == [1, 5]
 
 
 def model_trial(value: float, run_id: str, source: int, state=TrialState.COMPLETE, **user_attrs):
