@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
+from optuna.trial import FrozenTrial
 
 from benchmarks import halves
 from harness import cli, data, records, tracking
@@ -43,6 +44,7 @@ class StoreModels(NamedTuple):
     own_ids: list[str]  # the ids of the sweep's own top rung's best ENSEMBLE_CANDIDATES
     pooled_ids: list[str]  # the ids the ensemble step weighs
     predicted: dict[str, np.ndarray]  # by model run id
+    trials: dict[str, FrozenTrial]  # by model run id, the trial that trained or reused it
     y_val: np.ndarray  # the validation images' digits
 
 
@@ -59,13 +61,14 @@ def store_models(study_name: str, storage: str | None, data_path, tracking_uri: 
     others = sweep_study.other_top_rungs(opened, result.top_rung)
     every = ladder.ensemble_candidates(own, others, len(own) + sum(map(len, others.values())))
     labelled = {records.model_run_id(candidate.trial): candidate.label for candidate in every}
+    trials = {records.model_run_id(candidate.trial): candidate.trial for candidate in every}
     own_ids = [records.model_run_id(t) for t in own][:ENSEMBLE_CANDIDATES]
     pooled_ids = [records.model_run_id(c.trial) for c in ladder.ensemble_candidates(own, others, ENSEMBLE_CANDIDATES)]
     split = data.split(data.load(data_path), data.DEFAULT_SPLIT_SEED)
     tracking.use_store(tracking.tracking_uri(tracking_uri))
     predicted = {run_id: mlflow.keras.load_model(f"runs:/{run_id}/model").predict(split.x_val[..., None], batch_size=1000, verbose=0)
                  for run_id in labelled}
-    return StoreModels(result.top_rung, list(others), labelled, own_ids, pooled_ids, predicted, split.y_val)
+    return StoreModels(result.top_rung, list(others), labelled, own_ids, pooled_ids, predicted, trials, split.y_val)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

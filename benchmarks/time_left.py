@@ -1,4 +1,4 @@
-"""Benchmark 9: how true was a sweep's "time left in all"? Reads the plain progress lines a
+"""Benchmark 11: how true was a sweep's "time left in all"? Reads the plain progress lines a
 sweep writes when its stderr is not a terminal (``HH:MM:SS phase: ..., H:MM:SS in all, ...``)
 and prints the reading nearest 10, 50 and 90 % of its wall-clock beside the real time left.
 

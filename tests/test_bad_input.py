@@ -16,7 +16,7 @@ import train_trial
 from digits import predict
 from sweeps import reproduce, run as sweep_run
 from analysis import compare
-from benchmarks import selection_rules, store_pool, time_left, view_averaging
+from benchmarks import selection_rules, spare_seeds, store_pool, time_left, view_averaging
 
 pytestmark = pytest.mark.slow  # against a finished smoke sweep
 
@@ -124,6 +124,9 @@ def cases(folder):
         "selection rules benchmark: a study without an ensemble": (selection_rules.main, ["--study", "mnist-sweep",
                                                                                          "--storage", journal],
                                                                    "has no ensemble yet"),
+        "spare seeds benchmark: a study without an ensemble": (spare_seeds.main, ["--study", "mnist-sweep",
+                                                                                 "--storage", journal],
+                                                               "has no ensemble yet"),
         "time left: a log that does not exist": (time_left.main, ["missing.txt"], "missing.txt: cannot read it"),
         "time left: a log without progress lines": (time_left.main, ["train.csv"], "no progress line"),
         "time left: a start that is not a time": (time_left.main, ["summary.txt", "--started", "noon"],

@@ -1,6 +1,7 @@
 """The benchmarks' own logic: the sweep-efficiency verdict (a ratio when both arms reached a
 threshold, an upper bound when the no-pruning arm stopped first, and a target called met only
-when the figures show it), the EMA arms, and the ensemble selection rules compared."""
+when the figures show it), the EMA arms, the ensemble selection rules compared, and the
+spare-seed sets (models grouped by recipe in seed order, paired one recipe against two)."""
 
 import pytest
 
@@ -74,3 +75,25 @@ def test_best_k_adds_candidates_while_the_plain_average_improves():
     second = np.array([[0.9, 0.1], [0.6, 0.4], [0.9, 0.1], [0.1, 0.9]])
     useless = np.array([[0.1, 0.9], [0.9, 0.1], [0.1, 0.9], [0.9, 0.1]])
     assert sorted(selection_rules.best_k_by_log_loss([first, useless, second], labels)) == [0, 2]
+
+
+def test_spare_seed_sets_group_models_by_recipe_in_seed_order_and_pair_them():
+    from optuna.distributions import CategoricalDistribution
+    from optuna.trial import create_trial
+
+    from benchmarks import spare_seeds
+    from harness import records
+
+    def model(filters: int, seed: int | None):
+        attrs = {} if seed is None else {records.TRAINING_SEED: seed}
+        return create_trial(params={"filters": filters}, distributions={"filters": CategoricalDistribution([16, 32, 64])},
+                            value=0.99, user_attrs=attrs)
+
+    trials = {"a2": model(16, 2), "b0": model(32, None), "a0": model(16, None), "a3": model(16, 3), "a1": model(16, 1),
+              "b1": model(32, 1), "c0": model(64, None)}
+    groups = spare_seeds.models_by_recipe(trials)
+    assert groups == [["a0", "a1", "a2", "a3"], ["b0", "b1"], ["c0"]]
+    # Only the recipe with four models leads a pair; the one-model recipe cannot give two.
+    assert spare_seeds.seed_pairs(groups) == [(groups[0], groups[1])]
+    assert spare_seeds.one_and_two_recipes(*spare_seeds.seed_pairs(groups)[0]) == {
+        "one recipe": ["a0", "a1", "a2", "a3"], "two recipes": ["a0", "a1", "b0", "b1"]}

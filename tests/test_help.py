@@ -9,7 +9,7 @@ COMMANDS = ["train_trial", "sweeps.run", "sweeps.reproduce", "sweeps.baselines",
             "digits.predict", "digits.serve", "benchmarks.throughput", "benchmarks.memory",
             "benchmarks.harness_overhead", "benchmarks.sweep_efficiency", "benchmarks.layer_costs",
             "benchmarks.chaos", "benchmarks.recipe_levers", "benchmarks.view_averaging", "benchmarks.time_left",
-            "benchmarks.store_pool", "benchmarks.selection_rules"]
+            "benchmarks.store_pool", "benchmarks.selection_rules", "benchmarks.spare_seeds"]
 
 
 @pytest.mark.parametrize("module", COMMANDS)
