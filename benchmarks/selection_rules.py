@@ -21,7 +21,6 @@ from benchmarks import halves, store_pool
 from harness import cli
 from harness.calibration import log_loss
 from sweeps import ensemble
-from sweeps import study as sweep_study
 from sweeps.settings import ENSEMBLE_ROUNDS
 
 BAGS = 20
@@ -29,12 +28,9 @@ BAGS = 20
 
 def parse_args(argv: Sequence[str] | None):
     parser = cli.ArgumentParser(prog="python -m benchmarks.selection_rules", description=__doc__.splitlines()[0])
-    parser.add_argument("--study", default=sweep_study.DEFAULT_STUDY, type=cli.study_name,
-                        help=f"a study whose ladder has built its ensemble (default: {sweep_study.DEFAULT_STUDY})")
-    parser.add_argument("--storage", metavar="URL", help="Optuna storage URL (default: the journal in mlruns/)")
+    store_pool.add_ensemble_study_arguments(parser)
     parser.add_argument("--every", action="store_true",
                         help="weigh every distinct model of the store's top rungs, not only the step's best 16")
-    cli.add_store_arguments(parser)
     return parser.parse_args(argv)
 
 

@@ -23,17 +23,13 @@ from optuna.trial import FrozenTrial
 from benchmarks import halves, selection_rules, store_pool
 from harness import cli, records
 from sweeps import ladder
-from sweeps import study as sweep_study
 
 SEEDS = 4
 
 
 def parse_args(argv: Sequence[str] | None):
     parser = cli.ArgumentParser(prog="python -m benchmarks.spare_seeds", description=__doc__.splitlines()[0])
-    parser.add_argument("--study", default=sweep_study.DEFAULT_STUDY, type=cli.study_name,
-                        help=f"a study whose ladder has built its ensemble (default: {sweep_study.DEFAULT_STUDY})")
-    parser.add_argument("--storage", metavar="URL", help="Optuna storage URL (default: the journal in mlruns/)")
-    cli.add_store_arguments(parser)
+    store_pool.add_ensemble_study_arguments(parser)
     return parser.parse_args(argv)
 
 

@@ -29,11 +29,17 @@ from sweeps.settings import ENSEMBLE_CANDIDATES
 
 def parse_args(argv: Sequence[str] | None):
     parser = cli.ArgumentParser(prog="python -m benchmarks.store_pool", description=__doc__.splitlines()[0])
+    add_ensemble_study_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def add_ensemble_study_arguments(parser) -> None:
+    """The options of the benchmarks that read a finished ladder's ensemble candidates: the
+    study, its Optuna storage, and the data and tracking store."""
     parser.add_argument("--study", default=sweep_study.DEFAULT_STUDY, type=cli.study_name,
                         help=f"a study whose ladder has built its ensemble (default: {sweep_study.DEFAULT_STUDY})")
     parser.add_argument("--storage", metavar="URL", help="Optuna storage URL (default: the journal in mlruns/)")
     cli.add_store_arguments(parser)
-    return parser.parse_args(argv)
 
 
 class StoreModels(NamedTuple):

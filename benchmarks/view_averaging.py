@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from benchmarks import halves
+from benchmarks import halves, store_pool
 from digits.classifier import transformed
 from harness import cli, data, records, tracking
 from harness.calibration import log_loss, temperature
@@ -37,10 +37,7 @@ VIEW_SETS = {
 
 def parse_args(argv: Sequence[str] | None):
     parser = cli.ArgumentParser(prog="python -m benchmarks.view_averaging", description=__doc__.splitlines()[0])
-    parser.add_argument("--study", default=sweep_study.DEFAULT_STUDY, type=cli.study_name,
-                        help=f"a study whose ladder has built its ensemble (default: {sweep_study.DEFAULT_STUDY})")
-    parser.add_argument("--storage", metavar="URL", help="Optuna storage URL (default: the journal in mlruns/)")
-    cli.add_store_arguments(parser)
+    store_pool.add_ensemble_study_arguments(parser)
     return parser.parse_args(argv)
 
 
