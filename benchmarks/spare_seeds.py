@@ -26,6 +26,8 @@ from sweeps import ladder
 
 SEEDS = 4
 
+CalibratedHalf = tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]  # choosing half, held half, models by id
+
 
 def parse_args(argv: Sequence[str] | None):
     parser = cli.ArgumentParser(prog="python -m benchmarks.spare_seeds", description=__doc__.splitlines()[0])
@@ -58,15 +60,23 @@ def one_and_two_recipes(first: list[str], second: list[str], seeds: int = SEEDS)
     return {"one recipe": first[:seeds], "two recipes": first[: seeds // 2] + second[: seeds // 2]}
 
 
-def scored_over_halves(sets: dict[str, list[str]], predicted: dict[str, np.ndarray], labels: np.ndarray,
+def calibrated_halves(predicted: dict[str, np.ndarray], labels: np.ndarray,
+                      ) -> list[CalibratedHalf]:
+    """The random halves of validation, each with every model at the temperature fitted on its
+    choosing half: once per half, as every set of every pair draws on the same models."""
+    ids = list(predicted)
+    return [(fit, held, dict(zip(ids, halves.calibrated_on([predicted[i] for i in ids], labels, fit))))
+            for fit, held in halves.random_halves(len(labels))]
+
+
+def scored_over_halves(sets: dict[str, list[str]], calibrated: list[CalibratedHalf], labels: np.ndarray,
                        choose: Callable[[list[np.ndarray], np.ndarray], dict[int, float]],
                        ) -> dict[str, np.ndarray]:
-    """Each set's held-out (accuracy, log-loss, distinct members) over the random halves."""
+    """Each set's held-out (accuracy, log-loss, distinct members) over the ``calibrated`` halves."""
     scores = {name: [] for name in sets}
-    for fit, held in halves.random_halves(len(labels)):
+    for fit, held, models in calibrated:
         for name, ids in sets.items():
-            candidates = halves.calibrated_on([predicted[i] for i in ids], labels, fit)
-            scores[name].append(halves.chosen_and_scored(candidates, labels, fit, held, choose))
+            scores[name].append(halves.chosen_and_scored([models[i] for i in ids], labels, fit, held, choose))
     return {name: np.array(rows) for name, rows in scores.items()}
 
 
@@ -98,6 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     header = (f"| first recipe | second recipe | {SEEDS} of the first: accuracy / log-loss | "
               f"{SEEDS // 2} of each: accuracy / log-loss | two recipes against one: accuracy | log-loss |\n"
               "| --- | --- | --- | --- | --- | --- |")
+    calibrated = calibrated_halves(store.predicted, store.y_val)
     contexts = {"alone, as a plain average": (False, selection_rules.every_candidate),
                 "added to the ensemble step's pool, as its greedy selection chooses": (True, halves.greedy_weights)}
     for context, (pooled, choose) in contexts.items():
@@ -107,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for first, second in pairs:
             rest = [i for i in store.pooled_ids if i not in first and i not in second] if pooled else []
             sets = {name: rest + ids for name, ids in one_and_two_recipes(first, second).items()}
-            scores = scored_over_halves(sets, store.predicted, store.y_val, choose)
+            scores = scored_over_halves(sets, calibrated, store.y_val, choose)
             gains.append((scores["two recipes"] - scores["one recipe"]).mean(axis=0))
             print(pair_row(names[first[0]], names[second[0]], scores))
         gains = np.array(gains)

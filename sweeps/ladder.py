@@ -218,15 +218,16 @@ def spare_choice(ranked_below: list[FrozenTrial], recipes: list[FrozenTrial], tr
             if forecast > 0 and plan.fits(rung_budget, deadline, forecast, now):
                 return trial, forecast, False
 
-    def seed_fits(recipe: FrozenTrial) -> bool:
+    def seed_price(recipe: FrozenTrial) -> float | None:
+        """The forecast of another seed of ``recipe``, or None when it does not fit."""
         forecast = plan.retrain_price(recipe)
-        return forecast > 0 and plan.fits(rung_budget, deadline, forecast, now)
-    recipes = seed_recipes(recipes, seed_fits)
+        return forecast if forecast > 0 and plan.fits(rung_budget, deadline, forecast, now) else None
+    recipes = seed_recipes(recipes, lambda recipe: seed_price(recipe) is not None)
     leaders = sorted(recipes[:SEEDED_RECIPES], key=lambda t: trainings[source_number(t)])
     sampled = [t for t in recipes[SEEDED_RECIPES:] if records.BASELINE not in t.user_attrs]
     for recipe in leaders + sampled:
-        if seed_fits(recipe):
-            return recipe, plan.retrain_price(recipe), True
+        if (forecast := seed_price(recipe)) is not None:
+            return recipe, forecast, True
     return None
 
 
