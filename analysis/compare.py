@@ -234,7 +234,7 @@ def ladder_section(study: optuna.Study, rungs: list[optuna.Study], client, finis
                           *(f"- {line.strip()}" for line in answer.answer_lines(result)), "",
                           "The models the ensemble step weighed (the top rung's, and any other sweep's in the store, "
                           "labelled with its study), on the validation images:", "",
-                          *answer.candidate_table(result), ""]
+                          *answer.candidate_table(result), "", *answer.rule_table(result.ensemble.rule_scores, result.ensemble.rule, result.ensemble.views)]
         else:
             lines += [f"## Rung `{budget}`", ""]
         lines += rung_table(rows, explored, explored_rank, documented=position == 0) if rows else [

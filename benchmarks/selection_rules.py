@@ -1,10 +1,12 @@
 """Benchmark 10: which rule for choosing the ensemble's members and weights holds up on
 validation images it did not see? Over the ensemble step's candidates (the pooled best 16 of
-the store's top rungs), the step's greedy forward selection against Caruana et al.'s (2004)
-variants that resist overfitting the selection set (bagged selection, sorted initialisation)
-and against plain averages (every candidate; the best k by log-loss); each rule's ensemble
-chosen on one half of validation and scored on the other, over the same random halves for
-every rule (paired), as Markdown; then each rule's choice on all of validation.
+the store's top rungs), the rules the step chooses between (``sweeps.selection.RULES``: greedy
+forward selection, its bagged version, the plain average of every candidate) and variants of
+Caruana et al.'s (2004) it does not use (bagging over the images, sorted initialisation, the
+plain average of the best k by log-loss); each rule's ensemble chosen on one half of validation
+and scored on the other, over the same random halves for every rule (paired), as Markdown;
+then each rule's choice on all of validation. Over the digit alone: the step weighs the
+test-time views too.
 
     python -m benchmarks.selection_rules --study mnist-sweep-3
 
@@ -20,10 +22,8 @@ import numpy as np
 from benchmarks import halves, store_pool
 from harness import cli
 from harness.calibration import log_loss
-from sweeps import ensemble
+from sweeps import ensemble, selection
 from sweeps.settings import ENSEMBLE_ROUNDS
-
-BAGS = 20
 
 
 def parse_args(argv: Sequence[str] | None):
@@ -45,56 +45,38 @@ def best_k_by_log_loss(candidates: list[np.ndarray], labels: np.ndarray) -> list
     return order[: int(np.argmin(losses)) + 1]
 
 
-def plain_average(indices: list[int]) -> dict[int, float]:
-    return {index: 1 / len(indices) for index in indices}
-
-
-def every_candidate(candidates: list[np.ndarray], labels: np.ndarray) -> dict[int, float]:
-    return plain_average(list(range(len(candidates))))
-
-
 def best_k(candidates: list[np.ndarray], labels: np.ndarray) -> dict[int, float]:
-    return plain_average(best_k_by_log_loss(candidates, labels))
+    chosen = best_k_by_log_loss(candidates, labels)
+    return {index: 1 / len(chosen) for index in chosen}
 
 
 def sorted_start_then_greedy(candidates: list[np.ndarray], labels: np.ndarray) -> dict[int, float]:
     """Caruana's sorted initialisation: start from the best k (as ``best_k``), then the step's
     greedy rounds on top, with no cap on distinct members."""
     start = best_k_by_log_loss(candidates, labels)
-    chosen, _ = ensemble.greedy_selection(candidates, labels, rounds=len(start) + ENSEMBLE_ROUNDS,
+    chosen, _ = selection.greedy_selection(candidates, labels, rounds=len(start) + ENSEMBLE_ROUNDS,
                                           most_members=len(candidates), start=start)
-    return ensemble.weights_of(chosen)
+    return selection.weights_of(chosen)
 
 
-def bagged(over_models: bool):
-    """Caruana's bagged selection: the step's greedy selection on each of ``BAGS`` bags, their
-    weights averaged. A bag is a random half of the candidates (``over_models``, as Caruana
-    bags the model library) or a bootstrap sample of the validation images."""
-    def choose(candidates: list[np.ndarray], labels: np.ndarray) -> dict[int, float]:
-        rng = np.random.default_rng(0)
-        weights: dict[int, float] = {}
-        for _ in range(BAGS):
-            if over_models:
-                kept = sorted(rng.choice(len(candidates), size=max(1, len(candidates) // 2), replace=False))
-                chosen = halves.greedy_weights([candidates[index] for index in kept], labels)
-                chosen = {int(kept[index]): weight for index, weight in chosen.items()}
-            else:
-                images = rng.integers(0, len(labels), size=len(labels))
-                chosen = halves.greedy_weights([c[images] for c in candidates], labels[images])
-            for index, weight in chosen.items():
-                weights[index] = weights.get(index, 0.0) + weight / BAGS
-        return dict(sorted(weights.items(), key=lambda item: -item[1]))
-    return choose
+def bagged_over_images(candidates: list[np.ndarray], labels: np.ndarray) -> dict[int, float]:
+    """Bagged selection over the images instead of the candidates: the step's greedy selection
+    on each of ``selection.BAGS`` bootstrap samples of the validation images, weights averaged."""
+    rng = np.random.default_rng(0)
+    weights: dict[int, float] = {}
+    for _ in range(selection.BAGS):
+        images = rng.integers(0, len(labels), size=len(labels))
+        for index, weight in selection.greedy([c[images] for c in candidates], labels[images]).items():
+            weights[index] = weights.get(index, 0.0) + weight / selection.BAGS
+    return dict(sorted(weights.items(), key=lambda item: (-item[1], item[0])))
 
 
-RULES = {
-    "greedy forward selection (the ensemble step's)": halves.greedy_weights,
-    f"bagged greedy, {BAGS} bags of half the candidates": bagged(over_models=True),
-    f"bagged greedy, {BAGS} bootstrap samples of the images": bagged(over_models=False),
-    "best k by log-loss, then greedy (sorted start)": sorted_start_then_greedy,
-    "plain average of the best k by log-loss": best_k,
-    "plain average of every candidate": every_candidate,
-}
+# The ensemble step's rules first (greedy selection first: the others are paired against it),
+# then variants it does not use.
+RULES = {**selection.RULES,
+         f"bagged greedy, {selection.BAGS} bootstrap samples of the images": bagged_over_images,
+         "best k by log-loss, then greedy (sorted start)": sorted_start_then_greedy,
+         "plain average of the best k by log-loss": best_k}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -104,12 +86,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ids = list(store.model_labels) if args.every else store.pooled_ids
     print(f"Top rungs set up as {store.top_rung}: {', '.join([store.top_rung, *store.other_rungs])}; "
           f"{len(ids)} candidates of {len(store.model_labels)} distinct models\n")
-    scored = {name: [] for name in RULES}
-    for fit, held in halves.random_halves(len(y)):
-        candidates = halves.calibrated_on([store.predicted[i] for i in ids], y, fit)
-        for name, choose in RULES.items():
-            scored[name].append(halves.chosen_and_scored(candidates, y, fit, held, choose))
-    halves.print_table(scored, "rule", "the ensemble step's")
+    scored = selection.held_out(lambda fit: {"": halves.calibrated_on([store.predicted[i] for i in ids], y, fit)},
+                                y, RULES)
+    halves.print_table({rule: scores for (_, rule), scores in scored.items()}, "rule", "greedy selection")
     print("\nEach rule's choice on all of validation\n\n| rule | validation accuracy | log-loss | members |\n"
           "| --- | --- | --- | --- |")
     candidates, _ = ensemble.calibrate([store.predicted[i] for i in ids], y)

@@ -22,7 +22,7 @@ from optuna.trial import FrozenTrial
 
 from benchmarks import halves, selection_rules, store_pool
 from harness import cli, records
-from sweeps import ladder
+from sweeps import ladder, selection
 
 SEEDS = 4
 
@@ -66,7 +66,7 @@ def calibrated_halves(predicted: dict[str, np.ndarray], labels: np.ndarray,
     choosing half: once per half, as every set of every pair draws on the same models."""
     ids = list(predicted)
     return [(fit, held, dict(zip(ids, halves.calibrated_on([predicted[i] for i in ids], labels, fit))))
-            for fit, held in halves.random_halves(len(labels))]
+            for fit, held in selection.random_halves(len(labels))]
 
 
 def scored_over_halves(sets: dict[str, list[str]], calibrated: list[CalibratedHalf], labels: np.ndarray,
@@ -76,7 +76,7 @@ def scored_over_halves(sets: dict[str, list[str]], calibrated: list[CalibratedHa
     scores = {name: [] for name in sets}
     for fit, held, models in calibrated:
         for name, ids in sets.items():
-            scores[name].append(halves.chosen_and_scored([models[i] for i in ids], labels, fit, held, choose))
+            scores[name].append(selection.chosen_and_scored([models[i] for i in ids], labels, fit, held, choose))
     return {name: np.array(rows) for name, rows in scores.items()}
 
 
@@ -110,9 +110,9 @@ def main(argv: Sequence[str] | None = None) -> int:
               "| --- | --- | --- | --- | --- | --- |")
     calibrated = calibrated_halves(store.predicted, store.y_val)
     contexts = {"alone, as a plain average": (False, selection_rules.every_candidate),
-                "added to the ensemble step's pool, as its greedy selection chooses": (True, halves.greedy_weights)}
+                "added to the ensemble step's pool, as its greedy selection chooses": (True, selection.greedy)}
     for context, (pooled, choose) in contexts.items():
-        print(f"\nThe set {context}: held-out accuracy and log-loss over {halves.HALVES} random halves of validation\n")
+        print(f"\nThe set {context}: held-out accuracy and log-loss over {selection.HALVES} random halves of validation\n")
         print(header)
         gains = []
         for first, second in pairs:

@@ -22,7 +22,7 @@ from optuna.trial import FrozenTrial
 from benchmarks import halves
 from harness import cli, data, records, tracking
 from harness.errors import UserError
-from sweeps import ensemble, ladder
+from sweeps import ensemble, ladder, selection
 from sweeps import study as sweep_study
 from sweeps.settings import ENSEMBLE_CANDIDATES
 
@@ -89,16 +89,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"Top rungs set up as {store.top_rung}: {', '.join([store.top_rung, *others])}; "
           f"{len(labelled)} distinct models\n")
     scored = {name: [] for name in sets}
-    for fit, held in halves.random_halves(len(y)):
+    for fit, held in selection.random_halves(len(y)):
         for name, ids in sets.items():
             candidates = halves.calibrated_on([predicted[i] for i in ids], y, fit)
-            scored[name].append(halves.chosen_and_scored(candidates, y, fit, held))
+            scored[name].append(selection.chosen_and_scored(candidates, y, fit, held))
     halves.print_table(scored, "candidates", "its own top rung alone")
     print("\nEach set's choice on all of validation\n\n| candidates | validation accuracy | log-loss | members |\n"
           "| --- | --- | --- | --- |")
     for name, ids in sets.items():
         candidates, _ = ensemble.calibrate([predicted[i] for i in ids], y)
-        print(halves.choice_row(name, candidates, y, halves.greedy_weights(candidates, y), [labelled[i] for i in ids]))
+        print(halves.choice_row(name, candidates, y, selection.greedy(candidates, y), [labelled[i] for i in ids]))
     return 0
 
 

@@ -20,7 +20,7 @@ from digits.classifier import transformed
 from harness import cli, data, records, tracking
 from harness.calibration import log_loss, temperature
 from harness.errors import UserError
-from sweeps import ensemble
+from sweeps import ensemble, selection
 from sweeps import study as sweep_study
 
 # (degrees, columns right, rows down) of each view beside the digit itself.
@@ -85,13 +85,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("| candidate | " + " | ".join(names) + " |\n|" + " --- |" * (len(names) + 1))
     for label, probabilities, t in zip(labels, predicted, temperatures):
         cells = [over(probabilities, VIEW_SETS[name], t) for name in names]
-        print(f"| {label} | " + " | ".join(f"{ensemble.accuracy(c, y):.4f}, {log_loss(c, y):.4f}" for c in cells) + " |")
+        print(f"| {label} | " + " | ".join(f"{selection.accuracy(c, y):.4f}, {log_loss(c, y):.4f}" for c in cells) + " |")
     scored = {name: [] for name in names}
-    for fit, held in halves.random_halves(len(y)):
+    for fit, held in selection.random_halves(len(y)):
         half_temperatures = [temperature(p[(0, 0, 0)][fit], y[fit]) for p in predicted]
         for name in names:
             candidates = [over(p, VIEW_SETS[name], t) for p, t in zip(predicted, half_temperatures)]
-            scored[name].append(halves.chosen_and_scored(candidates, y, fit, held))
+            scored[name].append(selection.chosen_and_scored(candidates, y, fit, held))
     print()
     halves.print_table(scored, "views", "the digit alone")
     return 0

@@ -361,6 +361,21 @@ class Champion(Registered):
 
 
 @dataclass(frozen=True)
+class RuleScore:
+    """A selection rule as the ensemble step weighed it: over the digit alone or its views,
+    chosen on one half of validation and scored on the other (means over the halves), and
+    chosen on all of validation."""
+    rule: str
+    views: int
+    held_out_accuracy: float
+    held_out_log_loss: float
+    held_out_members: float
+    validation_accuracy: float
+    validation_log_loss: float
+    members: int
+
+
+@dataclass(frozen=True)
 class Ensemble(Registered):
     members: list[str] = field(default_factory=list)  # labels, heaviest first
     weights: list[float] = field(default_factory=list)  # the members', summing to 1
@@ -368,7 +383,9 @@ class Ensemble(Registered):
     selection_log_loss: list[float] = field(default_factory=list)  # after each round of selection
     versus_baseline: PairedLead | None = None  # against the top rung's best baseline
     views: int = 1  # test-time views each member is averaged over (1: the digit alone)
-    log_loss_without_views: float | None = None  # the selection's without them, as validation compared
+    log_loss_without_views: float | None = None  # the chosen rule's on all of validation without them
+    rule: str = "greedy forward selection"  # how members and weights were chosen (a ladder recorded before rules were weighed: greedy)
+    rule_scores: list[RuleScore] = field(default_factory=list)  # every rule tried, as validation weighed it
     # Ladders before selection on log-loss: the accuracy of the best k averaged, k = 1, 2, ...
     validation_by_size: list[float] = field(default_factory=list)
 
@@ -427,7 +444,10 @@ def ladder_result(study: optuna.Study) -> LadderResult | None:
 
 def _with_lead(recorded: dict) -> dict:
     lead = recorded.get("versus_baseline")
-    return {**recorded, "versus_baseline": PairedLead(**lead) if lead else None}
+    with_lead = {**recorded, "versus_baseline": PairedLead(**lead) if lead else None}
+    if "rule_scores" in recorded:
+        with_lead["rule_scores"] = [RuleScore(**score) for score in recorded["rule_scores"]]
+    return with_lead
 
 
 def record_ladder_result(study: optuna.Study, result: LadderResult) -> None:

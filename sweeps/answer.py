@@ -59,7 +59,10 @@ def answer_lines(result: records.LadderResult) -> list[str]:
     def versus(lead: records.PairedLead | None, validation_accuracy: float, labels: list[str]) -> str:
         return describe_versus_baseline(lead, validation_accuracy, baseline_itself(labels))
     loss = f", log-loss {averaged.validation_log_loss:.4f}" if averaged.validation_log_loss is not None else ""
-    how = ("chosen on validation log-loss" if averaged.weights else "k chosen on validation accuracy")
+    if averaged.rule_scores:
+        how = f"{averaged.rule} on validation log-loss, the rule whose ensembles held up best on held-out halves"
+    else:
+        how = "chosen on validation log-loss" if averaged.weights else "k chosen on validation accuracy"
     if averaged.views > 1:
         how += f", each averaged over the digit and its {averaged.views - 1} one-pixel shifts"
     if result.other_top_rungs:
@@ -82,6 +85,25 @@ def answer_lines(result: records.LadderResult) -> list[str]:
         lines.append(f"No top-rung model has at most {result.small_params_at_most:,} parameters: nothing registered "
                      "as @small (raise --small-params, or explore smaller networks)")
     return lines
+
+
+def rule_table(rule_scores: list[records.RuleScore], rule: str, views: int) -> list[str]:
+    """The selection rules the ensemble step tried, over the digit alone and over its views:
+    held out on halves of validation (the figures it chose on), and applied to all of it; the
+    chosen ``rule`` over ``views`` marked (Markdown; empty for a ladder recorded before rules
+    were weighed)."""
+    if not rule_scores:
+        return []
+    lines = ["How the members were chosen: each rule, over the digit alone and over its views, chosen on one "
+             "random half of validation and scored on the other, many times over; the one with the lowest held-out "
+             "log-loss was applied to all of validation.", "",
+             "| selection rule | test-time views | held-out accuracy | held-out log-loss | members (held out) "
+             "| on all of validation: accuracy | log-loss | members |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines += [f"| {score.rule}{' (chosen)' if (score.rule, score.views) == (rule, views) else ''} | "
+              f"{score.views} | {score.held_out_accuracy:.4f} | {score.held_out_log_loss:.4f} | "
+              f"{score.held_out_members:.1f} | {score.validation_accuracy:.4f} | {score.validation_log_loss:.4f} | "
+              f"{score.members} |" for score in rule_scores]
+    return [*lines, ""]
 
 
 def optional(value: float | None) -> str:

@@ -5,19 +5,17 @@ finalists, their seeds and the baselines, all at one full budget) and of the sto
 sweeps' top rungs set up the same (same data, split and budget): those were trained on the same
 images, so each sweep in a store chooses from everything the store has trained
 (``ladder.ensemble_candidates``; in sweep E this lowered the chosen ensemble's validation
-log-loss: ``benchmarks.store_pool``, RESULTS.md). The ensemble is chosen by greedy forward
-selection with replacement on the validation set's log-loss (Caruana et al., 2004), each
-candidate's probabilities first set to the temperature that makes its own validation log-loss
-lowest (Guo et al., 2017: label smoothing and dropout leave models under- or overconfident by
-different amounts, and selection would otherwise weigh that, not what they get right); starting
-from the best model, each round adds the candidate (again, if it helps most) whose addition
-lowers the weighted average's log-loss most, and the rounds up to the lowest log-loss are kept;
-a model's weight is how often it was chosen. Log-loss, not accuracy: on 6,000 validation
+log-loss: ``benchmarks.store_pool``, RESULTS.md). Each candidate's probabilities are first set
+to the temperature that makes its own validation log-loss lowest (Guo et al., 2017: label
+smoothing and dropout leave models under- or overconfident by different amounts, and selection
+would otherwise weigh that, not what they get right). The members and their weights are chosen
+on validation log-loss by one of ``selection.RULES`` (greedy forward selection with replacement,
+its bagged version, or the plain average of every candidate), over the digit alone or averaged
+over test-time views (the digit and its four 1-pixel shifts): the pair whose ensembles had the
+lowest log-loss on validation images they were not chosen on (random halves; in sweep D the
+views did not pay, ``benchmarks.view_averaging``). Log-loss, not accuracy: on 6,000 validation
 images, accuracy moves in steps of a few images, within the split's noise, and choosing on it
-made most ensembles one model. Each candidate is also weighed averaged over test-time views
-(the digit and its four 1-pixel shifts), and the ensemble keeps the views only when that
-selection's validation log-loss is the lower (in sweep D it was not: RESULTS.md;
-``benchmarks.view_averaging`` measures it for a finished sweep). After every choice is made,
+made most ensembles one model. After every choice is made,
 the test set is read once for the ensemble and once for the best single model (this sweep's top
 rung's best validation accuracy). Both are registered: the single model under the ``champion``
 alias, the ensemble under ``ensemble``, so ``digits.predict`` and ``digits.serve`` load either
@@ -27,7 +25,6 @@ like any model.
 from __future__ import annotations
 
 import logging
-from collections import Counter
 
 import numpy as np
 
@@ -35,7 +32,9 @@ import train_trial
 from harness import backend, data, run_logging, tracking
 from harness.backend import keras
 from harness.calibration import log_loss, temperature, tempered
-from sweeps.settings import ENSEMBLE_CANDIDATES, ENSEMBLE_MEMBERS, ENSEMBLE_ROUNDS, EnsembleSettings
+from sweeps import selection
+from sweeps.selection import accuracy, greedy_selection, weighted_average
+from sweeps.settings import ENSEMBLE_CANDIDATES, EnsembleSettings
 
 
 # (rows down, columns right) of each test-time view, black fill: the digit first. One pixel:
@@ -79,41 +78,35 @@ def calibrate(probabilities: list[np.ndarray], labels: np.ndarray) -> tuple[list
     return [tempered(p, t) for p, t in zip(probabilities, temperatures)], temperatures
 
 
-def accuracy(probabilities: np.ndarray, labels: np.ndarray) -> float:
-    return float((probabilities.argmax(axis=1) == labels).mean())
+def chosen_on_halves(probabilities: list[np.ndarray], views: list[list[np.ndarray]], labels: np.ndarray,
+                     calibrated_on_all: dict[int, list[np.ndarray]]):
+    """Each selection rule, over the digit alone and over its views, tried on random halves of
+    validation (every candidate calibrated on the half it is chosen on), and each also applied
+    to all of it (``calibrated_on_all``, by view count). Returns the records.RuleScore of every
+    pair, the view count and rule with the lowest held-out log-loss, and that rule's weights on
+    all of validation."""
+    from harness import records
 
+    def calibrated_on(fit: np.ndarray) -> dict[int, list[np.ndarray]]:
+        temperatures = [temperature(p[fit], labels[fit]) for p in probabilities]
+        return {1: [tempered(p, t) for p, t in zip(probabilities, temperatures)],
+                len(SHIFTS): [over_views(candidate_views, t) for candidate_views, t in zip(views, temperatures)]}
 
-def greedy_selection(probabilities: list[np.ndarray], labels: np.ndarray, rounds: int = ENSEMBLE_ROUNDS,
-                     most_members: int = ENSEMBLE_MEMBERS, start: list[int] | None = None,
-                     ) -> tuple[list[int], list[float]]:
-    """Caruana's forward selection with replacement on validation log-loss. Returns the
-    candidates chosen, one entry per round kept (a model chosen twice weighs twice), and the
-    log-loss after each round tried. At most ``most_members`` distinct models: past that, a
-    round may only weigh up a model already in. ``start`` (Caruana's sorted initialisation)
-    is kept whole and counts as its length in rounds; by default the start is the best model."""
-    chosen = list(start) if start else [int(np.argmin([log_loss(p, labels) for p in probabilities]))]
-    total = sum(probabilities[index].astype(np.float64) for index in chosen)
-    curve, started = [log_loss(total / len(chosen), labels)], len(chosen)
-    for _ in range(rounds - started):
-        allowed = range(len(probabilities)) if len(set(chosen)) < most_members else sorted(set(chosen))
-        size = len(chosen) + 1
-        trials = {index: log_loss((total + probabilities[index]) / size, labels) for index in allowed}
-        best = min(trials, key=lambda index: (trials[index], index))
-        chosen.append(best)
-        total += probabilities[best]
-        curve.append(trials[best])
-    kept = started + int(np.argmin(curve))  # the first round with the lowest log-loss
-    return chosen[:kept], curve
-
-
-def weights_of(chosen: list[int]) -> dict[int, float]:
-    """Each chosen candidate's weight: its share of the rounds kept, heaviest first."""
-    counts = Counter(chosen)
-    return {index: count / len(chosen) for index, count in counts.most_common()}
-
-
-def weighted_average(probabilities: list[np.ndarray], weights: dict[int, float]) -> np.ndarray:
-    return sum(weight * probabilities[index] for index, weight in weights.items())
+    held = selection.held_out(calibrated_on, labels)
+    view_count, rule = selection.lowest_held_out_log_loss(held)
+    rule_scores, chosen_weights = [], {}
+    for (count, name), halves in held.items():
+        weights = selection.RULES[name](calibrated_on_all[count], labels)
+        mean = weighted_average(calibrated_on_all[count], weights)
+        rule_scores.append(records.RuleScore(
+            rule=name, views=count, held_out_accuracy=float(np.mean([score[0] for score in halves])),
+            held_out_log_loss=float(np.mean([score[1] for score in halves])),
+            held_out_members=float(np.mean([score[2] for score in halves])),
+            validation_accuracy=accuracy(mean, labels), validation_log_loss=log_loss(mean, labels),
+            members=len(weights)))
+        if (count, name) == (view_count, rule):
+            chosen_weights = weights
+    return rule_scores, view_count, rule, chosen_weights
 
 
 def paired_lead(leader: np.ndarray, runner_up: np.ndarray, labels: np.ndarray) -> dict:
@@ -173,7 +166,7 @@ def main(settings: EnsembleSettings) -> None:
     import optuna
 
     from harness import records
-    from sweeps import ladder
+    from sweeps import answer, ladder
     from sweeps import study as sweep_study
     from sweeps.reproduce import evaluate_and_register
 
@@ -212,14 +205,11 @@ def main(settings: EnsembleSettings) -> None:
     probabilities = [candidate_views[0] for candidate_views in views]
     calibrated, temperatures = calibrate(probabilities, split.y_val)
     with_views = [over_views(candidate_views, t) for candidate_views, t in zip(views, temperatures)]
-    plain_choice = greedy_selection(calibrated, split.y_val)
-    views_choice = greedy_selection(with_views, split.y_val)
-    loss_with_views, loss_without = min(views_choice[1]), min(plain_choice[1])
-    use_views = loss_with_views < loss_without
-    view_count = len(SHIFTS) if use_views else 1
-    chosen, curve = views_choice if use_views else plain_choice
-    weights = weights_of(chosen)
+    rule_scores, view_count, rule, weights = chosen_on_halves(probabilities, views, split.y_val,
+                                                              {1: calibrated, len(SHIFTS): with_views})
+    use_views = view_count > 1
     mean = weighted_average(with_views if use_views else calibrated, weights)
+    curve = greedy_selection(with_views if use_views else calibrated, split.y_val)[1] if rule == selection.GREEDY else []
     labels = [candidate.label for candidate in pool]
     scores = [records.CandidateScore(label=label, validation_accuracy=accuracy(p, split.y_val),
                                      validation_log_loss=log_loss(p, split.y_val), temperature=t,
@@ -232,8 +222,11 @@ def main(settings: EnsembleSettings) -> None:
                         [temperatures[index] for index in weights], SHIFTS if use_views else None)
     described = ", ".join(f"{labels[index]} x{weight:.2f}" for index, weight in weights.items())
     ensemble_accuracy, ensemble_loss = accuracy(mean, split.y_val), log_loss(mean, split.y_val)
+    held = {(score.views, score.rule): score.held_out_log_loss for score in rule_scores}
     views_said = (f"{'each member averaged over the digit and its 1-pixel shifts' if use_views else 'no test-time views'}"
-                  f", as validation chose: log-loss {loss_with_views:.4f} over the views, {loss_without:.4f} without")
+                  f", as validation chose: held-out log-loss {held[(len(SHIFTS), rule)]:.4f} over the views, "
+                  f"{held[(1, rule)]:.4f} without")
+    without_views = next(score.validation_log_loss for score in rule_scores if (score.views, score.rule) == (1, rule))
 
     # Every choice is made; the test set is read now, once for each registered model. The best
     # single model is this sweep's own, as are its runner-up and the baseline it is held against.
@@ -255,17 +248,20 @@ def main(settings: EnsembleSettings) -> None:
                      for index, score in enumerate(scores))
     drawn_from = (f"the best {len(pool)} models of its top rung and of the store's other top rungs set up the same "
                   f"({', '.join(f'`{rung}`' for rung in other_rungs)})" if other_rungs else "its top rung's best models")
+    kept = f"{int(np.argmin(curve)) + 1} of {len(curve)} rounds kept" if curve else f"{len(weights)} members"
     note = (f"**Ensemble** of study `{settings.exploring_study}`: the weighted mean probabilities of {drawn_from} "
-            f"at budget `{settings.budget.name}`, each at its temperature, chosen by greedy forward selection "
-            f"on validation log-loss ({len(chosen)} of {len(curve)} rounds kept): validation accuracy "
-            f"{ensemble_accuracy:.4f}, log-loss {ensemble_loss:.4f}; {views_said}.\n\n"
+            f"at budget `{settings.budget.name}`, each at its temperature; members and weights by {rule} ({kept}), "
+            f"the rule with the lowest held-out validation log-loss: validation accuracy {ensemble_accuracy:.4f}, "
+            f"log-loss {ensemble_loss:.4f}; {views_said}.\n\n"
+            + "\n".join(answer.rule_table(rule_scores, rule, view_count)) + "\n"
             f"| candidate (best validation accuracy first) | validation accuracy | validation log-loss | temperature "
             f"| log-loss at it | over the views | weight |\n| --- | --- | --- | --- | --- | --- | --- |\n{rows}\n")
     with mlflow.start_run(run_name=f"ensemble of {len(members)} @ {settings.budget.name}",
                           tags={**tags, records.NOTE_TAG: note}) as run:
-        mlflow.log_params({"members": described, "candidates": len(pool), "rounds_kept": len(chosen),
-                           "selection": "greedy forward selection with replacement on validation log-loss, "
-                                        "each candidate at its validation temperature",
+        mlflow.log_params({"members": described, "candidates": len(pool),
+                           "selection": f"{rule} on validation log-loss, each candidate at its validation "
+                                        f"temperature; the rule of {len(selection.RULES)} with the lowest held-out "
+                                        f"log-loss on {selection.HALVES} random halves of validation",
                            "test_time_views": view_count})
         mlflow.log_metrics({"validation_accuracy": ensemble_accuracy, "validation_log_loss": ensemble_loss,
                             "param_count": ensemble.count_params(),
@@ -305,8 +301,8 @@ def main(settings: EnsembleSettings) -> None:
                                   versus_baseline=versus_baseline(probabilities_of(best), best is baseline)),
         ensemble=records.Ensemble(members=members, weights=list(weights.values()), run_id=run.info.run_id,
                                   validation_accuracy=ensemble_accuracy, validation_log_loss=ensemble_loss,
-                                  selection_log_loss=curve, views=view_count,
-                                  log_loss_without_views=loss_without, **averaged_model,
+                                  selection_log_loss=curve, views=view_count, rule=rule, rule_scores=rule_scores,
+                                  log_loss_without_views=without_views, **averaged_model,
                                   versus_baseline=versus_baseline(
                                       mean, baseline is not None and only_member == [records.model_run_id(baseline)])),
         scores=scores, small=small, small_params_at_most=settings.small_params))

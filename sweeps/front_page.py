@@ -100,7 +100,8 @@ def leaderboard(study: optuna.Study, tracking_uri: str, experiment_id: str, run_
             "**Answer (the top rung, every model at one full budget):**", "",
             *(f"- {line.strip()}" for line in answer.answer_lines(result)), "",
             f"The [ensemble]({run_link(result.ensemble.run_id)}) and the best single model are registered; each "
-            "test figure was read once, after every choice.", "", *answer.candidate_table(result), ""]))
+            "test figure was read once, after every choice.", "", *answer.candidate_table(result), "",
+            *answer.rule_table(result.ensemble.rule_scores, result.ensemble.rule, result.ensemble.views)]))
     for place, rung in enumerate(reversed(list(rungs))):
         finished = sorted((t for t in rung.get_trials(deepcopy=False) if records.accuracy(t) is not None),
                           key=records.accuracy, reverse=True)

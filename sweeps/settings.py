@@ -16,9 +16,11 @@ TRIALS_PER_PROCESS = 8
 # exit code (sysexits' EX_IOERR), after putting the reason on the queue the parent gave it.
 STORE_FAILED_EXIT = 74
 # The ensemble weighs the top rung's best ENSEMBLE_CANDIDATES models (by validation accuracy:
-# enough for the finalists, the baselines, the top-ups and the spare seeds) over ENSEMBLE_ROUNDS rounds of forward
-# selection, and averages at most ENSEMBLE_MEMBERS distinct ones: each more costs every
-# prediction a pass of one more network, for ever smaller gains.
+# enough for the finalists, the baselines, the top-ups and the spare seeds). Its greedy rule
+# runs ENSEMBLE_ROUNDS rounds of forward selection and keeps at most ENSEMBLE_MEMBERS distinct
+# models; the bagged rule and the plain average may weigh every candidate, and are chosen only
+# where that held up better on held-out validation (sweeps/selection.py), since each member
+# costs every prediction a pass of one more network.
 ENSEMBLE_CANDIDATES = 16
 ENSEMBLE_ROUNDS = 20
 ENSEMBLE_MEMBERS = 8

@@ -48,6 +48,7 @@ def test_every_selection_rule_returns_weights_of_real_candidates_that_sum_to_one
     import numpy as np
 
     from benchmarks import selection_rules
+    from sweeps import selection
 
     rng = np.random.default_rng(1)
     labels = rng.integers(0, 10, size=400)
@@ -61,7 +62,7 @@ def test_every_selection_rule_returns_weights_of_real_candidates_that_sum_to_one
         assert weights and set(weights) <= set(range(5)), name
         assert sum(weights.values()) == pytest.approx(1), name
     assert 4 not in selection_rules.best_k(candidates, labels)  # the poor model does not lower the mean's loss
-    assert selection_rules.every_candidate(candidates, labels) == {index: 0.2 for index in range(5)}
+    assert selection.average(candidates, labels) == {index: 0.2 for index in range(5)}
 
 
 def test_best_k_adds_candidates_while_the_plain_average_improves():

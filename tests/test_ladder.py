@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 import search_space
 from harness import cli, records, tracking
 from harness.budgets import BUDGETS
-from sweeps import answer, front_page, ladder, plan, run as sweep_run, study as sweep_study
+from sweeps import answer, front_page, ladder, plan, run as sweep_run, selection, study as sweep_study
 from sweeps.settings import ENSEMBLE_CANDIDATES
 
 # Sampled trials must complete for the middle rung to get recipes: no pruner here.
@@ -137,24 +137,31 @@ def test_the_ensemble_is_chosen_on_validation_tested_once_and_registered(climbed
     on_validation = [m.predict(split.x_val[..., None], verbose=0) for m in models]
     on_test = [m.predict(mnist.x_test[..., None], verbose=0) for m in models]
     stored = [(score.validation_accuracy, score.validation_log_loss) for score in result.scores]
-    assert stored == pytest.approx([(ensemble.accuracy(p, split.y_val), ensemble.log_loss(p, split.y_val))
+    assert stored == pytest.approx([(selection.accuracy(p, split.y_val), ensemble.log_loss(p, split.y_val))
                                     for p in on_validation], abs=2e-4)
-    assert stored != pytest.approx([(ensemble.accuracy(p, mnist.y_test), ensemble.log_loss(p, mnist.y_test))
+    assert stored != pytest.approx([(selection.accuracy(p, mnist.y_test), ensemble.log_loss(p, mnist.y_test))
                                     for p in on_test], abs=2e-4)
     calibrated, temperatures = ensemble.calibrate(on_validation, split.y_val)
     assert [score.temperature for score in result.scores] == pytest.approx(temperatures)
     views = [ensemble.view_probabilities(m, split.x_val[..., None]) for m in models]
     with_views = [ensemble.over_views(v, t) for v, t in zip(views, temperatures)]
-    plain = ensemble.greedy_selection(calibrated, split.y_val)
-    over_the_views = ensemble.greedy_selection(with_views, split.y_val)
-    assert (averaged.views > 1) == (min(over_the_views[1]) < min(plain[1]))  # validation chose
-    assert averaged.log_loss_without_views == pytest.approx(min(plain[1]), abs=2e-4)
-    chosen, curve = over_the_views if averaged.views > 1 else plain
-    weights = ensemble.weights_of(chosen)
+    on_all = {1: calibrated, len(ensemble.SHIFTS): with_views}
+    rule_scores, view_count, rule, weights = ensemble.chosen_on_halves(on_validation, views, split.y_val, on_all)
+    # Validation chose the rule and the views on held-out halves, then the weights on all of it.
+    assert (averaged.views, averaged.rule) == (view_count, rule)
+    lowest = min(rule_scores, key=lambda score: score.held_out_log_loss)
+    assert (lowest.views, lowest.rule) == (view_count, rule)
+    assert {(score.views, score.rule) for score in averaged.rule_scores} == \
+        {(views_, name) for views_ in on_all for name in selection.RULES}
+    assert [score.held_out_log_loss for score in averaged.rule_scores] == \
+        pytest.approx([score.held_out_log_loss for score in rule_scores], abs=2e-4)
     assert averaged.members == [records.label(candidates[index]) for index in weights]
     assert averaged.weights == pytest.approx(list(weights.values()))
-    assert averaged.selection_log_loss == pytest.approx(curve, abs=2e-4)
-    assert averaged.validation_log_loss == pytest.approx(min(curve), abs=2e-4)
+    mean = selection.weighted_average(on_all[view_count], weights)
+    assert averaged.validation_log_loss == pytest.approx(ensemble.log_loss(mean, split.y_val), abs=2e-4)
+    if rule == selection.GREEDY:
+        assert averaged.selection_log_loss == pytest.approx(selection.greedy_selection(on_all[view_count], split.y_val)[1],
+                                                            abs=2e-4)
     assert champion.run_id == candidates[0].user_attrs[records.MLFLOW_RUN_ID]
     registered = {alias: climbed.client.get_model_version_by_alias(tracking.REGISTERED_MODEL, alias)
                   for alias in (tracking.CHAMPION_ALIAS, tracking.ENSEMBLE_ALIAS)}
@@ -229,6 +236,11 @@ def test_the_views_benchmark_scores_the_ensembles_candidates_as_the_ensemble_ste
         2 + len(result.scores) + len(view_averaging.VIEW_SETS)
 
 
+def greedy_without_views(result: records.LadderResult) -> records.RuleScore:
+    """The ensemble step's greedy selection over the digit alone, as it scored it."""
+    return next(score for score in result.ensemble.rule_scores if (score.rule, score.views) == (selection.GREEDY, 1))
+
+
 @pytest.mark.slow
 def test_the_store_pool_benchmark_chooses_as_the_ensemble_step_did_when_the_store_holds_one_sweep(
         climbed, run_command, monkeypatch):
@@ -244,9 +256,10 @@ def test_the_store_pool_benchmark_chooses_as_the_ensemble_step_did_when_the_stor
     assert len(rows) == 3 and all(row[1:] == rows[0][1:] for row in rows)  # one sweep: the same candidates
     assert rows[0][2].startswith("+0.0000 (ahead in 0, behind in 0)")
     chosen = [line.split(" | ") for line in whole.splitlines() if line.startswith("| ") and "---" not in line][1:]
-    # The sweep's own set on all of validation is the ensemble step's selection without views.
-    assert float(chosen[0][2]) == pytest.approx(result.ensemble.log_loss_without_views, abs=1e-4)
-    if result.ensemble.views == 1:
+    # The sweep's own set on all of validation is the ensemble step's greedy selection without views.
+    greedy_alone = greedy_without_views(result)
+    assert float(chosen[0][2]) == pytest.approx(greedy_alone.validation_log_loss, abs=1e-4)
+    if (result.ensemble.views, result.ensemble.rule) == (1, selection.GREEDY):
         assert chosen[0][3].removesuffix(" |") == answer.describe_members(result.ensemble)
 
 
@@ -265,7 +278,12 @@ def test_the_selection_rules_benchmark_scores_each_rule_and_the_steps_rule_choos
     assert rows[0][2].startswith("+0.0000 (ahead in 0, behind in 0)")
     chosen = [line.split(" | ") for line in whole.splitlines() if line.startswith("| ") and "---" not in line][1:]
     assert [row[0].removeprefix("| ") for row in chosen] == list(selection_rules.RULES)
-    assert float(chosen[0][2]) == pytest.approx(result.ensemble.log_loss_without_views, abs=1e-4)
+    assert float(chosen[0][2]) == pytest.approx(greedy_without_views(result).validation_log_loss, abs=1e-4)
+    # Held out, the step's own rules over the digit alone score as the step scored them: the same
+    # halves, each candidate calibrated on the half it is chosen on.
+    step = {score.rule: score for score in result.ensemble.rule_scores if score.views == 1}
+    for row in rows[:len(selection.RULES)]:
+        assert float(row[3]) == pytest.approx(step[row[0].removeprefix("| ")].held_out_log_loss, abs=1e-4)
 
 
 @pytest.mark.slow
@@ -301,7 +319,7 @@ def test_a_second_sweep_in_the_store_weighs_the_first_sweeps_top_rung_models_too
     chosen = [line.split(" | ") for line in out.split("Each set's choice on all of validation")[1].splitlines()
               if line.startswith("| ") and "---" not in line][1:]
     assert "(as the ensemble step does)" in chosen[1][0]
-    assert float(chosen[1][2]) == pytest.approx(result.ensemble.log_loss_without_views, abs=1e-4)
+    assert float(chosen[1][2]) == pytest.approx(greedy_without_views(result).validation_log_loss, abs=1e-4)
 
 
 @pytest.mark.slow
@@ -650,40 +668,6 @@ def test_the_top_rung_takes_the_baselines_best_explored_first_after_the_finalist
     assert labels == ["trial 3", "gradio_cnn", "kaggle_cnn", "mlp_3x256"]  # nothing fits: rank order
 
 
-def test_the_members_are_chosen_on_log_loss_where_accuracy_ties():
-    from sweeps import ensemble
-
-    labels = np.array([0, 1, 0, 1])
-    # Each model gets three of the four images right, so all tie on accuracy; the confident
-    # one has the lowest log-loss, and the one wrong elsewhere lowers it further, averaged in:
-    # choices accuracy could not make.
-    hesitant = np.array([[0.6, 0.4], [0.4, 0.6], [0.6, 0.4], [0.55, 0.45]])
-    confident = np.array([[0.9, 0.1], [0.1, 0.9], [0.9, 0.1], [0.7, 0.3]])
-    diverse = np.array([[0.4, 0.6], [0.2, 0.8], [0.8, 0.2], [0.2, 0.8]])
-    probabilities = [hesitant, confident, diverse]
-    assert len({ensemble.accuracy(p, labels) for p in probabilities}) == 1
-    chosen, curve = ensemble.greedy_selection(probabilities, labels, rounds=6)
-    assert chosen[0] == 1  # the lowest log-loss alone comes first, not the first listed
-    weights = ensemble.weights_of(chosen)
-    assert set(weights) == {1, 2} and sum(weights.values()) == pytest.approx(1)
-    assert min(curve) < ensemble.log_loss(confident, labels)
-    assert ensemble.log_loss(ensemble.weighted_average(probabilities, weights), labels) == pytest.approx(min(curve))
-
-
-def test_selection_keeps_the_rounds_up_to_the_lowest_log_loss_and_caps_distinct_members():
-    from sweeps import ensemble
-
-    labels = np.array([0, 0])
-    best = np.array([[0.9, 0.1], [0.9, 0.1]])
-    worse = [np.array([[0.6 - i / 100, 0.4 + i / 100]] * 2) for i in range(4)]
-    chosen, curve = ensemble.greedy_selection([best, *worse], labels, rounds=5)
-    assert chosen == [0]  # nothing averaged in helps: the best alone, its weight 1
-    assert curve[0] == min(curve) and ensemble.weights_of(chosen) == {0: 1.0}
-    spread = [np.eye(5)[[i, i]] * 0.5 + 0.1 for i in range(5)]  # each sure of another class
-    chosen, _ = ensemble.greedy_selection(spread, np.array([0, 1]), rounds=10, most_members=2)
-    assert len(set(chosen)) <= 2
-
-
 def test_the_averaged_model_weighs_its_members_as_chosen():
     from harness.backend import keras
     from sweeps import ensemble
@@ -712,7 +696,7 @@ def test_a_candidate_is_weighed_at_its_temperature_so_its_calibration_does_not_d
     assert temperatures[0] < 1.0  # sharpened
     assert [ensemble.accuracy(p, labels) for p in calibrated] == [0.98, 0.96]  # the same digits
     assert ensemble.log_loss(calibrated[0], labels) < ensemble.log_loss(calibrated[1], labels)
-    assert ensemble.greedy_selection(calibrated, labels)[0][0] == 0
+    assert selection.greedy_selection(calibrated, labels)[0][0] == 0
 
 
 def test_the_averaged_model_applies_each_members_temperature_and_loads_in_safe_mode(tmp_path):
@@ -732,6 +716,34 @@ def test_the_averaged_model_applies_each_members_temperature_and_loads_in_safe_m
     model.save(tmp_path / "ensemble.keras")
     loaded = keras.saving.load_model(tmp_path / "ensemble.keras", safe_mode=True)
     assert loaded.predict(image, verbose=0) == pytest.approx(expected, abs=1e-5)
+
+
+def test_the_views_are_kept_where_they_hold_up_on_held_out_halves_and_not_otherwise():
+    from harness.calibration import temperature, tempered
+    from sweeps import ensemble, selection
+
+    rng = np.random.default_rng(7)
+    labels = rng.integers(0, 10, size=1000)
+
+    def noisy(signal):
+        logits = rng.normal(0, 1, size=(len(labels), 10))
+        logits[np.arange(len(labels)), labels] += signal
+        return np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+
+    for other_views_signal, views_kept in [(2.0, True), (0.0, False)]:  # shifts that see the digit, or do not
+        views = [[noisy(2.0), *(noisy(other_views_signal) for _ in ensemble.SHIFTS[1:])] for _ in range(4)]
+        probabilities = [candidate_views[0] for candidate_views in views]
+        temperatures = [temperature(p, labels) for p in probabilities]
+        on_all = {1: [tempered(p, t) for p, t in zip(probabilities, temperatures)],
+                  len(ensemble.SHIFTS): [ensemble.over_views(v, t) for v, t in zip(views, temperatures)]}
+        rule_scores, view_count, rule, weights = ensemble.chosen_on_halves(probabilities, views, labels, on_all)
+        assert (view_count > 1) == views_kept
+        assert len(rule_scores) == 2 * len(selection.RULES)
+        chosen = next(score for score in rule_scores if (score.views, score.rule) == (view_count, rule))
+        assert chosen.held_out_log_loss == min(score.held_out_log_loss for score in rule_scores)
+        assert weights == selection.RULES[rule](on_all[view_count], labels)
+        assert chosen.validation_log_loss == pytest.approx(
+            ensemble.log_loss(selection.weighted_average(on_all[view_count], weights), labels))
 
 
 def test_the_numpy_views_are_the_keras_views():
