@@ -31,6 +31,9 @@ def parse_args(argv: Sequence[str] | None):
     store_pool.add_ensemble_study_arguments(parser)
     parser.add_argument("--every", action="store_true",
                         help="weigh every distinct model of the store's top rungs, not only the step's best 16")
+    parser.add_argument("--step", action="store_true",
+                        help="also make the ensemble step's choice on the step's candidates (its rules over the digit "
+                             "alone and over its test-time views) and time it; predicts the views too")
     return parser.parse_args(argv)
 
 
@@ -95,7 +98,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     names = [store.model_labels[i] for i in ids]
     for name, choose in RULES.items():
         print(halves.choice_row(name, candidates, y, choose(candidates, y), names))
+    if args.step:
+        print_step_choice(store, args.data)
     return 0
+
+
+def print_step_choice(store: store_pool.StoreModels, data_path) -> None:
+    """The ensemble step's choice of rule and views on its candidates, made as the step makes
+    it (``ensemble.chosen_on_halves``), and the seconds the choice took (not the predictions)."""
+    import time
+
+    import mlflow
+
+    from harness import data
+    from sweeps import answer
+
+    split = data.split(data.load(data_path), data.DEFAULT_SPLIT_SEED)
+    views = [ensemble.view_probabilities(mlflow.keras.load_model(f"runs:/{run_id}/model"), split.x_val[..., None])
+             for run_id in store.pooled_ids]
+    probabilities = [candidate_views[0] for candidate_views in views]
+    started = time.perf_counter()
+    calibrated, temperatures = ensemble.calibrate(probabilities, store.y_val)
+    on_all = {1: calibrated, len(ensemble.SHIFTS): [ensemble.over_views(v, t) for v, t in zip(views, temperatures)]}
+    rule_scores, view_count, rule, weights = ensemble.chosen_on_halves(probabilities, views, store.y_val, on_all)
+    seconds = time.perf_counter() - started
+    members = ", ".join(f"{store.model_labels[store.pooled_ids[index]]} x{weight:.2f}" for index, weight in weights.items())
+    print(f"\nThe ensemble step's choice on its {len(store.pooled_ids)} candidates ({seconds:.0f} s to choose): "
+          f"{rule} over {view_count} view(s); {members}\n")
+    print("\n".join(answer.rule_table(rule_scores, rule, view_count)))
 
 
 if __name__ == "__main__":

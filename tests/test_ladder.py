@@ -269,10 +269,14 @@ def test_the_selection_rules_benchmark_scores_each_rule_and_the_steps_rule_choos
     from benchmarks import selection_rules
 
     monkeypatch.chdir(climbed.folder)
-    code, out, err = run_command(selection_rules.main, ["--study", "mnist-sweep", "--tracking-uri", climbed.uri])
+    code, out, err = run_command(selection_rules.main, ["--study", "mnist-sweep", "--tracking-uri", climbed.uri,
+                                                        "--step"])
     assert code == 0, err
     result = records.ladder_result(climbed.studies["mnist-sweep"])
     halves, whole = out.split("Each rule's choice on all of validation")
+    whole, step = whole.split("The ensemble step's choice on its ")
+    assert f"to choose): {result.ensemble.rule} over {result.ensemble.views} view(s); " \
+           f"{answer.describe_members(result.ensemble)}" in step
     rows = [line.split(" | ") for line in halves.splitlines() if line.startswith("| ") and "---" not in line][1:]
     assert len(rows) == len(selection_rules.RULES)
     assert rows[0][2].startswith("+0.0000 (ahead in 0, behind in 0)")
