@@ -66,12 +66,9 @@ def bagged_over_images(candidates: list[np.ndarray], labels: np.ndarray) -> dict
     """Bagged selection over the images instead of the candidates: the step's greedy selection
     on each of ``selection.BAGS`` bootstrap samples of the validation images, weights averaged."""
     rng = np.random.default_rng(0)
-    weights: dict[int, float] = {}
-    for _ in range(selection.BAGS):
-        images = rng.integers(0, len(labels), size=len(labels))
-        for index, weight in selection.greedy([c[images] for c in candidates], labels[images]).items():
-            weights[index] = weights.get(index, 0.0) + weight / selection.BAGS
-    return dict(sorted(weights.items(), key=lambda item: (-item[1], item[0])))
+    samples = [rng.integers(0, len(labels), size=len(labels)) for _ in range(selection.BAGS)]
+    return selection.mean_weights([selection.greedy([c[images] for c in candidates], labels[images])
+                                   for images in samples])
 
 
 # The ensemble step's rules first (greedy selection first: the others are paired against it),
@@ -118,8 +115,7 @@ def print_step_choice(store: store_pool.StoreModels, data_path) -> None:
              for run_id in store.pooled_ids]
     probabilities = [candidate_views[0] for candidate_views in views]
     started = time.perf_counter()
-    calibrated, temperatures = ensemble.calibrate(probabilities, store.y_val)
-    on_all = {1: calibrated, len(ensemble.SHIFTS): [ensemble.over_views(v, t) for v, t in zip(views, temperatures)]}
+    _, on_all = ensemble.calibrated_sets(probabilities, views, store.y_val)
     rule_scores, view_count, rule, weights = ensemble.chosen_on_halves(probabilities, views, store.y_val, on_all)
     seconds = time.perf_counter() - started
     members = ", ".join(f"{store.model_labels[store.pooled_ids[index]]} x{weight:.2f}" for index, weight in weights.items())

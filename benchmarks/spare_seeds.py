@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from optuna.trial import FrozenTrial
 
-from benchmarks import halves, selection_rules, store_pool
+from benchmarks import halves, store_pool
 from harness import cli, records
 from sweeps import ladder, selection
 
@@ -109,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{SEEDS // 2} of each: accuracy / log-loss | two recipes against one: accuracy | log-loss |\n"
               "| --- | --- | --- | --- | --- | --- |")
     calibrated = calibrated_halves(store.predicted, store.y_val)
-    contexts = {"alone, as a plain average": (False, selection_rules.every_candidate),
+    contexts = {"alone, as a plain average": (False, selection.average),
                 "added to the ensemble step's pool, as its greedy selection chooses": (True, selection.greedy)}
     for context, (pooled, choose) in contexts.items():
         print(f"\nThe set {context}: held-out accuracy and log-loss over {selection.HALVES} random halves of validation\n")

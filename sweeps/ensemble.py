@@ -78,6 +78,15 @@ def calibrate(probabilities: list[np.ndarray], labels: np.ndarray) -> tuple[list
     return [tempered(p, t) for p, t in zip(probabilities, temperatures)], temperatures
 
 
+def calibrated_sets(probabilities: list[np.ndarray], views: list[list[np.ndarray]], labels: np.ndarray,
+                    fit: np.ndarray | slice = slice(None)) -> tuple[list[float], dict[int, list[np.ndarray]]]:
+    """Each candidate's temperature fitted on the ``fit`` images (by default all), and the
+    candidates at it by view count: over the digit alone (1) and averaged over its views."""
+    temperatures = [temperature(p[fit], labels[fit]) for p in probabilities]
+    return temperatures, {1: [tempered(p, t) for p, t in zip(probabilities, temperatures)],
+                          len(SHIFTS): [over_views(candidate_views, t) for candidate_views, t in zip(views, temperatures)]}
+
+
 def chosen_on_halves(probabilities: list[np.ndarray], views: list[list[np.ndarray]], labels: np.ndarray,
                      calibrated_on_all: dict[int, list[np.ndarray]]):
     """Each selection rule, over the digit alone and over its views, tried on random halves of
@@ -87,12 +96,7 @@ def chosen_on_halves(probabilities: list[np.ndarray], views: list[list[np.ndarra
     all of validation."""
     from harness import records
 
-    def calibrated_on(fit: np.ndarray) -> dict[int, list[np.ndarray]]:
-        temperatures = [temperature(p[fit], labels[fit]) for p in probabilities]
-        return {1: [tempered(p, t) for p, t in zip(probabilities, temperatures)],
-                len(SHIFTS): [over_views(candidate_views, t) for candidate_views, t in zip(views, temperatures)]}
-
-    held = selection.held_out(calibrated_on, labels)
+    held = selection.held_out(lambda fit: calibrated_sets(probabilities, views, labels, fit)[1], labels)
     view_count, rule = selection.lowest_held_out_log_loss(held)
     rule_scores, chosen_weights = [], {}
     for (count, name), halves in held.items():
@@ -203,10 +207,9 @@ def main(settings: EnsembleSettings) -> None:
     for candidate, candidate_views in zip(pool, views):
         predicted[records.model_run_id(candidate.trial)] = candidate_views[0]
     probabilities = [candidate_views[0] for candidate_views in views]
-    calibrated, temperatures = calibrate(probabilities, split.y_val)
-    with_views = [over_views(candidate_views, t) for candidate_views, t in zip(views, temperatures)]
-    rule_scores, view_count, rule, weights = chosen_on_halves(probabilities, views, split.y_val,
-                                                              {1: calibrated, len(SHIFTS): with_views})
+    temperatures, calibrated_on_all = calibrated_sets(probabilities, views, split.y_val)
+    calibrated, with_views = calibrated_on_all[1], calibrated_on_all[len(SHIFTS)]
+    rule_scores, view_count, rule, weights = chosen_on_halves(probabilities, views, split.y_val, calibrated_on_all)
     use_views = view_count > 1
     mean = weighted_average(with_views if use_views else calibrated, weights)
     curve = greedy_selection(with_views if use_views else calibrated, split.y_val)[1] if rule == selection.GREEDY else []

@@ -77,16 +77,25 @@ def greedy(candidates: list[np.ndarray], labels: np.ndarray) -> dict[int, float]
     return weights_of(greedy_selection(candidates, labels)[0])
 
 
+def mean_weights(bags: list[dict[int, float]]) -> dict[int, float]:
+    """The bags' weights averaged, heaviest first (a candidate a bag left out weighs 0 there)."""
+    weights: dict[int, float] = {}
+    for bag in bags:
+        for index, weight in bag.items():
+            weights[index] = weights.get(index, 0.0) + weight / len(bags)
+    return dict(sorted(weights.items(), key=lambda item: (-item[1], item[0])))
+
+
 def bagged(candidates: list[np.ndarray], labels: np.ndarray) -> dict[int, float]:
     """Caruana's bagged selection: greedy selection on each of ``BAGS`` random halves of the
     candidates, their weights averaged (heaviest first). The bags are the same on every call."""
     rng = np.random.default_rng(0)
-    weights: dict[int, float] = {}
+    bags = []
     for _ in range(BAGS):
         kept = sorted(rng.choice(len(candidates), size=max(1, len(candidates) // 2), replace=False))
-        for index, weight in greedy([candidates[index] for index in kept], labels).items():
-            weights[int(kept[index])] = weights.get(int(kept[index]), 0.0) + weight / BAGS
-    return dict(sorted(weights.items(), key=lambda item: (-item[1], item[0])))
+        bags.append({int(kept[index]): weight
+                     for index, weight in greedy([candidates[index] for index in kept], labels).items()})
+    return mean_weights(bags)
 
 
 def average(candidates: list[np.ndarray], labels: np.ndarray) -> dict[int, float]:
