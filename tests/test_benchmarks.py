@@ -1,7 +1,8 @@
 """The benchmarks' own logic: the sweep-efficiency verdict (a ratio when both arms reached a
 threshold, an upper bound when the no-pruning arm stopped first, and a target called met only
 when the figures show it), the EMA arms, the ensemble selection rules compared, and the
-spare-seed sets (models grouped by recipe in seed order, paired one recipe against two)."""
+spare-seed sets (models grouped by recipe in seed order, paired one recipe against two) and
+that benchmark's tables on a synthetic store."""
 
 import pytest
 
@@ -98,3 +99,46 @@ def test_spare_seed_sets_group_models_by_recipe_in_seed_order_and_pair_them():
     assert spare_seeds.seed_pairs(groups) == [(groups[0], groups[1])]
     assert spare_seeds.one_and_two_recipes(*spare_seeds.seed_pairs(groups)[0]) == {
         "one recipe": ["a0", "a1", "a2", "a3"], "two recipes": ["a0", "a1", "b0", "b1"]}
+
+
+def test_the_spare_seed_benchmark_prints_a_row_per_pair_in_both_contexts(monkeypatch, capsys):
+    """The whole benchmark past its "nothing to compare" exit, on a store of synthetic models:
+    a recipe with four seeds, one with two, and a third model only in the step's pool."""
+    import numpy as np
+    from optuna.distributions import CategoricalDistribution
+    from optuna.trial import create_trial
+
+    from benchmarks import spare_seeds, store_pool
+    from harness import records
+
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 10, size=600)
+
+    def predictions(skill: float) -> np.ndarray:
+        logits = rng.normal(0, 1, size=(600, 10))
+        logits[np.arange(600), labels] += skill
+        return np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+
+    def model(filters: int, rotation: float, seed: int):
+        return create_trial(params={"filters": filters, "rotation": rotation},
+                            distributions={"filters": CategoricalDistribution([16, 32, 64]),
+                                           "rotation": CategoricalDistribution([0.0, 0.1])},
+                            value=0.99, user_attrs={records.TRAINING_SEED: seed})
+
+    trials = {f"a{seed}": model(16, 0.0, seed) for seed in range(4)}
+    trials |= {f"b{seed}": model(32, 0.1, seed) for seed in range(2)} | {"c0": model(64, 0.0, 0)}
+    store = store_pool.StoreModels(
+        top_rung="sweep/full", other_rungs=[], model_labels={i: f"recipe {i[0]} seed {i[1]}" for i in trials},
+        own_ids=list(trials), pooled_ids=list(trials), predicted={i: predictions(2.5) for i in trials},
+        trials=trials, y_val=labels)
+    monkeypatch.setattr(store_pool, "store_models", lambda *args: store)
+
+    assert spare_seeds.main(["--study", "sweep"]) == 0
+    out = capsys.readouterr().out
+    assert "7 distinct models of 3 recipes; 1 pairs of recipes with 4 and 2 models" in out
+    rows = [line for line in out.splitlines() if line.startswith("| recipe a | recipe b (augmented) |")]
+    assert len(rows) == 2  # one pair, alone and inside the step's pool
+    for row in rows:
+        one, two = (cell.split(" / ") for cell in row.split(" | ")[2:4])
+        assert all(0.5 < float(accuracy) <= 1 and 0 < float(loss) < 2 for accuracy, loss in (one, two))
+    assert out.count("Two recipes against one, over the 1 pairs") == 2
