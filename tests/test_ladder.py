@@ -291,6 +291,27 @@ def test_the_selection_rules_benchmark_scores_each_rule_and_the_steps_rule_choos
 
 
 @pytest.mark.slow
+def test_the_selection_rules_benchmark_weighs_the_best_n_models_in_the_steps_order(climbed, run_command, monkeypatch):
+    from benchmarks import selection_rules
+
+    monkeypatch.chdir(climbed.folder)
+    store = ["--study", "mnist-sweep", "--tracking-uri", climbed.uri]
+    code, default, err = run_command(selection_rules.main, store)
+    assert code == 0, err
+    weighed = len(records.ladder_result(climbed.studies["mnist-sweep"]).scores)
+    code, same, err = run_command(selection_rules.main, [*store, "--candidates", str(weighed)])
+    assert code == 0, err
+    assert same == default  # the step's candidates are the best of the store by validation accuracy
+    code, best, err = run_command(selection_rules.main, [*store, "--candidates", "1"])
+    assert code == 0, err
+    assert "; 1 candidates of " in best
+    most_accurate = max(records.ladder_result(climbed.studies["mnist-sweep"]).scores, key=lambda score: score.validation_accuracy)
+    chosen = [line.split(" | ") for line in best.split("Each rule's choice on all of validation")[1].splitlines()
+              if line.startswith("| ") and "---" not in line][1:]
+    assert {row[3].removesuffix(" |") for row in chosen} == {f"{most_accurate.label} x1.00"}
+
+
+@pytest.mark.slow
 def test_a_second_sweep_in_the_store_weighs_the_first_sweeps_top_rung_models_too(climbed, pooled, run_command,
                                                                                   monkeypatch):
     from benchmarks import store_pool
