@@ -29,11 +29,12 @@ from sweeps.settings import ENSEMBLE_ROUNDS
 def parse_args(argv: Sequence[str] | None):
     parser = cli.ArgumentParser(prog="python -m benchmarks.selection_rules", description=__doc__.splitlines()[0])
     store_pool.add_ensemble_study_arguments(parser)
-    parser.add_argument("--every", action="store_true",
-                        help="weigh every distinct model of the store's top rungs, not only the step's best 16")
-    parser.add_argument("--candidates", type=cli.positive_int, metavar="N",
-                        help="weigh the best N distinct models by validation accuracy (the step's own ordering "
-                             "with another cap), not the step's best 16")
+    pool = parser.add_mutually_exclusive_group()
+    pool.add_argument("--every", action="store_true",
+                      help="weigh every distinct model of the store's top rungs, not only the step's best 16")
+    pool.add_argument("--candidates", type=cli.positive_int, metavar="N",
+                      help="weigh the best N distinct models by validation accuracy (the step's own ordering "
+                           "with another cap), not the step's best 16")
     parser.add_argument("--step", action="store_true",
                         help="also make the ensemble step's choice on the step's candidates (its rules over the digit "
                              "alone and over its test-time views) and time it; predicts the views too")
@@ -87,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     store = store_pool.store_models(args.study, args.storage, args.data, args.tracking_uri)
     y = store.y_val
     ids = list(store.model_labels) if args.every else store.pooled_ids
-    if args.candidates:
+    if args.candidates:  # sorted() is stable, so ties keep the step's order (this sweep's models first)
         ids = sorted(store.model_labels, key=lambda i: records.accuracy(store.trials[i]), reverse=True)[:args.candidates]
     print(f"Top rungs set up as {store.top_rung}: {', '.join([store.top_rung, *store.other_rungs])}; "
           f"{len(ids)} candidates of {len(store.model_labels)} distinct models\n")
