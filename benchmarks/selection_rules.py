@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from benchmarks import halves, store_pool
-from harness import cli, records
+from harness import cli
 from harness.calibration import log_loss
 from sweeps import ensemble, selection
 from sweeps.settings import ENSEMBLE_ROUNDS
@@ -87,9 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     store = store_pool.store_models(args.study, args.storage, args.data, args.tracking_uri)
     y = store.y_val
-    ids = list(store.model_labels) if args.every else store.pooled_ids
-    if args.candidates:  # sorted() is stable, so ties keep the step's order (this sweep's models first)
-        ids = sorted(store.model_labels, key=lambda i: records.accuracy(store.trials[i]), reverse=True)[:args.candidates]
+    ids = list(store.model_labels)[:args.candidates] if args.every or args.candidates else store.pooled_ids
     print(f"Top rungs set up as {store.top_rung}: {', '.join([store.top_rung, *store.other_rungs])}; "
           f"{len(ids)} candidates of {len(store.model_labels)} distinct models\n")
     scored = selection.held_out(lambda fit: {"": halves.calibrated_on([store.predicted[i] for i in ids], y, fit)},

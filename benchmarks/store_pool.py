@@ -46,7 +46,7 @@ class StoreModels(NamedTuple):
     """Every distinct model of a store's top rungs set up as a sweep's, predicted on validation."""
     top_rung: str
     other_rungs: list[str]
-    model_labels: dict[str, str]  # by model run id, the sweep's own first, each rung best first
+    model_labels: dict[str, str]  # by model run id, in the ensemble step's order (best validation accuracy first)
     own_ids: list[str]  # the ids of the sweep's own top rung's best ENSEMBLE_CANDIDATES
     pooled_ids: list[str]  # the ids the ensemble step weighs
     predicted: dict[str, np.ndarray]  # by model run id
