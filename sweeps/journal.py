@@ -12,7 +12,6 @@ tail, under the lock Optuna's own appends take, where no append can be in progre
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -21,11 +20,13 @@ import optuna
 from harness.errors import UserError
 
 
-def set_aside_torn_tail(path: Path) -> Path | None:
+def set_aside_torn_tail(path: Path) -> str | None:
     """Move a torn last record out of the journal into a file beside it, under the journal's
-    lock; say so on stderr and return that file (None when the tail is whole, or when there
-    was no room to keep it: the journal is cut back to its last whole record all the same).
-    A journal with a bad record before its last line is refused, untouched."""
+    lock, and return what was done in a sentence for the user (None when the tail is whole).
+    With no room to keep the fragment, the journal is cut back to its last whole record all
+    the same. A journal with a bad record before its last line is refused, untouched. The
+    caller says it: on its own line before a command starts, inside the one error line when
+    a full disk ends the command."""
     if not path.is_file():
         return None
     lock = optuna.storages.journal.JournalFileSymlinkLock(str(path))  # what JournalFileBackend appends under
@@ -49,9 +50,8 @@ def set_aside_torn_tail(path: Path) -> Path | None:
             handle.truncate(whole)
     finally:
         lock.release()
-    print(f"{path}: its last record was cut short (by a crash, a full disk or a size limit); its "
-          f"{len(fragment)} bytes {kept} and every complete record is kept", file=sys.stderr)
-    return aside if aside.exists() else None
+    return (f"{path}: its last record was cut short (by a crash, a full disk or a size limit); its "
+            f"{len(fragment)} bytes {kept} and every complete record is kept")
 
 
 def refuse_if_unreadable(path: Path, content: bytes | None = None) -> None:

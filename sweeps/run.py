@@ -275,14 +275,16 @@ class Sweep:
             return
         if self.stores_folder is not None:  # the workers are gone; the reserve makes room to close
             recovery.release_space(self.stores_folder)
+        mended = None
         if self.storage_url.startswith("journal:"):  # before closing the trials appends to it
-            journal.set_aside_torn_tail(Path(self.storage_url.removeprefix("journal:")))
+            mended = journal.set_aside_torn_tail(Path(self.storage_url.removeprefix("journal:")))
         with contextlib.suppress(Exception):
             for study in studies:
                 self.recover(study)
         with contextlib.suppress(Exception):
             self.client.set_terminated(self.run_id, "FAILED")
-        raise StoreUnwritable(f"cannot write {outcome.store_failure}")
+        # One line for one failure: a journal record the full disk tore is part of its story.
+        raise StoreUnwritable(f"cannot write {outcome.store_failure}" + (f"; {mended}" if mended else ""))
 
 
 def open_sweep(args) -> Sweep:

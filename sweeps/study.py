@@ -6,6 +6,7 @@ import fcntl
 import hashlib
 import importlib.util
 import json
+import sys
 import warnings
 import zlib
 from contextlib import contextmanager
@@ -51,8 +52,8 @@ def open_storage(url: str, *, appends: bool = False) -> optuna.storages.BaseStor
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise UserError(f"cannot create the study folder {path.parent}: {error.strerror}") from None
-        if appends:
-            journal.set_aside_torn_tail(path)
+        if appends and (mended := journal.set_aside_torn_tail(path)):
+            print(mended, file=sys.stderr)
         backend = optuna.storages.journal.JournalFileBackend(str(path))
         return optuna.storages.JournalStorage(backend)
     engine = {"pool_pre_ping": True}

@@ -1,6 +1,6 @@
 """The journal survives a write cut short: the torn record is set aside before the next append
-and the study goes on with every earlier trial; a record damaged mid-file is refused by line
-number, and the file is left byte-identical."""
+and the study goes on with every earlier trial (a full disk that tore it says so in its one error
+line); a record damaged mid-file is refused by line number, and the file is left byte-identical."""
 
 import os
 import subprocess
@@ -11,7 +11,8 @@ import optuna
 import pytest
 
 from analysis import compare
-from sweeps import run as sweep_run, study as sweep_study
+from harness import cli
+from sweeps import run as sweep_run, study as sweep_study, supervisor
 from sweeps.journal import set_aside_torn_tail
 
 FAST_SMOKE = ["--budget", "smoke", "--train-size", "300", "--max-epochs", "1", "--workers", "1", "--finalists", "0"]
@@ -50,11 +51,11 @@ def test_a_torn_write_is_set_aside_and_the_study_keeps_every_complete_record(tmp
     cut_short_append(journal)
     fragment = journal.read_bytes()[len(whole):]
 
-    aside = set_aside_torn_tail(journal)
-    assert aside.parent == tmp_path and aside.name.startswith("optuna.journal.torn-")
+    said = set_aside_torn_tail(journal)
+    [aside] = tmp_path.glob("optuna.journal.torn-*")
     assert aside.read_bytes() == fragment and journal.read_bytes() == whole
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and f"{len(fragment)} bytes are set aside in {aside}" in err
+    assert said.startswith(f"{journal}: ") and f"{len(fragment)} bytes are set aside in {aside}" in said
+    assert "\n" not in said and capsys.readouterr().err == ""  # the caller decides where it is said
     study = optuna.load_study(study_name="torn", storage=sweep_study.open_storage(f"journal:{journal}", appends=True))
     study.add_trial(optuna.trial.create_trial(params={"x": 5.0}, value=0.5,
                                               distributions={"x": optuna.distributions.FloatDistribution(0, 9)}))
@@ -107,3 +108,21 @@ def test_a_sweep_resumes_after_a_torn_write_with_every_earlier_trial(tmp_path):
     after = optuna.load_study(study_name="torn", storage=sweep_study.open_storage(f"journal:{journal}")).trials
     assert [(t.number, t.state, t.value) for t in after[:2]] == [(t.number, t.state, t.value) for t in before]
     assert len(after) == 3 and len(list(journal.parent.glob("optuna.journal.torn-*"))) == 1
+
+
+def test_a_full_disk_that_tore_the_journal_ends_the_sweep_in_one_line_naming_both(tmp_path, capsys):
+    journal = tmp_path / "optuna.journal"
+    study_with_trials(journal)
+    whole = journal.read_bytes()
+    cut_short_append(journal)
+    stopped = sweep_run.Sweep(args=None, study=None, storage=None, storage_url=f"journal:{journal}", uri="",
+                              client=None, experiment_id="", run_id="", settings=None, workers=1, stores_folder=None)
+    outcome = supervisor.Outcome(store_failure=f"{journal}: No space left on device")
+
+    with pytest.raises(SystemExit) as exit_status:
+        cli.run(lambda argv: stopped.end_on_store_failure(outcome, studies=[]))
+    assert exit_status.value.code == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: cannot write {journal}: No space left on device; ")
+    assert "its last record was cut short" in err and "run the same command again" in err
+    assert journal.read_bytes() == whole
