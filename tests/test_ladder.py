@@ -693,17 +693,21 @@ def test_the_top_rung_takes_the_baselines_best_explored_first_after_the_finalist
     assert labels == ["trial 3", "gradio_cnn", "kaggle_cnn", "mlp_3x256"]  # nothing fits: rank order
 
 
-def test_the_averaged_model_weighs_its_members_as_chosen():
+def constant_network(probabilities):
+    """A network that ignores its image and answers ``probabilities``, shaped as train_trial
+    builds networks: ending in Dense(softmax)."""
     from harness.backend import keras
+
+    return keras.Sequential([
+        keras.Input((28, 28, 1), dtype="uint8"), keras.layers.Rescaling(0.0), keras.layers.Flatten(),
+        keras.layers.Dense(2, activation="softmax", kernel_initializer="zeros",
+                           bias_initializer=keras.initializers.Constant(np.log(probabilities)))])
+
+
+def test_the_averaged_model_weighs_its_members_as_chosen():
     from sweeps import ensemble
 
-    def constant(probabilities):
-        inputs = keras.Input((28, 28, 1), dtype="uint8")
-        flat = keras.layers.Flatten()(keras.layers.Rescaling(0.0)(inputs))
-        return keras.Model(inputs, keras.layers.Dense(2, activation="softmax", kernel_initializer="zeros",
-                                                      bias_initializer=keras.initializers.Constant(np.log(probabilities)))(flat))
-
-    model = ensemble.averaged([constant([0.8, 0.2]), constant([0.2, 0.8])], [0.75, 0.25])
+    model = ensemble.averaged([constant_network([0.8, 0.2]), constant_network([0.2, 0.8])], [0.75, 0.25])
     predicted = model.predict(np.zeros((1, 28, 28, 1), dtype="uint8"), verbose=0)[0]
     assert predicted == pytest.approx([0.65, 0.35], abs=1e-5)
 
@@ -728,13 +732,7 @@ def test_the_averaged_model_applies_each_members_temperature_and_loads_in_safe_m
     from harness.backend import keras
     from sweeps import ensemble
 
-    def constant(probabilities):  # shaped as train_trial builds networks: ending in Dense(softmax)
-        return keras.Sequential([
-            keras.Input((28, 28, 1), dtype="uint8"), keras.layers.Rescaling(0.0), keras.layers.Flatten(),
-            keras.layers.Dense(2, activation="softmax", kernel_initializer="zeros",
-                               bias_initializer=keras.initializers.Constant(np.log(probabilities)))])
-
-    model = ensemble.averaged([constant([0.8, 0.2]), constant([0.3, 0.7])], [0.5, 0.5], [0.5, 1.0])
+    model = ensemble.averaged([constant_network([0.8, 0.2]), constant_network([0.3, 0.7])], [0.5, 0.5], [0.5, 1.0])
     expected = 0.5 * ensemble.tempered(np.array([[0.8, 0.2]]), 0.5) + 0.5 * np.array([[0.3, 0.7]])
     image = np.zeros((1, 28, 28, 1), dtype="uint8")
     assert model.predict(image, verbose=0) == pytest.approx(expected, abs=1e-5)
