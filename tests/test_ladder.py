@@ -298,14 +298,14 @@ def test_the_selection_rules_benchmark_weighs_the_best_n_models_in_the_steps_ord
     store = ["--study", "mnist-sweep", "--tracking-uri", climbed.uri]
     code, default, err = run_command(selection_rules.main, store)
     assert code == 0, err
-    weighed = len(records.ladder_result(climbed.studies["mnist-sweep"]).scores)
-    code, same, err = run_command(selection_rules.main, [*store, "--candidates", str(weighed)])
+    scores = records.ladder_result(climbed.studies["mnist-sweep"]).scores
+    code, same, err = run_command(selection_rules.main, [*store, "--candidates", str(len(scores))])
     assert code == 0, err
     assert same == default  # the step's candidates are the best of the store by validation accuracy
     code, best, err = run_command(selection_rules.main, [*store, "--candidates", "1"])
     assert code == 0, err
     assert "; 1 candidates of " in best
-    most_accurate = max(records.ladder_result(climbed.studies["mnist-sweep"]).scores, key=lambda score: score.validation_accuracy)
+    most_accurate = max(scores, key=lambda score: score.validation_accuracy)
     chosen = [line.split(" | ") for line in best.split("Each rule's choice on all of validation")[1].splitlines()
               if line.startswith("| ") and "---" not in line][1:]
     assert {row[3].removesuffix(" |") for row in chosen} == {f"{most_accurate.label} x1.00"}
