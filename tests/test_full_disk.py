@@ -53,8 +53,9 @@ def stores(folder):
 
 
 def test_a_full_disk_mid_sweep_is_one_line_and_the_same_command_resumes(small_disk):
-    # Two trials on a roomy disk, then room for a few more: a sampled model takes 0.4 to several
-    # MB, so a fixed small disk could fill before the first trial of an unlucky sample completed.
+    # Two trials on a roomy disk, then room for a few more: sampled models differ in size (0.4 to
+    # 1.7 MB in three smoke trials measured), so a fixed small disk filled in CI before an
+    # unlucky first sample's trial completed.
     roomy = sweep(small_disk, 2)
     assert roomy.returncode == 0, roomy.stderr
     resize(small_disk, shutil.disk_usage(small_disk).used + (4 << 20))
